@@ -1,0 +1,76 @@
+"""lockfsm: disk leases for virtual machines, the libvirt lock-manager protocol as state machines.
+
+The public API (names fixed by DESIGN.md's contract)::
+
+    driver = lockfsm.load_driver("fcntl")
+    mgr = driver.new_manager()
+    mgr.set_parameter("uuid", ...); mgr.set_parameter("name", ...); mgr.set_parameter("id", 1)
+    mgr.register_resource(lockfsm.ResourceType.DISK, "/var/lib/images/a.qcow2")
+    subprocess.Popen([mgr.supervisor_path, *mgr.supervisor_args, "--", *guest_argv])
+    pid = mgr.get_child()
+
+Importing the package is cheap: the API's modules load on first use, so that the supervisor
+(``lockfsm.supervisor``), which runs once per guest, pays only for what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lockfsm.errors import (
+    BackendError,
+    IllegalTransition,
+    InvalidArgument,
+    LeaseConflict,
+    LeaseLost,
+    LockFSMError,
+    Unsupported,
+)
+from lockfsm.flags import NewFlags, ResourceFlags, ResourceType
+
+if TYPE_CHECKING:
+    from lockfsm._tables import DomainState as DomainState
+    from lockfsm.api import LockDriver as LockDriver
+    from lockfsm.api import LockManager as LockManager
+    from lockfsm.api import load_driver as load_driver
+    from lockfsm.values import HistoryEntry as HistoryEntry
+    from lockfsm.values import Resource as Resource
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_driver": "lockfsm.api",
+    "LockDriver": "lockfsm.api",
+    "LockManager": "lockfsm.api",
+    "DomainState": "lockfsm._tables",
+    "HistoryEntry": "lockfsm.values",
+    "Resource": "lockfsm.values",
+}
+
+__all__ = [
+    "BackendError",
+    "DomainState",
+    "HistoryEntry",
+    "IllegalTransition",
+    "InvalidArgument",
+    "LeaseConflict",
+    "LeaseLost",
+    "LockDriver",
+    "LockFSMError",
+    "LockManager",
+    "NewFlags",
+    "Resource",
+    "ResourceFlags",
+    "ResourceType",
+    "Unsupported",
+    "load_driver",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lockfsm' has no attribute {name!r}")

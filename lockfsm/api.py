@@ -1,0 +1,512 @@
+"""The seed API: :func:`load_driver`, :class:`LockDriver`, :class:`LockManager`.
+
+A manager is one guest's lifecycle, as the daemon sees it (``specs/domain.toml``).  Each public
+call is one event of that table: the capability the event requires is checked, then the move is
+looked up (IllegalTransition if there is none), then its guards and actions run through the shared
+``transitions`` machine, and the new state is committed last.  Calls on one manager are serialised
+by the manager's own lock, so a manager may be used from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm import _tables, backends, config, control
+from lockfsm._tables import DomainState
+from lockfsm.core import build, triggers
+from lockfsm.errors import (
+    BackendError,
+    IllegalTransition,
+    InvalidArgument,
+    LeaseConflict,
+    Unsupported,
+)
+from lockfsm.flags import NewFlags, ResourceFlags, ResourceType, check_flags
+from lockfsm.values import HistoryEntry, Resource, check_id, check_name, check_uuid
+
+log = logging.getLogger("lockfsm.core")
+
+#: Parameter keys and their checks (``virLockManagerSetParameter``).
+PARAMETERS = {"id": check_id, "uuid": check_uuid, "name": check_name}
+
+_POLL = (0.001, 0.05)
+_NO_FLAGS = NewFlags(0)
+_NO_RESOURCE_FLAGS = ResourceFlags(
+    0
+)  # first and longest wait between attempts to reach a supervisor
+
+
+def load_driver(
+    name: str, config: Mapping[str, Any] | str | os.PathLike[str] | None = None
+) -> LockDriver:
+    """Load backend ``name`` (``nop``, ``fcntl``) with ``config`` (a mapping or a TOML file path).
+
+    Raises InvalidArgument for an unknown name, an unknown configuration key or a bad value.
+    """
+    return LockDriver(name, config)
+
+
+class LockDriver:
+    """A loaded backend (``virLockManagerPluginLoad``).  Makes managers; unloads."""
+
+    def __init__(self, name: str, conf: Mapping[str, Any] | str | os.PathLike[str] | None) -> None:
+        mod = backends.module(name)
+        cls = mod.BACKEND
+        self.name: str = cls.name
+        self.config: dict[str, Any] = config.load({**config.COMMON_KEYS, **cls.config_keys}, conf)
+        self.backend: backends.Backend = cls(self.config)
+        self.capabilities: backends.Capabilities = cls.capabilities
+        self._managers: weakref.WeakSet[LockManager] = weakref.WeakSet()
+        self._unloaded = False
+
+    def new_manager(self, flags: NewFlags | int = _NO_FLAGS) -> LockManager:
+        """A manager for one guest (``virLockManagerNew``).
+
+        Raises InvalidArgument for unknown flags or ATTACH with MIGRATE, Unsupported for MIGRATE
+        on a backend without migration, IllegalTransition after :meth:`unload`.
+        """
+        bits = check_flags(NewFlags, flags, "new_manager flags")
+        if self._unloaded:
+            raise IllegalTransition("driver", "unloaded", "new_manager")
+        if bits & NewFlags.ATTACH and bits & NewFlags.MIGRATE:
+            raise InvalidArgument(
+                f"new_manager flags {flags!r}: ATTACH and MIGRATE exclude each other"
+            )
+        if bits & NewFlags.MIGRATE and not self.capabilities.migration:
+            raise Unsupported(f"the {self.name} driver does not support migration")
+        manager = LockManager(self, NewFlags(bits))
+        self._managers.add(manager)
+        return manager
+
+    def unload(self, force: bool = False) -> None:
+        """Unload (``virLockManagerPluginUnload``).  Raises IllegalTransition while managers made
+        by this driver are not freed, unless ``force``; running guests keep their leases either
+        way."""
+        if self._unloaded:
+            raise IllegalTransition("driver", "unloaded", "unload")
+        alive = [m for m in self._managers if m.state is not DomainState.FREED]
+        if alive and not force:
+            names = ", ".join(sorted(repr(m.label) for m in alive)[:5])
+            raise IllegalTransition(
+                "driver", "loaded", "unload", f"{len(alive)} manager(s) not freed: {names}"
+            )
+        self._unloaded = True
+
+
+def _supervisor_command() -> tuple[str, list[str]]:
+    script = os.path.join(os.path.dirname(sys.executable), "lockfsm-supervisor")
+    if os.access(script, os.X_OK):
+        return script, []
+    return sys.executable, ["-m", "lockfsm.supervisor"]
+
+
+def _alive(record: Mapping[str, Any], launch: str) -> bool:
+    """Whether the supervisor of ``record`` still runs (its pid exists and is this launch)."""
+    try:
+        with open(f"/proc/{int(record['pid'])}/cmdline", "rb") as f:
+            return launch.encode() in f.read()
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+class LockManager:
+    """One guest's lock manager.  Made by :meth:`LockDriver.new_manager`, never directly."""
+
+    def __init__(self, driver: LockDriver, flags: NewFlags) -> None:
+        self._driver = driver
+        self._flags = flags
+        self._fsm = DomainState.IDLE
+        self._params: dict[str, Any] = {}
+        self._resources: dict[tuple[ResourceType, str], tuple[Resource, list[dict[str, str]]]] = {}
+        self._history: list[HistoryEntry] = []
+        self._lock = threading.RLock()
+        self._launch: str | None = None
+        self._gen = 1
+        self._child: int | None = None
+
+    # -- what the daemon reads -------------------------------------------------------------------
+
+    @property
+    def state(self) -> DomainState:
+        """The current state, a :class:`DomainState`."""
+        return self._fsm
+
+    @property
+    def history(self) -> tuple[HistoryEntry, ...]:
+        """The moves this manager made, oldest first."""
+        return tuple(self._history)
+
+    @property
+    def flags(self) -> NewFlags:
+        return self._flags
+
+    @property
+    def label(self) -> str:
+        return str(self._params.get("name") or self._params.get("uuid") or f"manager@{id(self):x}")
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """The resources whose leases the guest holds (or will hold at start)."""
+        return tuple(r for r, _ in self._resources.values())
+
+    @property
+    def supervisor_path(self) -> str:
+        """The program the daemon runs (``virLockManagerGetSupervisorPath``)."""
+        return _supervisor_command()[0]
+
+    @property
+    def supervisor_args(self) -> list[str]:
+        """The supervisor's arguments (``virLockManagerGetSupervisorArgs``): the daemon runs
+        ``[supervisor_path, *supervisor_args, "--", *guest_argv]``.  Read it after the last
+        :meth:`register_resource`.
+
+        Raises IllegalTransition unless the manager is idle and made for a fresh start,
+        InvalidArgument while uuid, name or id is unset.
+        """
+        with self._lock:
+            if self._fsm is not DomainState.IDLE or self._flags:
+                raise IllegalTransition("domain", self._fsm.value, "supervisor_args")
+            reason = self._guard("identity_set", {})
+            if reason:
+                raise InvalidArgument(reason)
+            if self._launch is None:
+                self._launch = secrets.token_hex(8)
+            spec = {
+                "v": control.PROTOCOL,
+                "driver": self._driver.name,
+                "config": self._driver.config,
+                "launch": self._launch,
+                "uuid": self._params["uuid"],
+                "name": self._params["name"],
+                "id": self._params["id"],
+                "mode": "start",
+                "resources": [r.to_wire(leases) for r, leases in self._resources.values()],
+            }
+            prefix = _supervisor_command()[1]
+            return [
+                *prefix,
+                "--name",
+                spec["name"],
+                "--uuid",
+                spec["uuid"],
+                "--launch",
+                json.dumps(spec),
+            ]
+
+    # -- the seed's calls, one event each ----------------------------------------------------------
+
+    def set_parameter(self, key: str, value: Any) -> None:
+        """Set ``id`` (int >= 0), ``uuid`` (RFC 4122 text) or ``name``.
+
+        Raises InvalidArgument for another key or a bad value, IllegalTransition unless idle.
+        """
+        with self._lock:
+            self._legal("set_parameter")
+            check = PARAMETERS.get(key) if isinstance(key, str) else None
+            if check is None:
+                raise InvalidArgument(f"unknown parameter {key!r} (known: {', '.join(PARAMETERS)})")
+            self._fire("set_parameter", key=key, value=check(value))
+
+    def register_resource(
+        self, type: ResourceType, path: str, flags: ResourceFlags | int = _NO_RESOURCE_FLAGS
+    ) -> None:
+        """Register a resource the guest needs from its start.
+
+        Raises InvalidArgument for a bad type, path or flags, or a resource registered twice
+        (two paths naming one file are one resource); IllegalTransition unless idle.
+        """
+        with self._lock:
+            self._legal("register_resource")
+            self._fire("register_resource", resource=Resource.make(type, path, flags))
+
+    def get_child(self, timeout: float = 30.0) -> int:
+        """The guest's pid, once its supervisor holds every lease (``virLockManagerGetChild``).
+
+        Fresh start: waits up to ``timeout`` s for the supervisor the daemon ran with
+        :attr:`supervisor_args`.  ATTACH: finds the running supervisor of the uuid.
+        Raises LeaseConflict (naming the resource) if the supervisor could not get a lease (it
+        then exits by itself, having started no guest); BackendError if no supervisor answers, or
+        the guest exited already; InvalidArgument if uuid/name/id are unset or, on ATTACH, do not
+        match the supervisor's; IllegalTransition in another state.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidArgument(f"timeout {timeout!r} must be a positive number of seconds")
+        with self._lock:
+            self._fire("get_child", timeout=float(timeout))
+            assert self._child is not None
+            return self._child
+
+    def acquire_resource(
+        self, type: ResourceType, path: str, flags: ResourceFlags | int = _NO_RESOURCE_FLAGS
+    ) -> None:
+        """Hot-plug: the supervisor takes the resource's leases; add the device after this returns.
+
+        Raises LeaseConflict if held elsewhere (nothing is then held), InvalidArgument for a bad
+        or already registered resource, Unsupported without the hot-plug capability,
+        IllegalTransition unless started, BackendError if the supervisor is gone.
+        """
+        with self._lock:
+            self._legal("acquire_resource")
+            self._fire("acquire_resource", resource=Resource.make(type, path, flags))
+
+    def release_resource(
+        self, type: ResourceType, path: str, flags: ResourceFlags | int = _NO_RESOURCE_FLAGS
+    ) -> None:
+        """Hot-unplug: the supervisor gives the resource's leases back; call it after the device
+        is gone.
+
+        Raises InvalidArgument if the resource is not registered (with these flags), Unsupported
+        without the hot-plug capability, IllegalTransition unless started, BackendError if the
+        supervisor is gone.
+        """
+        with self._lock:
+            self._legal("release_resource")
+            self._fire("release_resource", resource=self._registered(type, path, flags))
+
+    def shutdown(self) -> None:
+        """Stop the guest if it still runs; return once every lease is released.
+
+        Succeeds when the supervisor has already gone.  Raises IllegalTransition unless started,
+        BackendError if the supervisor runs but does not answer.
+        """
+        with self._lock:
+            self._fire("shutdown")
+
+    def free(self) -> None:
+        """Forget the manager (``virLockManagerFree``).  Never releases a lease: a guest still
+        running keeps them and can be re-attached.  Raises IllegalTransition once freed."""
+        with self._lock:
+            self._fire("free")
+
+    # -- the engine ------------------------------------------------------------------------------
+
+    def _legal(self, event: str) -> None:
+        """Raise before any argument is even looked at if the event cannot happen now."""
+        capability = _tables.DOMAIN.requires.get(event)
+        if capability and not getattr(self._driver.capabilities, capability):
+            raise Unsupported(f"the {self._driver.name} driver does not support {capability}")
+        if not _tables.DOMAIN.candidates(self._fsm.value, event):
+            raise IllegalTransition("domain", self._fsm.value, event)
+
+    def _fire(self, event: str, **args: Any) -> None:
+        from lockfsm.engine import choose
+
+        self._legal(event)
+        source = self._fsm
+        started = time.monotonic()
+        if not _TRIGGERS[event](self, **args):
+            choose(_tables.DOMAIN, source.value, event, self._guard, args)  # raises the refusal
+            raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
+        seconds = time.monotonic() - started
+        self._history.append(HistoryEntry(source.value, event, self._fsm.value, seconds=seconds))
+        log.info(
+            "move machine=domain domain=%s from=%s event=%s to=%s duration_ms=%.3f",
+            self.label,
+            source.value,
+            event,
+            self._fsm.value,
+            seconds * 1000,
+            extra={
+                "machine": "domain",
+                "domain": self.label,
+                "source": source.value,
+                "event": event,
+                "dest": self._fsm.value,
+                "duration": seconds,
+            },
+        )
+
+    def _guard(self, name: str, args: Mapping[str, Any]) -> str | None:
+        if name == "start_mode":
+            return None if not self._flags else f"manager made with {self._flags!r}"
+        if name == "attach_mode":
+            return None if self._flags & NewFlags.ATTACH else "manager not made with ATTACH"
+        if name == "identity_set":
+            missing = [k for k in ("uuid", "name", "id") if k not in self._params]
+            return f"set_parameter {', '.join(missing)} first" if missing else None
+        if name == "resource_new":
+            res: Resource = args["resource"]
+            have = self._resources.get(res.ident)
+            if have is None:
+                return None
+            return f"{res.describe()} names the same file as registered {have[0].describe()}"
+        if name == "resource_known":
+            res = args["resource"]
+            return None if res.ident in self._resources else f"{res.describe()} is not registered"
+        raise AssertionError(f"unknown guard {name}")  # pragma: no cover
+
+    def _act(self, name: str, args: Mapping[str, Any]) -> None:
+        getattr(self, f"_do_{name}")(args)
+
+    def _registered(self, type: object, path: object, flags: object) -> Resource:
+        """The registered resource that ``(type, path, flags)`` names, even if the file is gone."""
+        bits = check_flags(ResourceFlags, flags, "resource flags")
+        for res, _ in self._resources.values():
+            if res.type is type and path in (res.path, res.canonical):
+                if res.flags != bits:
+                    raise InvalidArgument(
+                        f"{res.describe()} was registered with flags {res.flags}, not {bits}"
+                    )
+                return res
+        return Resource.make(type, path, flags)  # not registered: refused by resource_known
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def _do_store_parameter(self, args: Mapping[str, Any]) -> None:
+        self._params[args["key"]] = args["value"]
+
+    def _do_store_resource(self, args: Mapping[str, Any]) -> None:
+        res: Resource = args["resource"]
+        leases = self._driver.backend.leases(res.type.value, res.path, res.canonical, res.shared)
+        self._resources[res.ident] = (res, leases)
+
+    @property
+    def _run_dir(self) -> str:
+        return str(self._driver.config["run_dir"])
+
+    def _do_await_launch(self, args: Mapping[str, Any]) -> None:
+        if self._launch is None:
+            raise InvalidArgument(
+                "supervisor_args was never read: run the supervisor with it first"
+            )
+        launch = self._launch
+        try:
+            info = self._reach(launch, {"op": "get_child"}, args["timeout"])
+            want = sorted(r.to_wire(le)["canonical"] for r, le in self._resources.values())
+            got = sorted(r["canonical"] for r in info["resources"])
+            if want != got:
+                self._call(launch, {"op": "shutdown", "gen": self._gen, "grace": 0.0}, 30.0)
+                raise BackendError(
+                    f"the supervisor holds {got}, the manager registered {want}: read "
+                    "supervisor_args after the last register_resource; that guest was stopped"
+                )
+        except BaseException:
+            self._launch = None  # a new launch, with new supervisor_args, may follow
+            raise
+        self._child = int(info["guest_pid"])
+
+    def _reach(self, launch: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Ask the supervisor of ``launch``, waiting up to ``timeout`` for it to come up.  If it
+        has exited, raise what its record says."""
+        deadline = time.monotonic() + timeout
+        delay = _POLL[0]
+        while True:
+            try:
+                return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+            except (FileNotFoundError, ConnectionError, TimeoutError):
+                record = control.read_record(self._run_dir, launch)
+                if record and record.get("state") in _tables.SUPERVISOR.terminal:
+                    control.forget(self._run_dir, launch, record.get("uuid"))
+                    self._raise_ended(record)
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"no supervisor of {self.label!r} answered within {timeout:g} s (was "
+                        f"it run as [supervisor_path, *supervisor_args, '--', guest...]?)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, _POLL[1])
+
+    def _raise_ended(self, record: Mapping[str, Any]) -> None:
+        error = record.get("error")
+        if error:
+            control.raise_reply(error)
+        raise BackendError(
+            f"the guest of {self.label!r} has exited (status {record.get('status')}); "
+            "its leases are released"
+        )
+
+    def _call(self, launch: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request to a supervisor that must be running."""
+        try:
+            return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+        except (FileNotFoundError, ConnectionError) as e:
+            raise BackendError(f"the supervisor of {self.label!r} is gone ({e})") from None
+        except TimeoutError:
+            raise BackendError(f"the supervisor of {self.label!r} did not answer") from None
+
+    def _do_attach_supervisor(self, args: Mapping[str, Any]) -> None:
+        uuid = self._params["uuid"]
+        launch = control.pointed(self._run_dir, uuid)
+        if launch is None:
+            raise BackendError(f"no supervisor of uuid {uuid} is known in {self._run_dir}")
+        hello = self._reach(launch, {"op": "hello"}, min(args["timeout"], 5.0))
+        for key in ("uuid", "name", "id"):
+            if hello.get(key) != self._params[key]:
+                raise InvalidArgument(
+                    f"{key} {self._params[key]!r} does not match the running supervisor's "
+                    f"{hello.get(key)!r}"
+                )
+        theirs = {(ResourceType(r["type"]), r["canonical"]): r for r in hello["resources"]}
+        if self._resources and set(theirs) != set(self._resources):
+            raise InvalidArgument(
+                f"registered resources {sorted(c for _, c in self._resources)} do not match the "
+                f"supervisor's {sorted(c for _, c in theirs)}"
+            )
+        info = self._call(launch, {"op": "attach"}, 5.0)
+        self._resources = {
+            ident: (Resource.from_wire(r), list(r["leases"])) for ident, r in theirs.items()
+        }
+        self._launch, self._gen, self._child = launch, int(info["gen"]), int(info["guest_pid"])
+
+    def _do_supervisor_acquire(self, args: Mapping[str, Any]) -> None:
+        res: Resource = args["resource"]
+        leases = self._driver.backend.leases(res.type.value, res.path, res.canonical, res.shared)
+        assert self._launch is not None
+        self._call(
+            self._launch, {"op": "acquire", "gen": self._gen, "resource": res.to_wire(leases)}, 30.0
+        )
+        self._resources[res.ident] = (res, leases)
+
+    def _do_supervisor_release(self, args: Mapping[str, Any]) -> None:
+        res: Resource = args["resource"]
+        _, leases = self._resources[res.ident]
+        assert self._launch is not None
+        self._call(
+            self._launch, {"op": "release", "gen": self._gen, "resource": res.to_wire(leases)}, 30.0
+        )
+        del self._resources[res.ident]
+
+    def _do_supervisor_shutdown(self, args: Mapping[str, Any]) -> None:
+        launch = self._launch
+        assert launch is not None
+        grace = float(self._driver.config["shutdown_grace"])
+        request = {"op": "shutdown", "gen": self._gen, "grace": grace}
+        try:
+            control.call(control.socket_path(self._run_dir, launch), request, grace + 30.0)
+        except (FileNotFoundError, ConnectionError):
+            record = control.read_record(self._run_dir, launch)
+            if record is not None and _alive(record, launch):
+                raise BackendError(
+                    f"the supervisor of {self.label!r} (pid {record['pid']}) runs but does not "
+                    "answer on its control socket"
+                ) from None
+            # Gone: the guest exited, or the supervisor died and took the guest with it; the
+            # kernel or the supervisor released every lease.
+        except TimeoutError:
+            raise BackendError(f"the supervisor of {self.label!r} did not stop in time") from None
+        control.forget(self._run_dir, launch, self._params.get("uuid"))
+
+    def _do_forget(self, args: Mapping[str, Any]) -> None:
+        self._driver._managers.discard(self)
+
+    def __repr__(self) -> str:
+        return f"<LockManager {self.label!r} {self._fsm.value} flags={self._flags!r}>"
+
+
+_TRIGGERS = triggers(build(_tables.DOMAIN, DomainState, LockManager, "_fsm"))
+
+__all__ = [
+    "LeaseConflict",
+    "LockDriver",
+    "LockManager",
+    "load_driver",
+]

@@ -1,0 +1,104 @@
+"""Backends: the seed's lock-manager plugins.
+
+A backend has two halves, both in its module:
+
+* the **naming half** (:class:`Backend`), in the daemon: validates its configuration, declares its
+  capabilities as data, and names the leases a resource needs;
+* the **holding half** (:class:`Holder`), in the supervisor: acquires and releases those leases.
+
+The supervisor imports only the holding half's needs: a backend module keeps heavy imports
+(hashlib, clients of lock services) inside the functions of its naming half.
+
+The contract of each method, in the manner of libvirt's ``lock_driver.h``:
+
+``Backend.__init__(config)``
+    Called once per :func:`lockfsm.load_driver` with the validated configuration (every key of
+    :data:`COMMON_KEYS` and of the backend's ``config_keys``, defaults filled in).  May create
+    directories.  Raises :class:`~lockfsm.InvalidArgument` for a configuration it cannot use.
+
+``Backend.leases(resource_type, path, canonical, shared)``
+    Called when a resource is registered or hot-plugged, in the daemon.  Returns the leases that
+    protect the resource as ``[{"key": str, "mode": "exclusive" | "shared"}]``, in the order they
+    are to be taken.  A key is a name without ``/``.  A backend with VM-level leases returns ``[]``.
+    Pure: it takes nothing.
+
+``Holder.acquire(lease, resource)``
+    Called in the supervisor, before the guest starts or on hot-plug.  Takes the lease without
+    waiting.  Raises :class:`~lockfsm.LeaseConflict` (naming ``resource`` and, where it can, the
+    holder) when the lease is held elsewhere, :class:`~lockfsm.BackendError` otherwise.  On a raise
+    nothing is held.
+
+``Holder.release(lease)``
+    Called in the supervisor after the guest exited, or on hot-unplug.  Never raises for a lease it
+    holds; releasing a lease it does not hold is a BackendError.
+
+``Holder.inheritable_fds()``
+    The file descriptors the guest must inherit so that its leases outlive the supervisor until
+    the guest itself is dead (fcntl: the lock's open file descriptions).  May be empty.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+from lockfsm.errors import InvalidArgument
+
+
+class Capabilities(NamedTuple):
+    """What a backend can do, as data (DESIGN.md's capability table).  Tables' events name the
+    capability they require (``requires = "hotplug"``)."""
+
+    per_disk: bool
+    shared: bool
+    hotplug: bool
+    migration: bool
+    atomic_handoff: bool
+    holder_death_frees: str
+    self_fencing: bool
+    spans_hosts: str
+
+
+class ConfigKey(NamedTuple):
+    """One configuration key: its check (returns the value to keep or raises ValueError with the
+    reason), its default (a callable, computed when absent) and one line of documentation."""
+
+    check: Callable[[Any], Any]
+    default: Callable[[], Any]
+    doc: str
+
+
+class Holder(Protocol):
+    def acquire(self, lease: Mapping[str, str], resource: str) -> None: ...
+
+    def release(self, lease: Mapping[str, str]) -> None: ...
+
+    def inheritable_fds(self) -> list[int]: ...
+
+
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+    config_keys: Mapping[str, ConfigKey]
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]: ...
+
+
+#: Backend name -> module (imported on first use).
+MODULES = {"nop": "lockfsm.backends.nop", "fcntl": "lockfsm.backends.fcntl"}
+
+
+def module(name: object) -> Any:
+    """The module of backend ``name``.  Raises InvalidArgument for an unknown name."""
+    if not isinstance(name, str) or name not in MODULES:
+        raise InvalidArgument(f"unknown driver {name!r}: known drivers are {', '.join(MODULES)}")
+    return importlib.import_module(MODULES[name])
+
+
+def make_holder(name: str, config: Mapping[str, Any]) -> Holder:
+    """The holding half of backend ``name`` (in the supervisor), from a validated config."""
+    holder: Holder = module(name).make_holder(config)
+    return holder

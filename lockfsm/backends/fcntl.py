@@ -1,0 +1,170 @@
+"""The ``fcntl`` backend, the embedded default: open-file-description locks on lease files.
+
+A lease is byte 0 (length 1) of a file in the lockspace directory, locked with ``F_OFD_SETLK``:
+a write lock for an exclusive lease, a read lock for a shared one.  The file of a disk is named as
+libvirt's lockd names it, the SHA-256 hex of the disk path as the daemon gives it; where the
+canonical path differs (symlinks, ``..``), the canonical path's lease is taken too, so that hosts
+naming one file differently still exclude each other.  The disk image itself is never opened, so
+QEMU's own image locks (bytes 100+ and 200+ of the image) are never touched.
+
+Locks belong to open file descriptions: the kernel frees them when the last descriptor of the
+description is closed, that is when the holder dies.  The supervisor lets the guest inherit the
+descriptors of the leases taken at start, so those leases are freed only once the guest is dead
+too (it dies by PR_SET_PDEATHSIG when the supervisor dies).
+
+Lease files are never truncated, written or deleted by lockfsm.  Another lock manager may delete
+a lease file while it holds the lock (libvirt's virtlockd does): after locking, the locked inode is
+compared with the one at the path, and the lock is taken again if they differ.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.errors import BackendError, LeaseConflict
+from lockfsm.paths import default_state_dir, safe_dir
+
+CAPABILITIES = Capabilities(
+    per_disk=True,
+    shared=True,
+    hotplug=True,
+    migration=False,  # issue 3 adds the migration calls
+    atomic_handoff=False,
+    holder_death_frees="at once (kernel)",
+    self_fencing=False,
+    spans_hosts="on shared NFS",
+)
+
+_FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+_RETRIES = 8  # lease file replaced under us this many times in a row: give up
+
+
+def _lockspace(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path string, not {value!r}")
+    return safe_dir(value, "lockspace_dir", 0o700)
+
+
+class FcntlBackend:
+    """The naming half (daemon side)."""
+
+    name = "fcntl"
+    capabilities = CAPABILITIES
+    config_keys: Mapping[str, ConfigKey] = {
+        "lockspace_dir": ConfigKey(
+            _lockspace,
+            lambda: default_state_dir("lockspace"),
+            "directory of the lease files (shared with libvirt's file_lockspace_dir)",
+        ),
+    }
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]:
+        import hashlib  # here, not at the top: the supervisor never needs it
+
+        mode = "shared" if shared else "exclusive"
+        if resource_type == "lease":
+            names = [f"lease:{path}"]
+        else:
+            names = [path] if canonical == path else [path, canonical]
+        return [
+            {"key": hashlib.sha256(n.encode("utf-8", "surrogateescape")).hexdigest(), "mode": mode}
+            for n in names
+        ]
+
+
+def _flock(kind: int) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 1, 0)
+
+
+def _holder_of(fd: int, kind: int) -> str:
+    """Who holds a conflicting lock on byte 0, as far as the kernel says."""
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(kind))
+    except OSError:
+        return "unknown holder"
+    ltype, _, _, _, pid = struct.unpack(_FLOCK, got)
+    if ltype == fcntl.F_UNLCK:
+        return "a holder that has just let go"
+    if pid > 0:  # a classic POSIX lock: virtlockd, or another program
+        return f"another lock manager (pid {pid}, POSIX lock)"
+    return "another lockfsm supervisor (OFD lock)"
+
+
+class FcntlHolder:
+    """The holding half (supervisor side): one open file description per held lease."""
+
+    def __init__(self, lockspace_dir: str) -> None:
+        self.dir = lockspace_dir
+        self.fds: dict[str, int] = {}
+
+    def _open(self, path: str) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise BackendError(f"lease file {path} cannot be opened: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BackendError(f"lease file {path} is not a regular file: foreign file, not used")
+        return fd
+
+    def acquire(self, lease: Mapping[str, str], resource: str) -> None:
+        key = lease["key"]
+        if key in self.fds:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
+        path = os.path.join(self.dir, key)
+        for _ in range(_RETRIES):
+            fd = self._open(path)
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(kind))
+            except OSError as e:
+                holder = _holder_of(fd, kind) if e.errno in (errno.EAGAIN, errno.EACCES) else ""
+                os.close(fd)
+                if holder:
+                    raise LeaseConflict(
+                        f"{resource} is locked by {holder} (lease file {path})", resource, holder
+                    ) from None
+                raise BackendError(f"locking {path} for {resource}: {e.strerror}") from None
+            try:
+                here = os.stat(path)
+                held = os.fstat(fd)
+                same = (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fds[key] = fd
+                return
+            os.close(fd)  # the file was deleted or replaced after we opened it: lock the new one
+        raise BackendError(f"lease file {path} of {resource} keeps being replaced; not taken")
+
+    def release(self, lease: Mapping[str, str]) -> None:
+        fd = self.fds.pop(lease["key"], None)
+        if fd is None:
+            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
+        try:
+            # Unlock explicitly: the guest may share this open file description.
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
+        finally:
+            os.close(fd)
+
+    def inheritable_fds(self) -> list[int]:
+        return list(self.fds.values())
+
+
+BACKEND = FcntlBackend
+
+
+def make_holder(config: Mapping[str, Any]) -> FcntlHolder:
+    return FcntlHolder(config["lockspace_dir"])

@@ -1,0 +1,53 @@
+"""The ``nop`` backend: VM-level, holds nothing.  Resource paths are accepted and ignored, as the
+seed allows a VM-level lock manager to do.  Useful to run guests under the lifecycle checks alone,
+and as the baseline of the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm.backends import Capabilities, ConfigKey
+
+CAPABILITIES = Capabilities(
+    per_disk=False,
+    shared=False,
+    hotplug=True,
+    migration=False,  # issue 3 adds the migration calls
+    atomic_handoff=False,
+    holder_death_frees="nothing is held",
+    self_fencing=False,
+    spans_hosts="no",
+)
+
+
+class NopBackend:
+    name = "nop"
+    capabilities = CAPABILITIES
+    config_keys: Mapping[str, ConfigKey] = {}
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]:
+        return []
+
+
+class NopHolder:
+    def acquire(self, lease: Mapping[str, str], resource: str) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
+    def release(self, lease: Mapping[str, str]) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
+    def inheritable_fds(self) -> list[int]:
+        return []
+
+
+BACKEND = NopBackend
+
+
+def make_holder(config: Mapping[str, Any]) -> NopHolder:
+    return NopHolder()

@@ -1,0 +1,87 @@
+"""Driver configuration: a mapping, or the path of a TOML file, checked key by key.
+
+Every backend reads the keys of :data:`COMMON_KEYS`; a backend adds its own (``config_keys``).
+An unknown key, or a bad value, is an InvalidArgument that names the key (and the file).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm.backends import ConfigKey
+from lockfsm.errors import InvalidArgument
+from lockfsm.paths import default_run_dir, safe_dir
+
+POLICIES = ("poweroff", "pause", "ignore")
+_MAX_RUN_DIR = 107 - len("/0123456789abcdef.sock")
+
+
+def _run_dir(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path string, not {value!r}")
+    if len(value.encode()) > _MAX_RUN_DIR:
+        raise ValueError(f"{value!r} is longer than {_MAX_RUN_DIR} bytes (Unix socket paths)")
+    return safe_dir(value, "run_dir", 0o700)
+
+
+def _policy(value: Any) -> str:
+    if value not in POLICIES:
+        raise ValueError(f"{value!r} is not one of {', '.join(POLICIES)}")
+    return str(value)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ValueError(f"{value!r} is not a number of seconds in (0, 3600]")
+    return float(value)
+
+
+COMMON_KEYS: Mapping[str, ConfigKey] = {
+    "run_dir": ConfigKey(
+        _run_dir, default_run_dir, "where supervisors' control sockets and records live"
+    ),
+    "lock_failure": ConfigKey(
+        _policy,
+        lambda: "poweroff",
+        "what to do to a guest whose lease is lost: " + "/".join(POLICIES),
+    ),
+    "shutdown_grace": ConfigKey(
+        _seconds, lambda: 10.0, "seconds between SIGTERM and SIGKILL when shutdown() stops a guest"
+    ),
+}
+
+
+def load(keys: Mapping[str, ConfigKey], config: object) -> dict[str, Any]:
+    """The checked configuration, defaults filled in.  ``config`` is None, a mapping, or the path
+    of a TOML file.  Raises InvalidArgument naming the key (and the file)."""
+    where = ""
+    if config is None:
+        raw: Mapping[str, Any] = {}
+    elif isinstance(config, str | os.PathLike):
+        where = f" in {os.fspath(config)}"
+        try:
+            with open(config, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise InvalidArgument(f"config file {os.fspath(config)!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"config file {os.fspath(config)!r}: {e}") from None
+    elif isinstance(config, Mapping):
+        raw = config
+    else:
+        raise InvalidArgument(f"config must be a mapping or a TOML file path, not {config!r}")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise InvalidArgument(
+            f"unknown configuration key {unknown[0]!r}{where} (known: {', '.join(sorted(keys))})"
+        )
+    checked = {}
+    for key, spec in keys.items():
+        try:
+            checked[key] = spec.check(raw[key] if key in raw else spec.default())
+        except ValueError as e:
+            raise InvalidArgument(f"configuration key {key!r}{where}: {e}") from None
+    return checked

@@ -1,0 +1,233 @@
+"""The control socket's wire format, both ends (light: the supervisor imports it).
+
+One message is one JSON object on one line, at most :data:`MAX_MESSAGE` bytes with its newline.
+A request is ``{"op": <op>, ...}`` with exactly the fields :data:`REQUESTS` lists for the op; a
+reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": <class name>, "message": <text>}``.
+Anything else is refused with an error reply that says why, and changes nothing.
+
+The files beside the socket, in the run directory (one set per launch, named by its launch id, so
+that a new launch never talks to an earlier supervisor or its stale socket):
+
+* ``<launch>.sock``: the control socket, mode 0600;
+* ``<launch>.json``: the supervisor's record (pid, identity, state, leases, exit status), rewritten
+  atomically at each state change and left behind for the daemon when the supervisor exits;
+* ``dom-<uuid>``: a symlink to the record of the supervisor that currently runs the guest, for
+  ``NewFlags.ATTACH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm.errors import BY_NAME, BackendError, InvalidArgument, LeaseConflict, LockFSMError
+
+MAX_MESSAGE = 64 * 1024
+PROTOCOL = 1
+LAUNCH = re.compile(r"[0-9a-f]{16}")
+LEASE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: op -> {field: type}; "gen" (the controller generation) is required where listed.
+REQUESTS: dict[str, dict[str, type]] = {
+    "hello": {},
+    "get_child": {},
+    "attach": {},
+    "acquire": {"gen": int, "resource": dict},
+    "release": {"gen": int, "resource": dict},
+    "shutdown": {"gen": int, "grace": float},
+}
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    if len(data) > MAX_MESSAGE:
+        raise InvalidArgument(f"message of {len(data)} bytes is over the {MAX_MESSAGE} limit")
+    return data
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """One message, from one line (with or without its newline).  Raises InvalidArgument."""
+    if len(line) > MAX_MESSAGE:
+        raise InvalidArgument(f"message of {len(line)} bytes is over the {MAX_MESSAGE} limit")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidArgument(f"message is not JSON text: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"message is not a JSON object: {line[:60]!r}")
+    return obj
+
+
+def check_resource(res: Any) -> dict[str, Any]:
+    """A resource as it crosses the socket: type, path, canonical, flags, leases."""
+    if not isinstance(res, dict) or set(res) != {"type", "path", "canonical", "flags", "leases"}:
+        raise InvalidArgument(f"resource must have type, path, canonical, flags, leases: {res!r}")
+    if res["type"] not in ("disk", "lease"):
+        raise InvalidArgument(f"resource type {res['type']!r} is unknown")
+    for k in ("path", "canonical"):
+        if not isinstance(res[k], str) or not res[k] or "\x00" in res[k] or len(res[k]) > 4096:
+            raise InvalidArgument(f"resource {k} {res[k]!r} is not a usable path")
+    if isinstance(res["flags"], bool) or not isinstance(res["flags"], int) or res["flags"] & ~3:
+        raise InvalidArgument(f"resource flags {res['flags']!r} are unknown")
+    leases = res["leases"]
+    if not isinstance(leases, list) or len(leases) > 8:
+        raise InvalidArgument(f"resource leases {leases!r} must be a list of at most 8")
+    for lease in leases:
+        if (
+            not isinstance(lease, dict)
+            or set(lease) != {"key", "mode"}
+            or not isinstance(lease["key"], str)
+            or not LEASE_KEY.fullmatch(lease["key"])
+            or lease["mode"] not in ("exclusive", "shared")
+        ):
+            raise InvalidArgument(f"lease {lease!r} must be {{key, mode}} with a plain key")
+    return res
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """(op, fields) of a well-formed request.  Raises InvalidArgument naming what is wrong."""
+    msg = decode(line)
+    op = msg.pop("op", None)
+    if op not in REQUESTS:
+        raise InvalidArgument(f"unknown op {op!r}")
+    want = REQUESTS[op]
+    if set(msg) != set(want):
+        raise InvalidArgument(f"op {op} takes fields {sorted(want)}, got {sorted(msg)}")
+    for name, kind in want.items():
+        value = msg[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = msg[name] = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidArgument(f"field {name} of op {op} must be {kind.__name__}: {value!r}")
+    if "resource" in msg:
+        check_resource(msg["resource"])
+    if "grace" in msg and not 0.0 <= msg["grace"] <= 3600.0:
+        raise InvalidArgument(f"grace {msg['grace']!r} must be 0 to 3600 seconds")
+    return op, msg
+
+
+def error_reply(err: BaseException) -> dict[str, Any]:
+    reply: dict[str, Any] = {"ok": False, "error": type(err).__name__, "message": str(err)}
+    if isinstance(err, LeaseConflict):
+        reply["resource"] = err.resource
+        reply["holder"] = err.holder
+    if type(err).__name__ not in BY_NAME:
+        reply["error"] = "BackendError"
+    return reply
+
+
+def raise_reply(reply: Mapping[str, Any]) -> None:
+    """Raise the error a failed reply carries (its own class, from the error tree)."""
+    if reply.get("ok") is True:
+        return
+    cls = BY_NAME.get(str(reply.get("error")), BackendError)
+    message = str(reply.get("message", "supervisor refused the request"))
+    if cls is LeaseConflict:
+        raise LeaseConflict(message, str(reply.get("resource", "")), str(reply.get("holder", "")))
+    if cls is LockFSMError or cls.__name__ == "IllegalTransition":
+        cls = BackendError  # the supervisor's own machine refused: a race with the guest's end
+    raise cls(message)
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    """Read one line (bounded) from a blocking socket.  b'' if the peer closed first."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b""
+        buf += chunk
+        if len(buf) > MAX_MESSAGE:
+            raise BackendError(f"reply over {MAX_MESSAGE} bytes")
+    return buf.split(b"\n", 1)[0]
+
+
+def call(path: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """Send one request to the supervisor at socket ``path``; return its successful reply.
+
+    Raises the reply's error, ``ConnectionError``/``FileNotFoundError``/``TimeoutError`` when no
+    supervisor answers (the caller decides what that means), BackendError for a garbled reply.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(encode(request))
+        line = recv_line(s)
+    if not line:
+        raise ConnectionResetError(f"supervisor at {path} closed the connection")
+    try:
+        reply = decode(line)
+    except InvalidArgument as e:
+        raise BackendError(f"garbled reply from supervisor at {path}: {e}") from None
+    raise_reply(reply)
+    return reply
+
+
+# -- the run directory's files ------------------------------------------------------------------
+
+
+def socket_path(run_dir: str, launch: str) -> str:
+    return os.path.join(run_dir, f"{launch}.sock")
+
+
+def record_path(run_dir: str, launch: str) -> str:
+    return os.path.join(run_dir, f"{launch}.json")
+
+
+def pointer_path(run_dir: str, uuid: str) -> str:
+    return os.path.join(run_dir, f"dom-{uuid}")
+
+
+def write_record(run_dir: str, launch: str, record: Mapping[str, Any]) -> None:
+    """Replace the record atomically (write a temporary file, then rename)."""
+    path = record_path(run_dir, launch)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def read_record(run_dir: str, launch: str) -> dict[str, Any] | None:
+    try:
+        with open(record_path(run_dir, launch), "rb") as f:
+            data = f.read(MAX_MESSAGE + 1)
+        return decode(data)
+    except (FileNotFoundError, InvalidArgument):
+        return None
+
+
+def point(run_dir: str, uuid: str, launch: str) -> None:
+    """Make ``dom-<uuid>`` name this launch, atomically."""
+    link = pointer_path(run_dir, uuid)
+    tmp = f"{link}.{launch}.tmp"
+    os.symlink(f"{launch}.json", tmp)
+    os.replace(tmp, link)
+
+
+def pointed(run_dir: str, uuid: str) -> str | None:
+    """The launch ``dom-<uuid>`` names, if any."""
+    try:
+        target = os.readlink(pointer_path(run_dir, uuid))
+    except OSError:
+        return None
+    launch = target.removesuffix(".json")
+    return launch if LAUNCH.fullmatch(launch) else None
+
+
+def forget(run_dir: str, launch: str, uuid: str | None) -> None:
+    """Remove a finished launch's record (and the pointer, if it still names this launch)."""
+    if uuid is not None and pointed(run_dir, uuid) == launch:
+        try:
+            os.unlink(pointer_path(run_dir, uuid))
+        except FileNotFoundError:
+            pass
+    for path in (record_path(run_dir, launch), socket_path(run_dir, launch)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

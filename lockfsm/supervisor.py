@@ -1,0 +1,445 @@
+"""``lockfsm-supervisor``: the per-guest process that holds the guest's leases.
+
+Run by the daemon as ``[supervisor_path, *supervisor_args, "--", *guest_argv]``.  It takes every
+lease, then starts the guest as its child with ``PR_SET_PDEATHSIG`` (so the guest dies with it),
+holds the leases until the guest exits, releases them and exits with the guest's status.  If a
+lease cannot be had it starts no guest, records why, and exits with :data:`EXIT_REFUSED`.
+
+Its moves are those of ``specs/supervisor.toml`` (and one ``specs/lease.toml`` machine per lease),
+driven by the light interpreter in lockfsm/engine.py: this process runs once per guest, so it
+imports neither ``transitions`` nor ``attrs`` nor ``hashlib`` (the daemon names the leases).
+
+One thread: a selector over the control socket, its connections, a signal wake-up pipe and the
+guest's pidfd.  The guest is forked from this main thread, since PR_SET_PDEATHSIG fires when the
+parent *thread* exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm import _tables, control
+from lockfsm.backends import make_holder
+from lockfsm.engine import Instance
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
+
+EXIT_USAGE = 2
+EXIT_REFUSED = 75  # EX_TEMPFAIL: a lease was held elsewhere, no guest was started
+PR_SET_PDEATHSIG = 1
+DEFAULT_GRACE = 10.0
+
+
+def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``--launch <json> -- guest...`` (other ``--key value`` pairs before ``--`` are for ``ps``
+    readers only and are ignored).  Raises ValueError."""
+    if "--" not in argv:
+        raise ValueError("usage: lockfsm-supervisor --launch JSON [--name N --uuid U] -- GUEST...")
+    cut = argv.index("--")
+    opts, guest = argv[:cut], argv[cut + 1 :]
+    if not guest:
+        raise ValueError("no guest command after '--'")
+    if len(opts) % 2 or "--launch" not in opts[::2]:
+        raise ValueError("options must be '--key value' pairs and include --launch")
+    spec = json.loads(opts[opts.index("--launch") + 1])
+    if not isinstance(spec, dict) or spec.get("v") != control.PROTOCOL:
+        raise ValueError("--launch is not a launch of this lockfsm version")
+    if not control.LAUNCH.fullmatch(str(spec.get("launch"))):
+        raise ValueError(f"launch id {spec.get('launch')!r} is malformed")
+    for res in spec.get("resources", []):
+        control.check_resource(res)
+    return spec, guest
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def _ident(res: Mapping[str, Any]) -> tuple[str, str]:
+    return (res["type"], res["canonical"])
+
+
+class Supervisor:
+    def __init__(self, spec: dict[str, Any], guest: list[str]) -> None:
+        self.spec = spec
+        self.guest_argv = guest
+        self.config = spec["config"]
+        self.run_dir: str = self.config["run_dir"]
+        self.launch: str = spec["launch"]
+        self.holder = make_holder(spec["driver"], self.config)
+        self.resources: dict[tuple[str, str], dict[str, Any]] = {}
+        self.leases: dict[str, Instance] = {}
+        self.gen = 1
+        self.guest_pid: int | None = None
+        self.status: int | None = None
+        self.error: dict[str, Any] | None = None
+        self.sm = Instance(_tables.SUPERVISOR, self._guard, self._act)
+        self.kill_at: float | None = None
+        self.waiters: list[socket.socket] = []
+        self.buffers: dict[socket.socket, bytes] = {}
+        for action in {a for m in _tables.SUPERVISOR.moves for a in m.actions}:
+            getattr(self, f"_do_{action}")  # every action of the table exists, or fail now
+
+    # -- the machine's callbacks ----------------------------------------------------------------
+
+    def _guard(self, name: str, args: Mapping[str, Any]) -> str | None:
+        raise AssertionError(f"the supervisor table has no guard {name}")  # pragma: no cover
+
+    def _act(self, name: str, args: Mapping[str, Any]) -> None:
+        getattr(self, f"_do_{name}")(args)
+
+    def _lease_act(self, name: str, args: Mapping[str, Any]) -> None:
+        if name == "backend_acquire":
+            self.holder.acquire(args["lease"], args["label"])
+        else:
+            self.holder.release(args["lease"])
+
+    def _take(self, resources: list[dict[str, Any]]) -> None:
+        """Take every lease of ``resources`` in key order; on a failure give back what was taken."""
+        wanted = sorted(
+            ((lease, res) for res in resources for lease in res["leases"]),
+            key=lambda x: x[0]["key"],
+        )
+        taken: list[dict[str, str]] = []
+        try:
+            for lease, res in wanted:
+                if lease["key"] in self.leases:
+                    raise InvalidArgument(f"{res['path']}: lease {lease['key']} is already held")
+                machine = Instance(_tables.LEASE, self._guard, self._lease_act)
+                label = f"{res['type']} {res['path']}"
+                try:
+                    machine.fire("acquire", lease=lease, label=label)
+                except LeaseConflict as e:
+                    raise self._named_holder(e, lease["key"]) from None
+                self.leases[lease["key"]] = machine
+                taken.append(lease)
+        except BaseException:
+            self._give(taken)
+            raise
+        for res in resources:
+            self.resources[_ident(res)] = res
+
+    def _give(self, leases: list[dict[str, str]]) -> None:
+        for lease in leases:
+            machine = self.leases.pop(lease["key"], None)
+            if machine is not None:
+                machine.fire("release", lease=lease)
+
+    def _named_holder(self, err: LeaseConflict, key: str) -> LeaseConflict:
+        """Say which local guest holds lease ``key``, when its supervisor's record tells."""
+        for name in sorted(os.listdir(self.run_dir)):
+            launch = name.removesuffix(".json")
+            if launch == self.launch or not control.LAUNCH.fullmatch(launch):
+                continue
+            rec = control.read_record(self.run_dir, launch)
+            if not rec or rec.get("state") not in ("running", "stopping"):
+                continue
+            for res in rec.get("resources", []):
+                if any(lease.get("key") == key for lease in res.get("leases", [])):
+                    who = (
+                        f"domain {rec.get('name')!r} (uuid {rec.get('uuid')}, "
+                        f"supervisor pid {rec.get('pid')}) on this host"
+                    )
+                    return LeaseConflict(f"{err.resource} is held by {who}", err.resource, who)
+        return err
+
+    def _do_acquire_leases(self, args: Mapping[str, Any]) -> None:
+        self._take(list(self.spec.get("resources", [])))
+
+    def _do_report_refusal(self, args: Mapping[str, Any]) -> None:
+        self.error = control.error_reply(args["error"])
+        self._record()
+
+    def _do_spawn_guest(self, args: Mapping[str, Any]) -> None:
+        inherit = self.holder.inheritable_fds()
+        for fd in inherit:
+            os.set_inheritable(fd, True)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the guest-to-be
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != parent:  # the supervisor died before prctl took effect
+                    os._exit(EXIT_REFUSED)
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execvp(self.guest_argv[0], self.guest_argv)
+            except BaseException as e:
+                try:
+                    os.write(2, f"lockfsm-supervisor: cannot run guest: {e}\n".encode())
+                finally:
+                    os._exit(127)
+        for fd in inherit:
+            os.set_inheritable(fd, False)
+        self.guest_pid = pid
+        self.pidfd = os.pidfd_open(pid)
+
+    def _do_acquire_lease(self, args: Mapping[str, Any]) -> None:
+        res = args["resource"]
+        if _ident(res) in self.resources:
+            raise InvalidArgument(f"{res['type']} {res['path']} is already held by this guest")
+        self._take([res])
+
+    def _do_release_lease(self, args: Mapping[str, Any]) -> None:
+        res = self.resources.get(_ident(args["resource"]))
+        if res is None:
+            raise InvalidArgument(f"{args['resource']['path']} is not held by this guest")
+        self._give(list(res["leases"]))
+        del self.resources[_ident(res)]
+
+    def _do_new_controller(self, args: Mapping[str, Any]) -> None:
+        self.gen += 1
+
+    def _do_signal_guest(self, args: Mapping[str, Any]) -> None:
+        assert self.guest_pid is not None
+        os.kill(self.guest_pid, signal.SIGTERM)
+        self.kill_at = time.monotonic() + float(args.get("grace", DEFAULT_GRACE))
+
+    def _do_release_all(self, args: Mapping[str, Any]) -> None:
+        self.status = int(args["status"])
+        for res in list(self.resources.values()):
+            self._give(list(res["leases"]))
+        self.resources.clear()
+
+    # -- records and the socket ------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "v": control.PROTOCOL,
+            "pid": os.getpid(),
+            "launch": self.launch,
+            "driver": self.spec["driver"],
+            "uuid": self.spec.get("uuid"),
+            "name": self.spec.get("name"),
+            "id": self.spec.get("id"),
+            "state": self.sm.state,
+            "guest_pid": self.guest_pid,
+            "gen": self.gen,
+            "resources": list(self.resources.values()),
+            "status": self.status,
+            "error": self.error,
+            "since": time.time(),
+        }
+
+    def _record(self) -> None:
+        control.write_record(self.run_dir, self.launch, self.info())
+
+    def fire(self, event: str, **args: Any) -> None:
+        self.sm.fire(event, **args)
+        self._record()
+
+    def _listen(self) -> socket.socket:
+        path = control.socket_path(self.run_dir, self.launch)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is born 0600
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        sock.setblocking(False)
+        return sock
+
+    # -- the main loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            os.setsid()  # a signal to the daemon's process group must not reach the guest
+        except OSError:
+            pass
+        self.listener = self._listen()
+        self._record()
+        try:
+            self.fire("acquire_all")
+        except LockFSMError as e:
+            self.fire("refuse", error=e)
+            self._close()
+            print(f"lockfsm-supervisor: {e}", file=sys.stderr)
+            return EXIT_REFUSED
+        self.fire("spawn")
+        if self.spec.get("uuid"):
+            control.point(self.run_dir, self.spec["uuid"], self.launch)
+        self._loop()
+        assert self.status is not None
+        return self.status
+
+    def _loop(self) -> None:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        os.set_blocking(wake_r, False)
+        signal.set_wakeup_fd(wake_w)
+        self.signalled = False
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self.sel.register(self.pidfd, selectors.EVENT_READ, "guest")
+        while self.sm.state not in _tables.SUPERVISOR.terminal:
+            timeout = None if self.kill_at is None else max(0.0, self.kill_at - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "wake":
+                    os.read(wake_r, 512)
+                    self._on_wake()
+                elif key.data == "guest":
+                    self._reap()
+                else:
+                    self._readable(key.fileobj)  # type: ignore[arg-type]
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                self._kill_guest()
+        self._close()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signalled = True
+
+    def _on_wake(self) -> None:
+        if not self.signalled:
+            return
+        self.signalled = False
+        if self.sm.state == "running":
+            self.fire("stop", grace=DEFAULT_GRACE)
+        elif self.sm.state == "stopping":
+            self._kill_guest()
+
+    def _kill_guest(self) -> None:
+        self.kill_at = None
+        if self.guest_pid is not None and self.status is None:
+            try:
+                os.kill(self.guest_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> None:
+        assert self.guest_pid is not None
+        _, wait_status = os.waitpid(self.guest_pid, 0)
+        code = os.waitstatus_to_exitcode(wait_status)
+        self.sel.unregister(self.pidfd)
+        os.close(self.pidfd)
+        self.fire("guest_exited", status=code if code >= 0 else 128 - code)
+        self.kill_at = None
+        for conn in self.waiters:
+            self._reply(conn, {"ok": True, "status": self.status})
+        self.waiters.clear()
+
+    def _close(self) -> None:
+        try:
+            os.unlink(control.socket_path(self.run_dir, self.launch))
+        except FileNotFoundError:
+            pass
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            uid = _peer_uid(conn)
+            if uid not in (os.geteuid(), 0):
+                conn.settimeout(1.0)
+                self._reply(conn, control.error_reply(PermissionError(f"uid {uid} may not")))
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.buffers[conn] = b""
+            self.sel.register(conn, selectors.EVENT_READ, "conn")
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.sel.unregister(conn)
+        self.buffers.pop(conn, None)
+        if conn in self.waiters:
+            self.waiters.remove(conn)
+        conn.close()
+
+    def _readable(self, conn: socket.socket) -> None:
+        try:
+            chunk = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn)
+            return
+        buf = self.buffers[conn] + chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            self._request(conn, line)
+        if len(buf) > control.MAX_MESSAGE:
+            self._reply(conn, control.error_reply(InvalidArgument("message over the size limit")))
+            self._drop(conn)
+            return
+        if conn in self.buffers:
+            self.buffers[conn] = buf
+
+    def _reply(self, conn: socket.socket, reply: Mapping[str, Any]) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(2.0)
+            conn.sendall(control.encode(reply))
+            conn.setblocking(False)
+        except OSError:
+            pass
+
+    def _request(self, conn: socket.socket, line: bytes) -> None:
+        try:
+            op, fields = control.parse_request(line)
+            reply = self._handle(conn, op, fields)
+        except LockFSMError as e:
+            reply = control.error_reply(e)
+        if reply is not None:
+            self._reply(conn, reply)
+
+    def _handle(
+        self, conn: socket.socket, op: str, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if op in ("hello", "get_child"):
+            return {"ok": True, **self.info()}
+        if op == "attach":
+            self.fire("attach")
+            return {"ok": True, **self.info()}
+        if fields["gen"] != self.gen:
+            raise BackendError(
+                f"this controller (generation {fields['gen']}) was superseded by a later attach "
+                f"(generation {self.gen}): it may no longer drive the supervisor of "
+                f"{self.spec.get('name')!r}"
+            )
+        if op == "acquire":
+            self.fire("acquire", resource=fields["resource"])
+            return {"ok": True, **self.info()}
+        if op == "release":
+            self.fire("release", resource=fields["resource"])
+            return {"ok": True, **self.info()}
+        assert op == "shutdown"
+        self.fire("stop", grace=fields["grace"])
+        self.waiters.append(conn)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lockfsm-supervisor``."""
+    try:
+        spec, guest = parse_argv(sys.argv[1:] if argv is None else argv)
+        supervisor = Supervisor(spec, guest)
+    except (ValueError, KeyError, TypeError, LockFSMError) as e:
+        print(f"lockfsm-supervisor: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Small frozen values, validated when built: a bad value is refused here, by name.
+
+Daemon side only (attrs is not imported by the supervisor).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from typing import Any
+
+import attrs
+
+from lockfsm.errors import InvalidArgument
+from lockfsm.flags import ResourceFlags, ResourceType, check_flags
+
+MAX_PATH = 4096
+MAX_NAME = 255
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LEASE_PART = re.compile(r"[A-Za-z0-9._-]{1,48}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, not {value!r}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} {value!r} contains a NUL byte")
+    if _CONTROL.search(value):
+        raise InvalidArgument(f"{what} {value!r} contains a control character")
+    if len(value.encode("utf-8", "surrogateescape")) > limit:
+        raise InvalidArgument(f"{what} {value[:40]!r}... is longer than {limit} bytes")
+    return value
+
+
+def check_uuid(value: object) -> str:
+    """RFC 4122 text (8-4-4-4-12 hex digits), returned in lower case."""
+    text = _text(value, "uuid", 36)
+    if not _UUID.fullmatch(text):
+        raise InvalidArgument(f"uuid {text!r} is not RFC 4122 text like 'xxxxxxxx-xxxx-...'")
+    return text.lower()
+
+
+def check_id(value: object) -> int:
+    """A domain id: an int from 0 to 2**31 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"id must be an int, not {value!r}")
+    if not 0 <= value < 2**31:
+        raise InvalidArgument(f"id {value!r} is out of range (0 to 2**31 - 1)")
+    return value
+
+
+def check_name(value: object) -> str:
+    """A domain name: 1 to 255 bytes, no '/', no control character."""
+    text = _text(value, "name", MAX_NAME)
+    if not text or "/" in text:
+        raise InvalidArgument(f"name {text!r} must be non-empty and contain no '/'")
+    return text
+
+
+def _disk_paths(value: object) -> tuple[str, str]:
+    """The path as given and its canonical form, for an existing non-directory file."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    path = _text(value, "disk path", MAX_PATH)
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"disk path {path!r} is not absolute")
+    canonical = os.path.realpath(path)
+    try:
+        st = os.stat(canonical)
+    except OSError as e:
+        raise InvalidArgument(f"disk path {path!r} cannot be used: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"disk path {path!r} is a directory")
+    return path, canonical
+
+
+def _lease_name(value: object) -> tuple[str, str]:
+    text = _text(value, "lease", 2 * 48 + 1)
+    parts = text.split(":")
+    if len(parts) != 2 or not all(_LEASE_PART.fullmatch(p) for p in parts):
+        raise InvalidArgument(
+            f"lease {text!r} must read '<lockspace>:<key>' (each 1-48 of A-Z a-z 0-9 . _ -)"
+        )
+    return text, text
+
+
+@attrs.frozen
+class Resource:
+    """A disk or an explicit lease that a guest uses, validated.
+
+    ``canonical`` identifies the resource: two paths that name one file are one resource.
+    """
+
+    type: ResourceType
+    path: str
+    flags: int
+    canonical: str
+
+    @classmethod
+    def make(cls, type: object, path: object, flags: object = 0) -> Resource:
+        """Validate and build.  Raises InvalidArgument naming the bad value."""
+        if not isinstance(type, ResourceType):
+            raise InvalidArgument(f"resource type must be a ResourceType, not {type!r}")
+        bits = check_flags(ResourceFlags, flags, "resource flags")
+        given, canonical = _disk_paths(path) if type is ResourceType.DISK else _lease_name(path)
+        return cls(type, given, bits, canonical)
+
+    @property
+    def shared(self) -> bool:
+        """SHARED and READONLY resources take shared leases; the others exclusive ones."""
+        return bool(self.flags & (ResourceFlags.SHARED | ResourceFlags.READONLY))
+
+    @property
+    def ident(self) -> tuple[ResourceType, str]:
+        return (self.type, self.canonical)
+
+    def describe(self) -> str:
+        kind = "disk" if self.type is ResourceType.DISK else "lease"
+        mode = "shared" if self.shared else "exclusive"
+        return f"{kind} {self.path} ({mode})"
+
+    def to_wire(self, leases: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "path": self.path,
+            "canonical": self.canonical,
+            "flags": self.flags,
+            "leases": leases,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Resource:
+        """A resource as a supervisor reports it (already validated when it was registered)."""
+        return cls(ResourceType(d["type"]), d["path"], int(d["flags"]), d["canonical"])
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One move a manager made: ``source --event--> dest`` at ``at`` (epoch seconds), in
+    ``seconds``."""
+
+    source: str
+    event: str
+    dest: str
+    at: float = attrs.field(factory=time.time)
+    seconds: float = 0.0
