@@ -109,15 +109,6 @@ def _supervisor_command() -> tuple[str, list[str]]:
     return sys.executable, ["-m", "lockfsm.supervisor"]
 
 
-def _alive(record: Mapping[str, Any], launch: str) -> bool:
-    """Whether the supervisor of ``record`` still runs (its pid exists and is this launch)."""
-    try:
-        with open(f"/proc/{int(record['pid'])}/cmdline", "rb") as f:
-            return launch.encode() in f.read()
-    except (OSError, KeyError, ValueError, TypeError):
-        return False
-
-
 class LockManager:
     """One guest's lock manager.  Made by :meth:`LockDriver.new_manager`, never directly."""
 
@@ -484,7 +475,7 @@ class LockManager:
             control.call(control.socket_path(self._run_dir, launch), request, grace + 30.0)
         except (FileNotFoundError, ConnectionError):
             record = control.read_record(self._run_dir, launch)
-            if record is not None and _alive(record, launch):
+            if record is not None and control.supervisor_alive(record, launch):
                 raise BackendError(
                     f"the supervisor of {self.label!r} (pid {record['pid']}) runs but does not "
                     "answer on its control socket"

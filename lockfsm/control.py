@@ -219,6 +219,15 @@ def pointed(run_dir: str, uuid: str) -> str | None:
     return launch if LAUNCH.fullmatch(launch) else None
 
 
+def supervisor_alive(record: Mapping[str, Any], launch: str) -> bool:
+    """Whether the supervisor of ``record`` still runs: its pid exists and runs this launch."""
+    try:
+        with open(f"/proc/{int(record['pid'])}/cmdline", "rb") as f:
+            return launch.encode() in f.read()
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+
+
 def forget(run_dir: str, launch: str, uuid: str | None) -> None:
     """Remove a finished launch's record (and the pointer, if it still names this launch)."""
     if uuid is not None and pointed(run_dir, uuid) == launch:

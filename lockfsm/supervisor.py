@@ -126,8 +126,9 @@ class Supervisor:
         except BaseException:
             self._give(taken)
             raise
+        now = time.time()
         for res in resources:
-            self.resources[_ident(res)] = res
+            self.resources[_ident(res)] = {**res, "since": now}
 
     def _give(self, leases: list[dict[str, str]]) -> None:
         for lease in leases:

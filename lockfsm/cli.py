@@ -1,0 +1,69 @@
+"""``lockfsm``: the command line (demo, spec, status)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lockfsm import demo
+
+    return demo.main()
+
+
+def _spec_gen(args: argparse.Namespace) -> int:
+    from lockfsm import spec
+
+    path = spec.write_generated(Path(args.specs) if args.specs else None)
+    print(f"wrote {path}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from lockfsm import config, status
+
+    run_dir = args.run_dir or config.COMMON_KEYS["run_dir"].default()
+    rows = status.leases(run_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no lease held by a supervisor of {run_dir}")
+    for r in rows:
+        print(
+            f"{r['resource']}  {r['mode']}  domain {r['domain']} ({r['uuid']})  "
+            f"supervisor {r['supervisor_pid']}  guest {r['guest_pid']}"
+        )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lockfsm", description="Disk leases for virtual machines, as explicit state machines."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run one guest's life on the fcntl backend, step by step")
+    d.set_defaults(func=_demo)
+    s = sub.add_parser("spec", help="work with the protocol tables in specs/")
+    ssub = s.add_subparsers(dest="spec_command", required=True)
+    g = ssub.add_parser("gen", help="regenerate lockfsm/_tables.py from specs/*.toml")
+    g.add_argument("--specs", help="the specs directory (default: the source tree's)")
+    g.set_defaults(func=_spec_gen)
+    st = sub.add_parser("status", help="list the leases held by this host's supervisors")
+    st.add_argument("--run-dir", help="the supervisors' run directory (default: the driver's)")
+    st.add_argument("--json", action="store_true", help="print JSON for machines")
+    st.set_defaults(func=_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Test helpers: a simulated host (a lockspace, a run dir, a driver) that starts guests under real
+supervisor processes, and readers of the kernel's view of locks and processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
+from typing import Any
+
+import lockfsm
+from lockfsm import NewFlags, ResourceFlags, ResourceType
+
+GUEST = ["sleep", "1000"]  # a stand-in guest: a real process that runs until killed
+
+
+def short_tmpdir(prefix: str = "lf") -> str:
+    """A short directory under /tmp (Unix socket paths hold at most 107 bytes)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def locked_inodes() -> dict[int, list[str]]:
+    """inode -> lock kinds ("WRITE"/"READ") of the OFD and POSIX locks the kernel lists."""
+    found: dict[int, list[str]] = {}
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            if parts[1] == "->":  # a blocked waiter
+                continue
+            inode = int(parts[5].rsplit(":", 1)[1])
+            found.setdefault(inode, []).append(parts[3])
+    return found
+
+
+def fd_locks(pid: int) -> set[int]:
+    """Inodes on which the open files of process ``pid`` hold a lock (from /proc/pid/fdinfo)."""
+    inodes: set[int] = set()
+    with suppress(FileNotFoundError, ProcessLookupError):
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            with suppress(FileNotFoundError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("lock:"):
+                        inodes.add(int(line.split()[6].rsplit(":", 1)[1]))
+    return inodes
+
+
+class Guest:
+    """One started guest: its manager, its supervisor process, its disks."""
+
+    def __init__(self, host: Host, mgr: lockfsm.LockManager, proc: subprocess.Popen[bytes],
+                 name: str, uuid: str, disks: list[str]) -> None:
+        self.host, self.mgr, self.proc = host, mgr, proc
+        self.name, self.uuid, self.disks = name, uuid, disks
+        self.pid: int | None = None
+
+    @property
+    def supervisor_pid(self) -> int:
+        return self.proc.pid
+
+
+class Host:
+    """A simulated host: its own run dir and a lockspace (shared with other hosts if given)."""
+
+    def __init__(self, backend: str = "fcntl", lockspace: str | None = None,
+                 run_dir: str | None = None) -> None:
+        self.backend = backend
+        self.run_dir = run_dir or short_tmpdir("lfr")
+        self.lockspace = lockspace or short_tmpdir("lfl")
+        self.driver = self.load()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"run_dir": self.run_dir, "shutdown_grace": 2.0}
+        if self.backend == "fcntl":
+            cfg["lockspace_dir"] = self.lockspace
+        return cfg
+
+    def load(self) -> lockfsm.LockDriver:
+        return lockfsm.load_driver(self.backend, self.config)
+
+    def restart_daemon(self) -> None:
+        """Forget every manager, as a daemon that died would, and load the driver anew."""
+        self.driver = self.load()
+
+    def manager(self, name: str, uuid: str, disks: Iterable[str] = (), flags: int = 0,
+                shared: Iterable[str] = (), id: int = 1) -> lockfsm.LockManager:
+        mgr = self.driver.new_manager(NewFlags(flags))
+        mgr.set_parameter("uuid", uuid)
+        mgr.set_parameter("name", name)
+        mgr.set_parameter("id", id)
+        for d in disks:
+            mgr.register_resource(ResourceType.DISK, d)
+        for d in shared:
+            mgr.register_resource(ResourceType.DISK, d, ResourceFlags.SHARED)
+        return mgr
+
+    def launch(self, mgr: lockfsm.LockManager, guest: list[str] | None = None
+               ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [mgr.supervisor_path, *mgr.supervisor_args, "--", *(guest or GUEST)],
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, name: str, disks: Iterable[str] = (), shared: Iterable[str] = (),
+              uuid: str | None = None, guest: list[str] | None = None) -> Guest:
+        """Start a guest; on refusal the LockFSMError propagates (the supervisor is reaped)."""
+        uuid = uuid or str(uuidlib.uuid4())
+        disks = list(disks)
+        mgr = self.manager(name, uuid, disks, shared=shared)
+        proc = self.launch(mgr, guest)
+        g = Guest(self, mgr, proc, name, uuid, disks + list(shared))
+        try:
+            g.pid = mgr.get_child(timeout=10)
+        except lockfsm.LockFSMError:
+            proc.wait(10)
+            raise
+        return g
+
+    def attach(self, g: Guest) -> lockfsm.LockManager:
+        mgr = self.manager(g.name, g.uuid, flags=NewFlags.ATTACH)
+        g.pid = mgr.get_child(timeout=10)
+        g.mgr = mgr
+        return mgr
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with suppress(ProcessLookupError):
+                    proc.kill()
+            proc.wait(10)
+            if proc.stderr:
+                proc.stderr.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def make_disks(directory: str, *names: str) -> list[str]:
+    paths = []
+    for n in names:
+        p = os.path.join(directory, n)
+        with open(p, "wb") as f:
+            f.truncate(1 << 20)
+        paths.append(p)
+    return paths
+
+
+def lease_inode(lockspace: str, key: str) -> int:
+    return os.stat(os.path.join(lockspace, key)).st_ino
+
+
+def leases_of(mgr: lockfsm.LockManager) -> Iterator[tuple[str, str]]:
+    """(key, mode) of every lease the manager's resources name."""
+    for res, leases in mgr._resources.values():
+        del res
+        for lease in leases:
+            yield lease["key"], lease["mode"]
