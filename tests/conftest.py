@@ -12,11 +12,17 @@ from tests.helpers import Host, short_tmpdir
 IN_CI = os.environ.get("CI") == "true"
 
 settings.register_profile(
-    "ci", max_examples=25, stateful_step_count=20, deadline=None,
+    "ci",
+    max_examples=25,
+    stateful_step_count=20,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "nightly", max_examples=2000, stateful_step_count=50, deadline=None,
+    "nightly",
+    max_examples=2000,
+    stateful_step_count=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("LOCKFSM_HYPOTHESIS_PROFILE", "ci"))

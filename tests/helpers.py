@@ -70,8 +70,15 @@ def fd_locks(pid: int) -> set[int]:
 class Guest:
     """One started guest: its manager, its supervisor process, its disks."""
 
-    def __init__(self, host: Host, mgr: lockfsm.LockManager, proc: subprocess.Popen[bytes],
-                 name: str, uuid: str, disks: list[str]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        mgr: lockfsm.LockManager,
+        proc: subprocess.Popen[bytes],
+        name: str,
+        uuid: str,
+        disks: list[str],
+    ) -> None:
         self.host, self.mgr, self.proc = host, mgr, proc
         self.name, self.uuid, self.disks = name, uuid, disks
         self.pid: int | None = None
@@ -84,8 +91,9 @@ class Guest:
 class Host:
     """A simulated host: its own run dir and a lockspace (shared with other hosts if given)."""
 
-    def __init__(self, backend: str = "fcntl", lockspace: str | None = None,
-                 run_dir: str | None = None) -> None:
+    def __init__(
+        self, backend: str = "fcntl", lockspace: str | None = None, run_dir: str | None = None
+    ) -> None:
         self.backend = backend
         self.run_dir = run_dir or short_tmpdir("lfr")
         self.lockspace = lockspace or short_tmpdir("lfl")
@@ -106,8 +114,15 @@ class Host:
         """Forget every manager, as a daemon that died would, and load the driver anew."""
         self.driver = self.load()
 
-    def manager(self, name: str, uuid: str, disks: Iterable[str] = (), flags: int = 0,
-                shared: Iterable[str] = (), id: int = 1) -> lockfsm.LockManager:
+    def manager(
+        self,
+        name: str,
+        uuid: str,
+        disks: Iterable[str] = (),
+        flags: int = 0,
+        shared: Iterable[str] = (),
+        id: int = 1,
+    ) -> lockfsm.LockManager:
         mgr = self.driver.new_manager(NewFlags(flags))
         mgr.set_parameter("uuid", uuid)
         mgr.set_parameter("name", name)
@@ -118,17 +133,25 @@ class Host:
             mgr.register_resource(ResourceType.DISK, d, ResourceFlags.SHARED)
         return mgr
 
-    def launch(self, mgr: lockfsm.LockManager, guest: list[str] | None = None
-               ) -> subprocess.Popen[bytes]:
+    def launch(
+        self, mgr: lockfsm.LockManager, guest: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [mgr.supervisor_path, *mgr.supervisor_args, "--", *(guest or GUEST)],
-            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.procs.append(proc)
         return proc
 
-    def start(self, name: str, disks: Iterable[str] = (), shared: Iterable[str] = (),
-              uuid: str | None = None, guest: list[str] | None = None) -> Guest:
+    def start(
+        self,
+        name: str,
+        disks: Iterable[str] = (),
+        shared: Iterable[str] = (),
+        uuid: str | None = None,
+        guest: list[str] | None = None,
+    ) -> Guest:
         """Start a guest; on refusal the LockFSMError propagates (the supervisor is reaped)."""
         uuid = uuid or str(uuidlib.uuid4())
         disks = list(disks)
@@ -181,3 +204,15 @@ def leases_of(mgr: lockfsm.LockManager) -> Iterator[tuple[str, str]]:
         del res
         for lease in leases:
             yield lease["key"], lease["mode"]
+
+
+def lockspace_locks(lockspace: str) -> dict[str, list[str]]:
+    """Lease file name -> kinds of the locks the kernel lists on it, for one lockspace only."""
+    kernel = locked_inodes()
+    found = {}
+    for name in sorted(os.listdir(lockspace)):
+        with suppress(FileNotFoundError):
+            kinds = kernel.get(os.stat(os.path.join(lockspace, name)).st_ino)
+            if kinds:
+                found[name] = sorted(kinds)
+    return found

@@ -25,14 +25,19 @@ from lockfsm import (
     Unsupported,
 )
 from lockfsm import _tables
-from tests.helpers import Host, locked_inodes, make_disks
+from tests.helpers import Host, lockspace_locks, make_disks
 
 UUID = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d"
 DISK = ResourceType.DISK
 
 
 def snapshot(mgr: lockfsm.LockManager) -> tuple[Any, ...]:
-    return (mgr.state, len(mgr.history), mgr.resources, dict(mgr._params), locked_inodes())
+    locks = (
+        lockspace_locks(mgr._driver.config["lockspace_dir"])
+        if "lockspace_dir" in mgr._driver.config
+        else {}
+    )
+    return (mgr.state, len(mgr.history), mgr.resources, dict(mgr._params), locks)
 
 
 def refused(
