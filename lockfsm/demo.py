@@ -35,9 +35,8 @@ class _MoveLines(logging.Handler):
         if getattr(r, "machine", None) != "domain":
             return
         arrow = f"--{r.event}-->"
-        self.out.write(
-            f"      {r.domain:<6} {r.source:>8} {arrow:<24} {r.dest:<8} ({r.duration * 1000:.1f} ms)\n"
-        )
+        took = f"({r.duration * 1000:.1f} ms)"
+        self.out.write(f"      {r.domain:<6} {r.source:>8} {arrow:<24} {r.dest:<8} {took}\n")
 
 
 class Demo:

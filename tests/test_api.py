@@ -23,8 +23,8 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
     Unsupported,
+    _tables,
 )
-from lockfsm import _tables
 from tests.helpers import Host, lockspace_locks, make_disks
 
 UUID = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d"
@@ -193,11 +193,11 @@ def test_unknown_driver_is_named() -> None:
 def test_config_keys_are_checked(workdir: str) -> None:
     with pytest.raises(InvalidArgument, match="unknown configuration key 'colour'"):
         lockfsm.load_driver("fcntl", {"colour": 1, "run_dir": workdir})
-    with pytest.raises(InvalidArgument, match="'lock_failure'.*'explode'"):
+    with pytest.raises(InvalidArgument, match=r"'lock_failure'.*'explode'"):
         lockfsm.load_driver("fcntl", {"lock_failure": "explode", "run_dir": workdir})
-    with pytest.raises(InvalidArgument, match="'run_dir'.*not an absolute"):
+    with pytest.raises(InvalidArgument, match=r"'run_dir'.*not an absolute"):
         lockfsm.load_driver("nop", {"run_dir": "relative"})
-    with pytest.raises(InvalidArgument, match="'run_dir'.*longer than"):
+    with pytest.raises(InvalidArgument, match=r"'run_dir'.*longer than"):
         lockfsm.load_driver("nop", {"run_dir": "/tmp/" + "x" * 90})
     os.chmod(workdir, 0o777)
     with pytest.raises(InvalidArgument, match="world-writable"):
@@ -234,7 +234,7 @@ def test_fcntl_works_with_no_configuration() -> None:
 def test_unload_refuses_while_managers_live(driver: lockfsm.LockDriver) -> None:
     m = driver.new_manager()
     m.set_parameter("name", "alive")
-    with pytest.raises(IllegalTransition, match="not freed.*alive"):
+    with pytest.raises(IllegalTransition, match=r"not freed.*alive"):
         driver.unload()
     m.free()
     driver.unload()
@@ -300,10 +300,10 @@ def test_every_illegal_call_raises_and_changes_nothing(
 def test_supervisor_args_only_for_a_fresh_start(driver: lockfsm.LockDriver) -> None:
     m = driver.new_manager()
     with pytest.raises(InvalidArgument, match="uuid, name, id"):
-        m.supervisor_args
+        _ = m.supervisor_args
     a = driver.new_manager(NewFlags.ATTACH)
     with pytest.raises(IllegalTransition, match="supervisor_args"):
-        a.supervisor_args
+        _ = a.supervisor_args
 
 
 def test_get_child_without_a_launch(mgr: lockfsm.LockManager) -> None:
@@ -312,7 +312,7 @@ def test_get_child_without_a_launch(mgr: lockfsm.LockManager) -> None:
 
 
 def test_get_child_when_no_supervisor_runs(mgr: lockfsm.LockManager) -> None:
-    mgr.supervisor_args
+    _ = mgr.supervisor_args
     refused(mgr, lockfsm.BackendError, lambda: mgr.get_child(timeout=0.3), "answered")
     assert mgr.state is DomainState.IDLE
 
@@ -372,6 +372,9 @@ def test_the_package_imports_lazily() -> None:
     import subprocess
     import sys
 
-    code = "import sys, lockfsm.supervisor; print(sorted(m for m in ('transitions', 'attrs', 'hashlib') if m in sys.modules))"
+    code = (
+        "import sys, lockfsm.supervisor; "
+        "print(sorted(m for m in ('transitions', 'attrs', 'hashlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
