@@ -55,8 +55,8 @@ def decode(line: bytes) -> dict[str, Any]:
         raise InvalidArgument(f"message of {len(line)} bytes is over the {MAX_MESSAGE} limit")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidArgument(f"message is not JSON text: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InvalidArgument(f"message is not JSON text: {str(e)[:80]}") from None
     if not isinstance(obj, dict):
         raise InvalidArgument(f"message is not a JSON object: {line[:60]!r}")
     return obj
@@ -92,7 +92,7 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """(op, fields) of a well-formed request.  Raises InvalidArgument naming what is wrong."""
     msg = decode(line)
     op = msg.pop("op", None)
-    if op not in REQUESTS:
+    if not isinstance(op, str) or op not in REQUESTS:
         raise InvalidArgument(f"unknown op {op!r}")
     want = REQUESTS[op]
     if set(msg) != set(want):

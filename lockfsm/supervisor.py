@@ -402,6 +402,8 @@ class Supervisor:
             reply = self._handle(conn, op, fields)
         except LockFSMError as e:
             reply = control.error_reply(e)
+        except Exception as e:  # no message may kill the supervisor, and with it the guest
+            reply = control.error_reply(BackendError(f"request refused: {type(e).__name__}: {e}"))
         if reply is not None:
             self._reply(conn, reply)
 

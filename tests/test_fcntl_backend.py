@@ -233,13 +233,15 @@ def helper() -> Iterator[Callable[..., Helper]]:
         h.stop()
 
 
-def lock_ranges(inode: int) -> list[tuple[str, str, int, int]]:
-    """(class, kind, start, end) of every granted lock the kernel lists on ``inode``."""
+def lock_ranges(path: str) -> list[tuple[str, str, int, int]]:
+    """(class, kind, start, end) of every granted lock the kernel lists on the file at ``path``."""
+    st = os.stat(path)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     found = []
     with open("/proc/locks") as f:
         for line in f:
             parts = line.split()
-            if parts[1] == "->" or int(parts[5].rsplit(":", 1)[1]) != inode:
+            if parts[1] == "->" or parts[5] != ident:
                 continue
             end = -1 if parts[7] == "EOF" else int(parts[7])
             found.append((parts[1], parts[3], int(parts[6]), end))
@@ -257,7 +259,7 @@ def test_exclusive_refuses_exclusive(spawn: Callable[..., HolderProc], lockspace
     a.acquire(key, resource="disk /images/a.img")
     ino = os.stat(os.path.join(lockspace, key)).st_ino
     assert fd_locks(a.pid) == {ino}
-    assert lock_ranges(ino) == [("OFDLCK", "WRITE", 0, 0)]
+    assert lock_ranges(os.path.join(lockspace, key)) == [("OFDLCK", "WRITE", 0, 0)]
 
     with pytest.raises(LeaseConflict) as err:
         b.acquire(key, resource="disk /images/a.img")
@@ -292,7 +294,7 @@ def test_shared_leases_coexist(spawn: Callable[..., HolderProc], lockspace: str)
     b.acquire(key, "shared")
     ino = os.stat(os.path.join(lockspace, key)).st_ino
     assert fd_locks(a.pid) == fd_locks(b.pid) == {ino}
-    assert lock_ranges(ino) == [("OFDLCK", "READ", 0, 0)] * 2
+    assert lock_ranges(os.path.join(lockspace, key)) == [("OFDLCK", "READ", 0, 0)] * 2
     with pytest.raises(LeaseConflict):
         c.acquire(key, "exclusive", resource="disk /images/shared.iso")
     c.assert_holds_nothing()
@@ -353,7 +355,7 @@ def test_image_itself_is_never_opened(
 
     g = host.start("imaged", [image])
     assert g.pid is not None
-    assert lock_ranges(ino) == [("OFDLCK", "WRITE", 100, 100), ("OFDLCK", "WRITE", 200, 200)]
+    assert lock_ranges(image) == [("OFDLCK", "WRITE", 100, 100), ("OFDLCK", "WRITE", 200, 200)]
     lease_inodes = {os.stat(os.path.join(host.lockspace, k)).st_ino for k, _ in leases_of(g.mgr)}
     assert fd_locks(g.supervisor_pid) == lease_inodes
     for pid in (g.supervisor_pid, g.pid):
@@ -366,7 +368,7 @@ def test_image_itself_is_never_opened(
                 pass
         assert image not in targets
     g.mgr.shutdown()
-    assert lock_ranges(ino) == [("OFDLCK", "WRITE", 100, 100), ("OFDLCK", "WRITE", 200, 200)]
+    assert lock_ranges(image) == [("OFDLCK", "WRITE", 100, 100), ("OFDLCK", "WRITE", 200, 200)]
 
 
 # -- lease files deleted or replaced under a holder -----------------------------------------------
@@ -425,7 +427,7 @@ def test_lease_file_always_replaced_is_refused(
     assert 1 < a.last["opens"][os.path.join(lockspace, key)] < 100
 
 
-# -- what the lockspace may contain -----------------------------------------------------------------
+# -- what the lockspace may contain --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["directory", "symlink", "dangling symlink", "fifo"])
