@@ -31,12 +31,24 @@ from lockfsm.errors import (
     Unsupported,
 )
 from lockfsm.flags import NewFlags, ResourceFlags, ResourceType, check_flags
-from lockfsm.values import HistoryEntry, Resource, check_id, check_name, check_uuid
+from lockfsm.values import (
+    HistoryEntry,
+    MigrationCookie,
+    Resource,
+    check_id,
+    check_name,
+    check_uuid,
+)
 
 log = logging.getLogger("lockfsm.core")
 
 #: Parameter keys and their checks (``virLockManagerSetParameter``).
-PARAMETERS = {"id": check_id, "uuid": check_uuid, "name": check_name}
+PARAMETERS = {
+    "id": check_id,
+    "uuid": check_uuid,
+    "name": check_name,
+    "migration_cookie": MigrationCookie.decode,
+}
 
 _POLL = (0.001, 0.05)
 _NO_FLAGS = NewFlags(0)
@@ -123,6 +135,8 @@ class LockManager:
         self._launch: str | None = None
         self._gen = 1
         self._child: int | None = None
+        self._cookie: str | None = None
+        self._found: dict[str, Any] = {}
 
     # -- what the daemon reads -------------------------------------------------------------------
 
@@ -164,13 +178,15 @@ class LockManager:
         InvalidArgument while uuid, name or id is unset.
         """
         with self._lock:
-            if self._fsm is not DomainState.IDLE or self._flags:
+            if self._fsm is not DomainState.IDLE or self._flags & NewFlags.ATTACH:
                 raise IllegalTransition("domain", self._fsm.value, "supervisor_args")
-            reason = self._guard("identity_set", {})
-            if reason:
-                raise InvalidArgument(reason)
+            for guard in ("identity_set", "cookie_set") if self._flags else ("identity_set",):
+                reason = self._guard(guard, {})
+                if reason:
+                    raise InvalidArgument(reason)
             if self._launch is None:
                 self._launch = secrets.token_hex(8)
+            cookie = self._params.get("migration_cookie")
             spec = {
                 "v": control.PROTOCOL,
                 "driver": self._driver.name,
@@ -179,18 +195,15 @@ class LockManager:
                 "uuid": self._params["uuid"],
                 "name": self._params["name"],
                 "id": self._params["id"],
-                "mode": "start",
+                "mode": "incoming" if cookie else "start",
+                "migration": {"id": cookie.migration, "from": cookie.source} if cookie else None,
                 "resources": [r.to_wire(leases) for r, leases in self._resources.values()],
             }
             prefix = _supervisor_command()[1]
             return [
                 *prefix,
-                "--name",
-                spec["name"],
-                "--uuid",
-                spec["uuid"],
-                "--launch",
-                json.dumps(spec),
+                *("--name", spec["name"], "--uuid", spec["uuid"]),
+                *("--launch", json.dumps(spec)),
             ]
 
     # -- the seed's calls, one event each ----------------------------------------------------------
@@ -205,6 +218,8 @@ class LockManager:
             check = PARAMETERS.get(key) if isinstance(key, str) else None
             if check is None:
                 raise InvalidArgument(f"unknown parameter {key!r} (known: {', '.join(PARAMETERS)})")
+            if key == "migration_cookie" and not self._flags & NewFlags.MIGRATE:
+                raise InvalidArgument("migration_cookie is for a NewFlags.MIGRATE manager only")
             self._fire("set_parameter", key=key, value=check(value))
 
     def register_resource(
@@ -232,6 +247,12 @@ class LockManager:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidArgument(f"timeout {timeout!r} must be a positive number of seconds")
         with self._lock:
+            if self._flags & NewFlags.ATTACH and self._fsm is DomainState.IDLE:
+                self._legal("get_child")
+                reason = self._guard("identity_set", {})
+                if reason:
+                    raise InvalidArgument(reason)
+                self._found = self._find_supervisor(float(timeout))
             self._fire("get_child", timeout=float(timeout))
             assert self._child is not None
             return self._child
@@ -262,6 +283,37 @@ class LockManager:
         with self._lock:
             self._legal("release_resource")
             self._fire("release_resource", resource=self._registered(type, path, flags))
+
+    def prepare_migrate(self, hosturi: str) -> str:
+        """Source: allow a migration to ``hosturi`` and return the cookie the target daemon gives
+        its manager with ``set_parameter("migration_cookie", cookie)``.
+
+        Raises Unsupported if the backend cannot migrate, IllegalTransition unless started,
+        InvalidArgument for a bad hosturi, BackendError if the supervisor is gone.
+        """
+        with self._lock:
+            self._legal("prepare_migrate")
+            self._fire("prepare_migrate", hosturi=control.check_text(hosturi, "hosturi", 1024))
+            assert self._cookie is not None
+            return self._cookie
+
+    def complete_migrate_in(self, cancel: bool = False) -> None:
+        """Finish a migration (``virLockManagerCompleteMigrateIn``), on either side.
+
+        Source: its guest is killed (it executes no more), then every lease is given up.
+        Target: returns once it holds every lease, waiting up to the ``handoff_timeout``
+        setting for the source's completion; only then may the daemon let the guest run.
+        ``cancel=True``: the target's incoming guest is killed (it held nothing); the source
+        goes back to started, having kept every lease.
+
+        Raises Unsupported if the backend cannot migrate; IllegalTransition unless migrating;
+        LeaseConflict on the target if a lease did not come free in time (the manager stays
+        migrating_in: cancel it); BackendError if the supervisor is gone.
+        """
+        if not isinstance(cancel, bool):
+            raise InvalidArgument(f"cancel must be True or False, not {cancel!r}")
+        with self._lock:
+            self._fire("complete_migrate_in", cancel=cancel)
 
     def shutdown(self) -> None:
         """Stop the guest if it still runs; return once every lease is released.
@@ -321,6 +373,17 @@ class LockManager:
             return None if not self._flags else f"manager made with {self._flags!r}"
         if name == "attach_mode":
             return None if self._flags & NewFlags.ATTACH else "manager not made with ATTACH"
+        if name == "migrate_mode":
+            return None if self._flags & NewFlags.MIGRATE else "manager not made with MIGRATE"
+        if name in ("cancel", "no_cancel"):
+            return None if args["cancel"] is (name == "cancel") else f"cancel={args['cancel']}"
+        if name.startswith("found_"):
+            want = {"found_running": "running", "found_migrating_out": "migrating_out"}
+            found = self._found.get("state")
+            expected = want.get(name, "incoming")
+            return None if found == expected else f"the supervisor is {found}, not {expected}"
+        if name == "cookie_set":
+            return self._cookie_mismatch()
         if name == "identity_set":
             missing = [k for k in ("uuid", "name", "id") if k not in self._params]
             return f"set_parameter {', '.join(missing)} first" if missing else None
@@ -337,6 +400,24 @@ class LockManager:
 
     def _act(self, name: str, args: Mapping[str, Any]) -> None:
         getattr(self, f"_do_{name}")(args)
+
+    def _cookie_mismatch(self) -> str | None:
+        """Why the migration cookie does not fit this manager, or None."""
+        cookie: MigrationCookie | None = self._params.get("migration_cookie")
+        if cookie is None:
+            return "set_parameter migration_cookie first"
+        if cookie.uuid != self._params.get("uuid"):
+            return f"the migration_cookie is for uuid {cookie.uuid}, not {self._params.get('uuid')}"
+        if cookie.driver != self._driver.name:
+            return (
+                f"the migration_cookie is for the {cookie.driver} driver, not {self._driver.name}"
+            )
+        ours = {(le["key"], le["mode"]) for _, leases in self._resources.values() for le in leases}
+        if ours != cookie.leases():
+            names = sorted(r["path"] for r in cookie.resources)
+            mine = sorted(r.path for r in self.resources)
+            return f"registered resources {mine} are not the cookie's {names}"
+        return None
 
     def _registered(self, type: object, path: object, flags: object) -> Resource:
         """The registered resource that ``(type, path, flags)`` names, even if the file is gone."""
@@ -424,27 +505,33 @@ class LockManager:
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label!r} did not answer") from None
 
-    def _do_attach_supervisor(self, args: Mapping[str, Any]) -> None:
+    def _find_supervisor(self, timeout: float) -> dict[str, Any]:
+        """The hello of the supervisor ``dom-<uuid>`` names, checked to be this domain's."""
         uuid = self._params["uuid"]
         launch = control.pointed(self._run_dir, uuid)
         if launch is None:
             raise BackendError(f"no supervisor of uuid {uuid} is known in {self._run_dir}")
-        hello = self._reach(launch, {"op": "hello"}, min(args["timeout"], 5.0))
+        hello = self._reach(launch, {"op": "hello"}, min(timeout, 5.0))
         for key in ("uuid", "name", "id"):
             if hello.get(key) != self._params[key]:
                 raise InvalidArgument(
                     f"{key} {self._params[key]!r} does not match the running supervisor's "
                     f"{hello.get(key)!r}"
                 )
-        theirs = {(ResourceType(r["type"]), r["canonical"]): r for r in hello["resources"]}
-        if self._resources and set(theirs) != set(self._resources):
+        theirs = {(ResourceType(r["type"]), r["canonical"]) for r in hello["resources"]}
+        if self._resources and theirs != set(self._resources):
             raise InvalidArgument(
                 f"registered resources {sorted(c for _, c in self._resources)} do not match the "
                 f"supervisor's {sorted(c for _, c in theirs)}"
             )
+        return hello
+
+    def _do_attach_supervisor(self, args: Mapping[str, Any]) -> None:
+        launch = self._found["launch"]
         info = self._call(launch, {"op": "attach"}, 5.0)
         self._resources = {
-            ident: (Resource.from_wire(r), list(r["leases"])) for ident, r in theirs.items()
+            (ResourceType(r["type"]), r["canonical"]): (Resource.from_wire(r), list(r["leases"]))
+            for r in info["resources"]
         }
         self._launch, self._gen, self._child = launch, int(info["gen"]), int(info["guest_pid"])
 
@@ -485,6 +572,50 @@ class LockManager:
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label!r} did not stop in time") from None
         control.forget(self._run_dir, launch, self._params.get("uuid"))
+
+    def _request(self, op: str, wait: float, **fields: Any) -> dict[str, Any]:
+        """One request to this launch's supervisor, as its current controller."""
+        assert self._launch is not None
+        return self._call(self._launch, {"op": op, "gen": self._gen, **fields}, wait)
+
+    def _do_supervisor_prepare(self, args: Mapping[str, Any]) -> None:
+        import socket
+
+        migration = secrets.token_hex(8)
+        info = self._request("prepare", 30.0, migration=migration, hosturi=args["hosturi"])
+        self._cookie = MigrationCookie(
+            migration=migration,
+            uuid=self._params["uuid"],
+            name=self._params["name"],
+            id=self._params["id"],
+            driver=self._driver.name,
+            source=socket.gethostname(),
+            hosturi=args["hosturi"],
+            resources=tuple(
+                {k: r[k] for k in ("type", "path", "canonical", "flags", "leases")}
+                for r in info["resources"]
+            ),
+        ).encode()
+
+    def _do_supervisor_resume(self, args: Mapping[str, Any]) -> None:
+        self._request("resume", 30.0)
+        self._cookie = None
+
+    def _do_supervisor_hand_off(self, args: Mapping[str, Any]) -> None:
+        self._request("hand_off", 60.0)
+        self._forget_launch()
+
+    def _do_supervisor_take_over(self, args: Mapping[str, Any]) -> None:
+        timeout = float(self._driver.config["handoff_timeout"])
+        self._request("take_over", timeout + 30.0, timeout=timeout)
+
+    def _do_supervisor_cancel(self, args: Mapping[str, Any]) -> None:
+        self._request("cancel", 60.0)
+        self._forget_launch()
+
+    def _forget_launch(self) -> None:
+        if self._launch is not None:
+            control.forget(self._run_dir, self._launch, self._params.get("uuid"))
 
     def _do_forget(self, args: Mapping[str, Any]) -> None:
         self._driver._managers.discard(self)

@@ -48,6 +48,11 @@ COMMON_KEYS: Mapping[str, ConfigKey] = {
         lambda: "poweroff",
         "what to do to a guest whose lease is lost: " + "/".join(POLICIES),
     ),
+    "handoff_timeout": ConfigKey(
+        _seconds,
+        lambda: 30.0,
+        "seconds a migration target waits for the source to give its leases up",
+    ),
     "shutdown_grace": ConfigKey(
         _seconds, lambda: 10.0, "seconds between SIGTERM and SIGKILL when shutdown() stops a guest"
     ),

@@ -39,6 +39,11 @@ REQUESTS: dict[str, dict[str, type]] = {
     "acquire": {"gen": int, "resource": dict},
     "release": {"gen": int, "resource": dict},
     "shutdown": {"gen": int, "grace": float},
+    "prepare": {"gen": int, "migration": str, "hosturi": str},
+    "resume": {"gen": int},
+    "hand_off": {"gen": int},
+    "take_over": {"gen": int, "timeout": float},
+    "cancel": {"gen": int},
 }
 
 
@@ -105,9 +110,23 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
             raise InvalidArgument(f"field {name} of op {op} must be {kind.__name__}: {value!r}")
     if "resource" in msg:
         check_resource(msg["resource"])
-    if "grace" in msg and not 0.0 <= msg["grace"] <= 3600.0:
-        raise InvalidArgument(f"grace {msg['grace']!r} must be 0 to 3600 seconds")
+    for key in ("grace", "timeout"):
+        if key in msg and not 0.0 <= msg[key] <= 3600.0:
+            raise InvalidArgument(f"{key} {msg[key]!r} must be 0 to 3600 seconds")
+    if "migration" in msg and not LAUNCH.fullmatch(msg["migration"]):
+        raise InvalidArgument(f"migration id {msg['migration']!r} must be 16 hex digits")
+    if "hosturi" in msg:
+        check_text(msg["hosturi"], "hosturi", 1024)
     return op, msg
+
+
+def check_text(value: Any, what: str, limit: int) -> str:
+    """A printable, non-empty string of at most ``limit`` characters."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidArgument(f"{what} {value!r} must be a non-empty string of at most {limit}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidArgument(f"{what} {value!r} contains a control character")
+    return value
 
 
 def error_reply(err: BaseException) -> dict[str, Any]:

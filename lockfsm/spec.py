@@ -14,8 +14,12 @@ from typing import Any
 
 from lockfsm.errors import BY_NAME, InvalidArgument
 
-#: The tables, in the order they are generated and drawn.
+#: The machines, in the order they are generated and drawn.
 TABLE_NAMES = ("domain", "supervisor", "lease")
+
+#: Tables that add the rows of one concern (a migration role) to several machines: their states,
+#: events, guards, actions and moves are joined into the machines they name.
+JOIN_NAMES = ("migration_source", "migration_target")
 
 #: Capabilities an event may require (see lockfsm.backends.Capabilities).
 CAPABILITIES = ("hotplug", "migration")
@@ -44,6 +48,7 @@ class SpecMove:
     guards: tuple[str, ...]
     actions: tuple[str, ...]
     dest: str  # "=" means: the source state
+    origin: str  # the table file the row is written in
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,29 @@ def _items(raw: dict[str, Any], section: str, path: Path) -> dict[str, Item]:
     return items
 
 
-def load(path: Path) -> Spec:
-    """Read one table and check it is whole (see :func:`check`).  Raises InvalidArgument."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"{path}: {e}") from None
+
+
+def _merge(base: dict[str, Any], part: dict[str, Any], origin: str, path: Path) -> None:
+    """Join ``part`` (a join file's rows for one machine) into ``base``, refusing a name that
+    both declare differently."""
+    for section in ("states", "events", "guards", "actions"):
+        into = base.setdefault(section, {})
+        for name, body in part.get(section, {}).items():
+            if name in into and into[name] != body:
+                raise InvalidArgument(
+                    f"{path}: [{section}.{name}] differs from its first declaration"
+                )
+            into[name] = body
+    base.setdefault("moves", []).extend({**m, "origin": origin} for m in part.get("moves", []))
+
+
+def _parse(raw: dict[str, Any], path: Path) -> Spec:
     moves = []
     for i, m in enumerate(raw.get("moves", [])):
         try:
@@ -97,11 +121,12 @@ def load(path: Path) -> Spec:
                     guards=tuple(m.get("guards", ())),
                     actions=tuple(m.get("actions", ())),
                     dest=m["to"],
+                    origin=m.get("origin", raw.get("name", "")),
                 )
             )
         except (KeyError, TypeError) as e:
             raise InvalidArgument(f"{path}: move #{i + 1} is malformed ({e})") from None
-    spec = Spec(
+    return Spec(
         name=raw.get("name", ""),
         title=raw.get("title", raw.get("name", "")),
         initial=raw.get("initial", ""),
@@ -112,6 +137,11 @@ def load(path: Path) -> Spec:
         moves=tuple(moves),
         path=path,
     )
+
+
+def load(path: Path) -> Spec:
+    """Read one machine's own table (without its joins) and check it is whole."""
+    spec = _parse(_read(path), path)
     check(spec)
     return spec
 
@@ -161,13 +191,43 @@ def check(spec: Spec) -> None:
         raise InvalidArgument(f"{where}: " + "; ".join(problems))
 
 
-def load_all(specs_dir: Path | None = None) -> dict[str, Spec]:
-    """Every table of :data:`TABLE_NAMES` from ``specs_dir`` (default: the source tree's)."""
+def load_joins(specs_dir: Path | None = None) -> dict[str, dict[str, Spec]]:
+    """Each join table (:data:`JOIN_NAMES`) as the partial tables it adds to each machine."""
     d = specs_dir or default_specs_dir()
-    specs = {n: load(d / f"{n}.toml") for n in TABLE_NAMES}
-    for name, spec in specs.items():
+    joins: dict[str, dict[str, Spec]] = {}
+    for name in JOIN_NAMES:
+        path = d / f"{name}.toml"
+        raw = _read(path)
+        if raw.get("name") != name:
+            raise InvalidArgument(f"{path}: name = {raw.get('name')!r}, expected {name!r}")
+        unknown = set(raw.get("joins", {})) - set(TABLE_NAMES)
+        if unknown:
+            raise InvalidArgument(f"{path}: joins unknown machine(s) {sorted(unknown)}")
+        joins[name] = {
+            machine: _parse({**part, "name": machine, "title": raw.get("title", name)}, path)
+            for machine, part in raw.get("joins", {}).items()
+        }
+    return joins
+
+
+def load_all(specs_dir: Path | None = None) -> dict[str, Spec]:
+    """Every machine of :data:`TABLE_NAMES` from ``specs_dir`` (default: the source tree's),
+    with the rows of the join tables (:data:`JOIN_NAMES`) joined in, each checked whole."""
+    d = specs_dir or default_specs_dir()
+    raws = {n: _read(d / f"{n}.toml") for n in TABLE_NAMES}
+    for name in JOIN_NAMES:
+        path = d / f"{name}.toml"
+        for machine, part in _read(path).get("joins", {}).items():
+            if machine not in raws:
+                raise InvalidArgument(f"{path}: joins unknown machine {machine!r}")
+            _merge(raws[machine], part, name, path)
+    specs = {}
+    for name, raw in raws.items():
+        spec = _parse(raw, d / f"{name}.toml")
         if spec.name != name:
             raise InvalidArgument(f"{spec.path}: name = {spec.name!r}, expected {name!r}")
+        check(spec)
+        specs[name] = spec
     return specs
 
 

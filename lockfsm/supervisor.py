@@ -84,7 +84,13 @@ class Supervisor:
         self.status: int | None = None
         self.error: dict[str, Any] | None = None
         self.sm = Instance(_tables.SUPERVISOR, self._guard, self._act)
+        self.mode: str = spec.get("mode", "start")
+        if self.mode not in ("start", "incoming"):
+            raise ValueError(f"launch mode {self.mode!r} is unknown")
+        self.migration: dict[str, Any] | None = spec.get("migration")
         self.kill_at: float | None = None
+        # A pending take-over: the connection to answer, the deadline, the next try, the pause.
+        self.take_over: tuple[socket.socket, float, float, float] | None = None
         self.waiters: list[socket.socket] = []
         self.buffers: dict[socket.socket, bytes] = {}
         for action in {a for m in _tables.SUPERVISOR.moves for a in m.actions}:
@@ -101,11 +107,14 @@ class Supervisor:
     def _lease_act(self, name: str, args: Mapping[str, Any]) -> None:
         if name == "backend_acquire":
             self.holder.acquire(args["lease"], args["label"])
+        elif name == "backend_reserve":
+            self.holder.reserve(args["lease"], args["label"])
         else:
             self.holder.release(args["lease"])
 
-    def _take(self, resources: list[dict[str, Any]]) -> None:
-        """Take every lease of ``resources`` in key order; on a failure give back what was taken."""
+    def _take(self, resources: list[dict[str, Any]], event: str = "acquire") -> None:
+        """Take (or reserve) every lease of ``resources`` in key order; on a failure give back
+        what was taken."""
         wanted = sorted(
             ((lease, res) for res in resources for lease in res["leases"]),
             key=lambda x: x[0]["key"],
@@ -116,11 +125,7 @@ class Supervisor:
                 if lease["key"] in self.leases:
                     raise InvalidArgument(f"{res['path']}: lease {lease['key']} is already held")
                 machine = Instance(_tables.LEASE, self._guard, self._lease_act)
-                label = f"{res['type']} {res['path']}"
-                try:
-                    machine.fire("acquire", lease=lease, label=label)
-                except LeaseConflict as e:
-                    raise self._named_holder(e, lease["key"]) from None
+                self._fire_lease(machine, event, lease, res)
                 self.leases[lease["key"]] = machine
                 taken.append(lease)
         except BaseException:
@@ -129,6 +134,14 @@ class Supervisor:
         now = time.time()
         for res in resources:
             self.resources[_ident(res)] = {**res, "since": now}
+
+    def _fire_lease(
+        self, machine: Instance, event: str, lease: dict[str, str], res: Mapping[str, Any]
+    ) -> None:
+        try:
+            machine.fire(event, lease=lease, label=f"{res['type']} {res['path']}")
+        except LeaseConflict as e:
+            raise self._named_holder(e, lease["key"]) from None
 
     def _give(self, leases: list[dict[str, str]]) -> None:
         for lease in leases:
@@ -155,7 +168,35 @@ class Supervisor:
         return err
 
     def _do_acquire_leases(self, args: Mapping[str, Any]) -> None:
-        self._take(list(self.spec.get("resources", [])))
+        if self.sm.state != "incoming":
+            self._take(list(self.spec.get("resources", [])))
+            return
+        # A migration target's take-over: every reserved lease, each kept once had; raise while
+        # one is still held elsewhere (the source has not given it up yet).
+        missing: LeaseConflict | None = None
+        for res in self.resources.values():
+            for lease in res["leases"]:
+                machine = self.leases[lease["key"]]
+                if machine.state == "reserved":
+                    try:
+                        self._fire_lease(machine, "acquire", lease, res)
+                    except LeaseConflict as e:
+                        missing = e
+        if missing is not None:
+            raise missing
+
+    def _do_reserve_leases(self, args: Mapping[str, Any]) -> None:
+        self._take(list(self.spec.get("resources", [])), "reserve")
+
+    def _do_record_migration(self, args: Mapping[str, Any]) -> None:
+        self.migration = {"id": args["migration"], "hosturi": args["hosturi"]}
+
+    def _do_forget_migration(self, args: Mapping[str, Any]) -> None:
+        self.migration = None
+
+    def _do_kill_guest(self, args: Mapping[str, Any]) -> None:
+        assert self.guest_pid is not None
+        os.kill(self.guest_pid, signal.SIGKILL)
 
     def _do_report_refusal(self, args: Mapping[str, Any]) -> None:
         self.error = control.error_reply(args["error"])
@@ -228,6 +269,8 @@ class Supervisor:
             "guest_pid": self.guest_pid,
             "gen": self.gen,
             "resources": list(self.resources.values()),
+            "mode": self.mode,
+            "migration": self.migration,
             "status": self.status,
             "error": self.error,
             "since": time.time(),
@@ -263,7 +306,7 @@ class Supervisor:
         self.listener = self._listen()
         self._record()
         try:
-            self.fire("acquire_all")
+            self.fire("reserve" if self.mode == "incoming" else "acquire_all")
         except LockFSMError as e:
             self.fire("refuse", error=e)
             self._close()
@@ -274,7 +317,7 @@ class Supervisor:
             control.point(self.run_dir, self.spec["uuid"], self.launch)
         self._loop()
         assert self.status is not None
-        return self.status
+        return 0 if self.sm.state in ("handed_off", "cancelled") else self.status
 
     def _loop(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -289,7 +332,8 @@ class Supervisor:
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         self.sel.register(self.pidfd, selectors.EVENT_READ, "guest")
         while self.sm.state not in _tables.SUPERVISOR.terminal:
-            timeout = None if self.kill_at is None else max(0.0, self.kill_at - time.monotonic())
+            timers = [t for t in (self.kill_at, self.take_over and self.take_over[2]) if t]
+            timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
             for key, _ in self.sel.select(timeout):
                 if key.data == "accept":
                     self._accept()
@@ -302,18 +346,49 @@ class Supervisor:
                     self._readable(key.fileobj)  # type: ignore[arg-type]
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self._kill_guest()
+            if self.take_over is not None and time.monotonic() >= self.take_over[2]:
+                self._try_take_over()
         self._close()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True
 
+    def _try_take_over(self) -> None:
+        """One attempt of a pending take-over; reply when all leases are had or time is up."""
+        assert self.take_over is not None
+        conn, deadline, _, pause = self.take_over
+        try:
+            self.fire("take_over")
+        except LeaseConflict as e:
+            now = time.monotonic()
+            if now < deadline:
+                pause = min(pause * 2, 0.02)
+                self.take_over = (conn, deadline, min(now + pause, deadline), pause)
+                return
+            self._end_take_over(
+                control.error_reply(
+                    LeaseConflict(f"the source did not give up the lease in time: {e}", e.resource)
+                )
+            )
+            return
+        except LockFSMError as e:
+            self._end_take_over(control.error_reply(e))
+            return
+        self._end_take_over({"ok": True, **self.info()})
+
+    def _end_take_over(self, reply: Mapping[str, Any]) -> None:
+        if self.take_over is not None:
+            conn = self.take_over[0]
+            self.take_over = None
+            self._reply(conn, reply)
+
     def _on_wake(self) -> None:
         if not self.signalled:
             return
         self.signalled = False
-        if self.sm.state == "running":
+        if self.sm.state in ("running", "migrating_out", "incoming"):
             self.fire("stop", grace=DEFAULT_GRACE)
-        elif self.sm.state == "stopping":
+        elif self.sm.state in ("stopping", "handing_off", "cancelling"):
             self._kill_guest()
 
     def _kill_guest(self) -> None:
@@ -332,6 +407,9 @@ class Supervisor:
         os.close(self.pidfd)
         self.fire("guest_exited", status=code if code >= 0 else 128 - code)
         self.kill_at = None
+        self._end_take_over(
+            control.error_reply(BackendError(f"the guest exited (status {self.status})"))
+        )
         for conn in self.waiters:
             self._reply(conn, {"ok": True, "status": self.status})
         self.waiters.clear()
@@ -427,8 +505,26 @@ class Supervisor:
         if op == "release":
             self.fire("release", resource=fields["resource"])
             return {"ok": True, **self.info()}
-        assert op == "shutdown"
-        self.fire("stop", grace=fields["grace"])
+        if op == "prepare":
+            self.fire("prepare", migration=fields["migration"], hosturi=fields["hosturi"])
+            return {"ok": True, **self.info()}
+        if op == "resume":
+            self.fire("resume")
+            return {"ok": True, **self.info()}
+        if op == "take_over":
+            if self.take_over is not None:
+                raise InvalidArgument("a take-over is already under way")
+            if not self.sm.can("take_over"):
+                raise BackendError(f"no take-over in state {self.sm.state}")
+            now = time.monotonic()
+            self.take_over = (conn, now + fields["timeout"], now, 0.0005)
+            self._try_take_over()
+            return None
+        if op in ("hand_off", "cancel"):
+            self.fire(op)
+        else:
+            assert op == "shutdown"
+            self.fire("stop", grace=fields["grace"])
         self.waiters.append(conn)
         return None
 

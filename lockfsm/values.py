@@ -147,3 +147,75 @@ class HistoryEntry:
     dest: str
     at: float = attrs.field(factory=time.time)
     seconds: float = 0.0
+
+
+COOKIE_PREFIX = "lockfsm-cookie-1:"
+
+
+@attrs.frozen
+class MigrationCookie:
+    """What the source tells the target (``prepare_migrate`` → ``set_parameter``): the migration,
+    the guest, and every resource with the leases that protect it.  Opaque to the daemons: a
+    prefix and base64url JSON, at most 64 KiB."""
+
+    migration: str
+    uuid: str
+    name: str
+    id: int
+    driver: str
+    source: str
+    hosturi: str
+    resources: tuple[dict[str, Any], ...]
+
+    def encode(self) -> str:
+        import base64
+        import json
+
+        body = json.dumps(attrs.asdict(self), separators=(",", ":"), sort_keys=True)
+        return COOKIE_PREFIX + base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: object) -> MigrationCookie:
+        """Parse and check a cookie.  Raises InvalidArgument saying what is wrong with it."""
+        import base64
+        import binascii
+        import json
+
+        from lockfsm import control
+
+        if not isinstance(text, str) or not text.startswith(COOKIE_PREFIX):
+            raise InvalidArgument(
+                f"migration_cookie {str(text)[:40]!r}... is not a lockfsm migration cookie"
+            )
+        if len(text) > 64 * 1024:
+            raise InvalidArgument("migration_cookie is over 64 KiB")
+        body = text[len(COOKIE_PREFIX) :]
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (binascii.Error, ValueError) as e:
+            raise InvalidArgument(f"migration_cookie is garbled: {e}") from None
+        fields = {f.name for f in attrs.fields(cls)}
+        if not isinstance(raw, dict) or set(raw) != fields:
+            raise InvalidArgument(f"migration_cookie must carry exactly {sorted(fields)}")
+        if not isinstance(raw["resources"], list):
+            raise InvalidArgument("migration_cookie resources must be a list")
+        for res in raw["resources"]:
+            control.check_resource(res)
+        control.check_text(raw["migration"], "migration id", 16)
+        control.check_text(raw["driver"], "driver", 32)
+        control.check_text(raw["source"], "source host", 255)
+        control.check_text(raw["hosturi"], "hosturi", 1024)
+        return cls(
+            migration=raw["migration"],
+            uuid=check_uuid(raw["uuid"]),
+            name=check_name(raw["name"]),
+            id=check_id(raw["id"]),
+            driver=raw["driver"],
+            source=raw["source"],
+            hosturi=raw["hosturi"],
+            resources=tuple(raw["resources"]),
+        )
+
+    def leases(self) -> set[tuple[str, str]]:
+        """(key, mode) of every lease the cookie names."""
+        return {(lease["key"], lease["mode"]) for r in self.resources for lease in r["leases"]}

@@ -181,8 +181,17 @@ def test_new_manager_flags(driver: lockfsm.LockDriver) -> None:
         driver.new_manager(8)
     with pytest.raises(InvalidArgument, match="exclude each other"):
         driver.new_manager(NewFlags.ATTACH | NewFlags.MIGRATE)
+
+
+def test_a_backend_without_migration_refuses_every_migration_call(
+    driver: lockfsm.LockDriver, mgr: lockfsm.LockManager
+) -> None:
+    driver.capabilities = driver.capabilities._replace(migration=False)
     with pytest.raises(Unsupported, match="migration"):
         driver.new_manager(NewFlags.MIGRATE)
+    refused(mgr, Unsupported, lambda: mgr.prepare_migrate("qemu+ssh://b/system"), "migration")
+    refused(mgr, Unsupported, lambda: mgr.complete_migrate_in(), "migration")
+    refused(mgr, Unsupported, lambda: mgr.complete_migrate_in(cancel=True), "migration")
 
 
 def test_unknown_driver_is_named() -> None:
@@ -261,17 +270,35 @@ def _calls(mgr: lockfsm.LockManager, disks: list[str]) -> dict[str, Callable[[],
         "release_resource": lambda: mgr.release_resource(DISK, disks[0]),
         "shutdown": mgr.shutdown,
         "free": mgr.free,
+        "prepare_migrate": lambda: mgr.prepare_migrate("qemu://target/system"),
+        "complete_migrate_in": mgr.complete_migrate_in,
     }
 
 
 @pytest.fixture
-def in_state(host: Host, disks: list[str]) -> Iterator[Callable[[str], lockfsm.LockManager]]:
+def in_state(
+    host: Host, other_host: Host, disks: list[str]
+) -> Iterator[Callable[[str], lockfsm.LockManager]]:
+    """A manager in the state asked for, reached through the API (other_host: a target)."""
+
     def make(state: str) -> lockfsm.LockManager:
         mgr = host.manager("vm-s", UUID, [disks[0]])
         if state == "idle":
             return mgr
         host.launch(mgr)
         mgr.get_child(timeout=10)
+        if state in ("migrating_out", "done", "migrating_in", "cancelled"):
+            cookie = mgr.prepare_migrate("qemu://other/system")
+            if state == "done":
+                mgr.complete_migrate_in()
+            if state in ("migrating_in", "cancelled"):
+                target = other_host.manager("vm-s", UUID, [disks[0]], flags=NewFlags.MIGRATE)
+                target.set_parameter("migration_cookie", cookie)
+                other_host.launch(target)
+                target.get_child(timeout=10)
+                if state == "cancelled":
+                    target.complete_migrate_in(cancel=True)
+                return target
         if state == "stopped":
             mgr.shutdown()
         if state == "freed":

@@ -164,7 +164,8 @@ def test_a_failing_action_leaves_the_old_state(name: str) -> None:
 def test_a_bad_argument_says_more_than_the_wrong_mode() -> None:
     """get_child on an ATTACH manager without a uuid: the missing uuid is the error, not the
     start-mode guard of the other branch."""
-    outcomes = {"start_mode": False, "attach_mode": True, "identity_set": False}
+    outcomes = {g: False for m in _tables.DOMAIN.moves for g in m.guards}
+    outcomes.update(attach_mode=True, found_running=True)
     probe = _Probe(_tables.DomainState.IDLE, outcomes)
     with pytest.raises(InvalidArgument, match="identity_set says no"):
         choose(_tables.DOMAIN, "idle", "get_child", probe._guard, {})

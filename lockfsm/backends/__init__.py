@@ -23,13 +23,21 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     Pure: it takes nothing.
 
 ``Holder.acquire(lease, resource)``
-    Called in the supervisor, before the guest starts or on hot-plug.  Takes the lease without
-    waiting.  Raises :class:`~lockfsm.LeaseConflict` (naming ``resource`` and, where it can, the
-    holder) when the lease is held elsewhere, :class:`~lockfsm.BackendError` otherwise.  On a raise
+    Called in the supervisor, before the guest starts, on hot-plug, or on a migration target's
+    take-over of a lease it reserved.  Takes the lease without waiting.  Raises
+    :class:`~lockfsm.LeaseConflict` (naming ``resource`` and, where it can, the holder) when the
+    lease is held elsewhere, :class:`~lockfsm.BackendError` otherwise.  On a raise
     nothing is held.
 
+``Holder.reserve(lease, resource)``
+    Called in an incoming migration's supervisor before its guest starts.  Makes sure that no one
+    but this holder can acquire the lease from now on, while the source may still hold it.
+    Raises LeaseConflict if another holder reserved it.  A backend whose handoff is atomic may
+    do nothing here.
+
 ``Holder.release(lease)``
-    Called in the supervisor after the guest exited, or on hot-unplug.  Never raises for a lease it
+    Called in the supervisor after the guest exited, on hot-unplug, or on a handoff (after the
+    guest is dead); also lets a reservation go.  Never raises for a lease it
     holds; releasing a lease it does not hold is a BackendError.
 
 ``Holder.inheritable_fds()``
@@ -70,6 +78,8 @@ class ConfigKey(NamedTuple):
 
 
 class Holder(Protocol):
+    def reserve(self, lease: Mapping[str, str], resource: str) -> None: ...
+
     def acquire(self, lease: Mapping[str, str], resource: str) -> None: ...
 
     def release(self, lease: Mapping[str, str]) -> None: ...

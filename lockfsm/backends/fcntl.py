@@ -35,14 +35,16 @@ CAPABILITIES = Capabilities(
     per_disk=True,
     shared=True,
     hotplug=True,
-    migration=False,  # issue 3 adds the migration calls
-    atomic_handoff=False,
+    migration=True,
+    atomic_handoff=False,  # the gate byte closes the window to lockfsm hosts, not to libvirt's
     holder_death_frees="at once (kernel)",
     self_fencing=False,
     spans_hosts="on shared NFS",
 )
 
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+LEASE_BYTE = 0  # the lease, as libvirt's lockd locks it
+GATE_BYTE = 1  # lockfsm's migration gate (see FcntlHolder)
 _RETRIES = 8  # lease file replaced under us this many times in a row: give up
 
 
@@ -84,14 +86,14 @@ class FcntlBackend:
         ]
 
 
-def _flock(kind: int) -> bytes:
-    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 1, 0)
+def _flock(kind: int, start: int = LEASE_BYTE, length: int = 1) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
 
 
-def _holder_of(fd: int, kind: int) -> str:
-    """Who holds a conflicting lock on byte 0, as far as the kernel says."""
+def _holder_of(fd: int, kind: int, start: int = LEASE_BYTE) -> str:
+    """Who holds a conflicting lock on ``start``, as far as the kernel says."""
     try:
-        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(kind))
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(kind, start))
     except OSError:
         return "unknown holder"
     ltype, _, _, _, pid = struct.unpack(_FLOCK, got)
@@ -99,15 +101,25 @@ def _holder_of(fd: int, kind: int) -> str:
         return "a holder that has just let go"
     if pid > 0:  # a classic POSIX lock: virtlockd, or another program
         return f"another lock manager (pid {pid}, POSIX lock)"
+    if start == GATE_BYTE:
+        return "an incoming migration of this guest (the lease is reserved for it)"
     return "another lockfsm supervisor (OFD lock)"
 
 
 class FcntlHolder:
-    """The holding half (supervisor side): one open file description per held lease."""
+    """The holding half (supervisor side): one open file description per lease.
+
+    Byte 0 of a lease file is the lease; byte 1 is its *gate*, lockfsm's own (libvirt locks
+    byte 0 only).  An incoming migration target reserves a lease by write-locking the gate for
+    the whole migration; every other acquire passes the gate (read-locks it for the moment of
+    taking byte 0), so while a target holds the gate no other lockfsm host can take the lease, even
+    in the instant between the source's release and the target's acquire.
+    """
 
     def __init__(self, lockspace_dir: str) -> None:
         self.dir = lockspace_dir
         self.fds: dict[str, int] = {}
+        self.reserved: set[str] = set()
 
     def _open(self, path: str) -> int:
         try:
@@ -119,43 +131,73 @@ class FcntlHolder:
             raise BackendError(f"lease file {path} is not a regular file: foreign file, not used")
         return fd
 
-    def acquire(self, lease: Mapping[str, str], resource: str) -> None:
-        key = lease["key"]
-        if key in self.fds:
-            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
-        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
+    @staticmethod
+    def _still_there(fd: int, path: str) -> bool:
+        """Whether the file at ``path`` is still the one ``fd`` has open (another lock manager
+        may delete a lease file on release, even while we wait for its lock)."""
+        try:
+            here, held = os.stat(path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+    def _lock(self, fd: int, kind: int, start: int, path: str, resource: str) -> None:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(kind, start))
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                holder = _holder_of(fd, kind, start)
+                raise LeaseConflict(
+                    f"{resource} is locked by {holder} (lease file {path})", resource, holder
+                ) from None
+            raise BackendError(f"locking {path} for {resource}: {e.strerror}") from None
+
+    def _locked_file(self, key: str, resource: str, steps: list[tuple[int, int]]) -> int:
+        """Open the lease file and take ``steps`` ((kind, byte) locks) on it, again from the
+        start if the file was replaced meanwhile.  On a raise nothing is held."""
         path = os.path.join(self.dir, key)
         for _ in range(_RETRIES):
             fd = self._open(path)
             try:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(kind))
-            except OSError as e:
-                holder = _holder_of(fd, kind) if e.errno in (errno.EAGAIN, errno.EACCES) else ""
+                for kind, start in steps:
+                    self._lock(fd, kind, start, path, resource)
+            except BaseException:
                 os.close(fd)
-                if holder:
-                    raise LeaseConflict(
-                        f"{resource} is locked by {holder} (lease file {path})", resource, holder
-                    ) from None
-                raise BackendError(f"locking {path} for {resource}: {e.strerror}") from None
-            try:
-                here = os.stat(path)
-                held = os.fstat(fd)
-                same = (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fds[key] = fd
-                return
-            os.close(fd)  # the file was deleted or replaced after we opened it: lock the new one
+                raise
+            if self._still_there(fd, path):
+                return fd
+            os.close(fd)
         raise BackendError(f"lease file {path} of {resource} keeps being replaced; not taken")
+
+    def reserve(self, lease: Mapping[str, str], resource: str) -> None:
+        key = lease["key"]
+        if key in self.fds:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        self.fds[key] = self._locked_file(key, resource, [(fcntl.F_WRLCK, GATE_BYTE)])
+        self.reserved.add(key)
+
+    def acquire(self, lease: Mapping[str, str], resource: str) -> None:
+        key = lease["key"]
+        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
+        if key in self.reserved:
+            fd = self.fds[key]
+            self._lock(fd, kind, LEASE_BYTE, os.path.join(self.dir, key), resource)
+        elif key in self.fds:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        else:
+            fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
+        self.fds[key] = fd
+        self.reserved.discard(key)
 
     def release(self, lease: Mapping[str, str]) -> None:
         fd = self.fds.pop(lease["key"], None)
+        self.reserved.discard(lease["key"])
         if fd is None:
             raise BackendError(f"lease {lease['key']} is not held by this supervisor")
         try:
             # Unlock explicitly: the guest may share this open file description.
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
         finally:
             os.close(fd)
 

@@ -13,7 +13,7 @@ CAPABILITIES = Capabilities(
     per_disk=False,
     shared=False,
     hotplug=True,
-    migration=False,  # issue 3 adds the migration calls
+    migration=True,
     atomic_handoff=False,
     holder_death_frees="nothing is held",
     self_fencing=False,
@@ -40,6 +40,9 @@ class NopHolder:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def release(self, lease: Mapping[str, str]) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
+    def reserve(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def inheritable_fds(self) -> list[int]:
