@@ -55,6 +55,20 @@ def locked_inodes() -> dict[int, list[str]]:
     return found
 
 
+def lock_ranges(pid: int) -> set[tuple[int, int, str]]:
+    """(inode, first byte, kind) of every lock held through process ``pid``'s open files."""
+    found: set[tuple[int, int, str]] = set()
+    with suppress(FileNotFoundError, ProcessLookupError):
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            with suppress(FileNotFoundError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("lock:"):
+                        parts = line.split()
+                        inode = int(parts[6].rsplit(":", 1)[1])
+                        found.add((inode, int(parts[7]), parts[4]))
+    return found
+
+
 def fd_locks(pid: int) -> set[int]:
     """Inodes on which the open files of process ``pid`` hold a lock (from /proc/pid/fdinfo)."""
     inodes: set[int] = set()
@@ -92,9 +106,14 @@ class Host:
     """A simulated host: its own run dir and a lockspace (shared with other hosts if given)."""
 
     def __init__(
-        self, backend: str = "fcntl", lockspace: str | None = None, run_dir: str | None = None
+        self,
+        backend: str = "fcntl",
+        lockspace: str | None = None,
+        run_dir: str | None = None,
+        **extra: Any,
     ) -> None:
         self.backend = backend
+        self.extra = extra
         self.run_dir = run_dir or short_tmpdir("lfr")
         self.lockspace = lockspace or short_tmpdir("lfl")
         self.driver = self.load()
@@ -102,7 +121,7 @@ class Host:
 
     @property
     def config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"run_dir": self.run_dir, "shutdown_grace": 2.0}
+        cfg: dict[str, Any] = {"run_dir": self.run_dir, "shutdown_grace": 2.0, **self.extra}
         if self.backend == "fcntl":
             cfg["lockspace_dir"] = self.lockspace
         return cfg
@@ -216,3 +235,78 @@ def lockspace_locks(lockspace: str) -> dict[str, list[str]]:
             if kinds:
                 found[name] = sorted(kinds)
     return found
+
+
+class HostPair:
+    """A source and a target host on one lockspace, joined so that tests read as the protocol
+    (after h11's ConnectionPair).  Each side's calls go to its own host's driver and managers."""
+
+    def __init__(self, lockspace: str, backend: str = "fcntl", **extra: Any) -> None:
+        self.lockspace = lockspace
+        self.source = Host(backend, lockspace, **extra)
+        self.target = Host(backend, lockspace, **extra)
+        self.guest: Guest | None = None
+        self.incoming: Guest | None = None
+        self.cookie: str | None = None
+
+    def start(self, name: str, disks: Iterable[str] = (), shared: Iterable[str] = ()) -> Guest:
+        """The guest starts on the source."""
+        self.guest = self.source.start(name, disks, shared)
+        return self.guest
+
+    def prepare(self, hosturi: str = "qemu+tcp://target/system") -> str:
+        """Source: prepare_migrate; the cookie is kept for the target."""
+        assert self.guest is not None
+        self.cookie = self.guest.mgr.prepare_migrate(hosturi)
+        return self.cookie
+
+    def incoming_start(self, guest: list[str] | None = None) -> Guest:
+        """Target: a MIGRATE manager with the cookie, its supervisor, get_child."""
+        assert self.guest is not None and self.cookie is not None
+        g = self.guest
+        disks = [r.path for r in g.mgr.resources if not r.shared]
+        shared = [r.path for r in g.mgr.resources if r.shared]
+        mgr = self.target.manager(g.name, g.uuid, disks, flags=NewFlags.MIGRATE, shared=shared)
+        mgr.set_parameter("migration_cookie", self.cookie)
+        proc = self.target.launch(mgr, guest)
+        self.incoming = Guest(self.target, mgr, proc, g.name, g.uuid, disks + shared)
+        self.incoming.pid = mgr.get_child(timeout=10)
+        return self.incoming
+
+    def migrate(self, order: str = "target-first") -> None:
+        """Both sides complete: target first (its call waits for the source's, as two daemons
+        would run them), or source first."""
+        assert self.guest is not None and self.incoming is not None
+        source, target = self.guest.mgr, self.incoming.mgr
+        if order == "source-first":
+            source.complete_migrate_in()
+            target.complete_migrate_in()
+            return
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                target.complete_migrate_in()
+            except BaseException as e:  # reported to the caller below
+                errors.append(e)
+
+        import threading
+
+        t = threading.Thread(target=run)
+        t.start()
+        wait_until(lambda: target._launch is not None, what="target waiting")
+        time.sleep(0.05)  # let the target's take-over begin before the source completes
+        source.complete_migrate_in()
+        t.join(60)
+        if errors:
+            raise errors[0]
+
+    def cancel(self, order: str = "target-first") -> None:
+        assert self.guest is not None and self.incoming is not None
+        sides = [self.incoming.mgr, self.guest.mgr]
+        for mgr in sides if order == "target-first" else reversed(sides):
+            mgr.complete_migrate_in(cancel=True)
+
+    def cleanup(self) -> None:
+        self.source.cleanup()
+        self.target.cleanup()
