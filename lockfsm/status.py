@@ -12,6 +12,11 @@ from typing import Any
 from lockfsm import control
 
 
+#: Supervisor states in which every lease is held, and those in which every lease is reserved.
+HOLDING = frozenset({"holding", "running", "stopping", "migrating_out", "handing_off"})
+RESERVING = frozenset({"reserved", "incoming", "cancelling"})
+
+
 def supervisors(run_dir: str) -> list[dict[str, Any]]:
     """The records of the supervisors in ``run_dir``, each with ``alive`` set, by name."""
     found = []
@@ -34,7 +39,8 @@ def leases(run_dir: str) -> list[dict[str, Any]]:
     """One row per held resource: resource, mode, domain name and uuid, supervisor pid, since."""
     rows = []
     for rec in supervisors(run_dir):
-        if not rec["alive"] or rec.get("state") not in ("holding", "running", "stopping"):
+        state = rec.get("state")
+        if not rec["alive"] or state not in HOLDING | RESERVING:
             continue
         for res in rec.get("resources", []):
             rows.append(
@@ -42,6 +48,7 @@ def leases(run_dir: str) -> list[dict[str, Any]]:
                     "resource": res["path"],
                     "type": res["type"],
                     "mode": "shared" if res["flags"] else "exclusive",
+                    "held": "held" if state in HOLDING else "reserved",
                     "domain": rec.get("name"),
                     "uuid": rec.get("uuid"),
                     "supervisor_pid": rec.get("pid"),

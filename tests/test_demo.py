@@ -16,12 +16,22 @@ def test_demo_runs_every_step() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
-    assert re.search(r"refused: disk \S+/b\.img is held by domain 'vm-a'", text)
-    assert "supervisor exited by itself with status 75" in text
-    assert "lease c.img: held by vm-a" in text
-    assert "(the same)" in text
-    assert "idle --get_child-->" in text and "started --shutdown-->" in text
-    assert "leases: none held" in text.split("shut vm-a down", 1)[1]
+    steps = dict(re.findall(r"\n(\d)\. (.*?)(?=\n\d\. |\Z)", text, re.S))
+    assert sorted(steps) == list("1234567"), text
+    assert "lease b.img: held by vm-a on host-a" in steps["1"]
+    assert re.search(
+        r"refused: disk \S+/b\.img is locked by another lockfsm supervisor", steps["2"]
+    )
+    assert "supervisor exited by itself with status 75" in steps["2"]
+    assert "lease c.img: held by vm-a on host-a" in steps["3"]
+    assert "(the same)" in steps["4"]
+    assert "lease a.img: reserved by vm-a on host-b" in steps["5"]
+    assert "cancelled: vm-a is started on host-a" in steps["5"]
+    assert "on host-b" not in steps["5"].split("cancelled: vm-a")[1]
+    assert "migrating_in --complete_migrate_in-->  started" in steps["6"]
+    assert "lease a.img: held by vm-a on host-b" in steps["6"]
+    assert "on host-a" not in steps["6"].split("host-a: done")[1]
+    assert steps["7"].rstrip().endswith("leases: none held")
 
 
 def test_readme_starts_with_the_two_commands_ci_runs() -> None:
