@@ -11,7 +11,6 @@ from typing import Any
 
 from lockfsm import control
 
-
 #: Supervisor states in which every lease is held, and those in which every lease is reserved.
 HOLDING = frozenset({"holding", "running", "stopping", "migrating_out", "handing_off"})
 RESERVING = frozenset({"reserved", "incoming", "cancelling"})
