@@ -170,9 +170,8 @@ class Demo:
         mgr.complete_migrate_in()
         waiter.join(60)
         say(f"   handed over in {(time.monotonic() - t - 0.2) * 1000:.0f} ms after host-a's call")
-        say(
-            f"   host-a: {mgr.state.value}; host-b: {target.state.value}, guest pid {target.get_child()}"
-        )
+        child = target.get_child()
+        say(f"   host-a: {mgr.state.value}; host-b: {target.state.value}, guest pid {child}")
         self.holders()
         mgr.shutdown()
         mgr.free()
