@@ -63,3 +63,13 @@ def other_host(lockspace: str) -> Iterator[Host]:
     h = Host("fcntl", lockspace)
     yield h
     h.cleanup()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long runs (marker ``slow``) run only with LOCKFSM_SLOW=1 or when ``-m`` selects them."""
+    if os.environ.get("LOCKFSM_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with LOCKFSM_SLOW=1 (or -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
