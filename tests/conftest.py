@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -51,18 +51,29 @@ def lockspace() -> Iterator[str]:
 
 
 @pytest.fixture
-def host(lockspace: str) -> Iterator[Host]:
-    h = Host("fcntl", lockspace)
-    yield h
-    h.cleanup()
+def hosts(lockspace: str) -> Iterator[Callable[..., Host]]:
+    """Make simulated hosts on the test's lockspace (each its own run dir and daemon); every
+    process they started is killed at the end."""
+    made: list[Host] = []
+
+    def make(backend: str = "fcntl", **config: object) -> Host:
+        made.append(Host(backend, lockspace, **config))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.cleanup()
 
 
 @pytest.fixture
-def other_host(lockspace: str) -> Iterator[Host]:
-    """A second host on the same lockspace (its own run dir, its own daemon)."""
-    h = Host("fcntl", lockspace)
-    yield h
-    h.cleanup()
+def host(hosts: Callable[..., Host]) -> Host:
+    return hosts()
+
+
+@pytest.fixture
+def other_host(hosts: Callable[..., Host]) -> Host:
+    """A second host on the same lockspace."""
+    return hosts()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -34,10 +34,9 @@ def pair(lockspace: str) -> Iterator[HostPair]:
 
 
 @pytest.fixture
-def third(lockspace: str) -> Iterator[Host]:
-    h = Host("fcntl", lockspace)
-    yield h
-    h.cleanup()
+def third(hosts: Callable[..., Host]) -> Host:
+    """A third host on the lockspace: a rogue that tries to start the same guest."""
+    return hosts()
 
 
 @pytest.fixture
