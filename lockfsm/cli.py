@@ -17,9 +17,27 @@ def _demo(args: argparse.Namespace) -> int:
 def _spec_gen(args: argparse.Namespace) -> int:
     from lockfsm import spec
 
-    path = spec.write_generated(Path(args.specs) if args.specs else None)
-    print(f"wrote {path}")
+    for path in spec.write_generated(Path(args.specs) if args.specs else None):
+        print(f"wrote {path}")
     return 0
+
+
+def _spec_check(args: argparse.Namespace) -> int:
+    from lockfsm import model, modelcheck, spec
+
+    specs_dir = Path(args.specs) if args.specs else spec.default_specs_dir()
+    specs = spec.load_all(specs_dir)
+    failed = False
+    for hosts in args.hosts or modelcheck.HOSTS:
+        text = model.generate(specs, hosts)
+        committed = modelcheck.model_path(specs_dir, hosts)
+        if not committed.exists() or committed.read_text() != text:
+            print(f"{committed} is stale: run `lockfsm spec gen` (checking the tables' model)")
+            failed = True
+        verdict = modelcheck.check(text, hosts)
+        print(verdict.report())
+        failed |= not verdict.ok
+    return 1 if failed else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -49,9 +67,15 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     s = sub.add_parser("spec", help="work with the protocol tables in specs/")
     ssub = s.add_subparsers(dest="spec_command", required=True)
-    g = ssub.add_parser("gen", help="regenerate lockfsm/_tables.py from specs/*.toml")
+    g = ssub.add_parser("gen", help="regenerate lockfsm/_tables.py and the models from specs/")
     g.add_argument("--specs", help="the specs directory (default: the source tree's)")
     g.set_defaults(func=_spec_gen)
+    c = ssub.add_parser(
+        "check", help="model-check the tables with spin (S1, S3, L1 for 2 and 3 hosts)"
+    )
+    c.add_argument("--specs", help="the specs directory (default: the source tree's)")
+    c.add_argument("--hosts", type=int, action="append", help="only this many hosts (repeatable)")
+    c.set_defaults(func=_spec_check)
     st = sub.add_parser("status", help="list the leases held by this host's supervisors")
     st.add_argument("--run-dir", help="the supervisors' run directory (default: the driver's)")
     st.add_argument("--json", action="store_true", help="print JSON for machines")

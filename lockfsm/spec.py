@@ -279,7 +279,16 @@ def generate(specs: dict[str, Spec]) -> str:
     return "\n".join(out)
 
 
-def write_generated(specs_dir: Path | None = None) -> Path:
-    """Regenerate ``lockfsm/_tables.py``; return its path."""
-    GENERATED.write_text(generate(load_all(specs_dir)))
-    return GENERATED
+def write_generated(specs_dir: Path | None = None) -> list[Path]:
+    """Regenerate ``lockfsm/_tables.py`` and the formal models in ``specs/``; return the paths."""
+    from lockfsm import model, modelcheck
+
+    d = specs_dir or default_specs_dir()
+    specs = load_all(d)
+    GENERATED.write_text(generate(specs))
+    written = [GENERATED]
+    for hosts in modelcheck.HOSTS:
+        path = modelcheck.model_path(d, hosts)
+        path.write_text(model.generate(specs, hosts))
+        written.append(path)
+    return written

@@ -1,0 +1,97 @@
+"""Run spin on a generated model: ``spin -a``, compile ``pan`` (breadth-first, so that a
+counterexample is a shortest one), run it, and on a violation replay the trail as protocol steps.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lockfsm.errors import BackendError
+
+#: The committed models, by number of hosts.
+HOSTS = (2, 3)
+
+
+def model_path(specs_dir: Path, hosts: int) -> Path:
+    return specs_dir / f"model-{hosts}hosts.pml"
+
+
+@dataclass
+class Verdict:
+    """What spin found for one model."""
+
+    hosts: int
+    states: int
+    transitions: int
+    depth: int
+    seconds: float
+    violation: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    def report(self) -> str:
+        rate = self.states / self.seconds if self.seconds else 0.0
+        head = (
+            f"{self.hosts} hosts: {self.states} states, {self.transitions} transitions, "
+            f"depth {self.depth}, {self.seconds:.1f} s ({rate:,.0f} states/s): "
+        )
+        if self.ok:
+            return head + "no violation of S1, S3, L1"
+        lines = [head + f"VIOLATION of {self.violation}; shortest counterexample:"]
+        lines += [f"  {i + 1:>3}. {s}" for i, s in enumerate(self.steps)]
+        return "\n".join(lines)
+
+
+def _run(cmd: list[str], cwd: str, timeout: float) -> str:
+    try:
+        done = subprocess.run(
+            cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise BackendError(
+            f"{cmd[0]} is not installed (Debian: apt-get install spin gcc)"
+        ) from None
+    if done.returncode != 0 and cmd[0] != "./pan":
+        raise BackendError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.stdout[-500:]}")
+    return done.stdout
+
+
+def _number(pattern: str, text: str) -> int:
+    m = re.search(pattern, text)
+    return int(float(m.group(1))) if m else 0
+
+
+def check(text: str, hosts: int, timeout: float = 900.0) -> Verdict:
+    """Model-check the Promela ``text``.  Raises BackendError if spin or gcc is missing or fails."""
+    work = tempfile.mkdtemp(prefix="lfspin")
+    try:
+        Path(work, "model.pml").write_text(text)
+        _run(["spin", "-a", "model.pml"], work, timeout)
+        _run(["gcc", "-O2", "-w", "-DSAFETY", "-DBFS", "-o", "pan", "pan.c"], work, timeout)
+        started = time.monotonic()
+        out = _run(["./pan", "-m100000"], work, timeout)
+        seconds = time.monotonic() - started
+        verdict = Verdict(
+            hosts=hosts,
+            states=_number(r"([\d.e+]+) states, stored", out),
+            transitions=_number(r"([\d.e+]+) transitions", out),
+            depth=_number(r"depth reached (\d+)", out),
+            seconds=seconds,
+        )
+        if _number(r"errors: (\d+)", out) or "assertion violated" in out:
+            trail = _run(["spin", "-t", "model.pml"], work, timeout)
+            found = re.findall(r"VIOLATION (\w+)", trail)
+            verdict.violation = " and ".join(dict.fromkeys(found)) or "an assertion"
+            verdict.steps = [m.strip() for m in re.findall(r"STEP (.*)", trail)]
+        return verdict
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
