@@ -30,7 +30,7 @@ def test_every_guard_and_action_has_a_meaning(tmp_path: Path) -> None:
     )
     text = text.replace('actions = ["signal_guest"]', 'actions = ["signal_guest", "teleport"]', 1)
     (d / "supervisor.toml").write_text(text)
-    with pytest.raises(spec.InvalidArgument, match="no meaning for.*teleport"):
+    with pytest.raises(spec.InvalidArgument, match=r"no meaning for.*teleport"):
         model.generate(spec.load_all(d), 2)
 
 
