@@ -40,6 +40,12 @@ def _spec_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _diagrams(args: argparse.Namespace) -> int:
+    from lockfsm import diagrams
+
+    return diagrams.main(args.out, args.record)
+
+
 def _status(args: argparse.Namespace) -> int:
     from lockfsm import config, status
 
@@ -76,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--specs", help="the specs directory (default: the source tree's)")
     c.add_argument("--hosts", type=int, action="append", help="only this many hosts (repeatable)")
     c.set_defaults(func=_spec_check)
+    dg = sub.add_parser("diagrams", help="draw every table and a recorded migration into diagrams/")
+    dg.add_argument("--out", help="the output directory (default: the source tree's diagrams/)")
+    dg.add_argument("--record", action="store_true", help="record a new migration run first")
+    dg.set_defaults(func=_diagrams)
     st = sub.add_parser("status", help="list the leases held by this host's supervisors")
     st.add_argument("--run-dir", help="the supervisors' run directory (default: the driver's)")
     st.add_argument("--json", action="store_true", help="print JSON for machines")

@@ -34,7 +34,7 @@ def test_every_guard_and_action_has_a_meaning(tmp_path: Path) -> None:
         model.generate(spec.load_all(d), 2)
 
 
-@pytest.mark.parametrize("hosts", modelcheck.HOSTS)
+@pytest.mark.parametrize("hosts", [2])  # 3 hosts (12M states, ~40 s): `lockfsm spec check` in CI
 def test_spin_finds_no_violation(hosts: int) -> None:
     require("spin")
     verdict = modelcheck.check(model.generate(spec.load_all(), hosts), hosts)
