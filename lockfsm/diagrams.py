@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,6 @@ def record(out: Path) -> Path:
         snapshot("migrating again")
         waiter = threading.Thread(target=tgt.complete_migrate_in)
         waiter.start()
-        import time
-
         time.sleep(0.2)  # host-b's completion waits for host-a's
         src.complete_migrate_in()
         waiter.join(60)
@@ -206,10 +205,8 @@ def sequence_graph(recording: dict[str, Any]) -> Any:
             style="filled",
             fillcolor="#e8e8e8",
         )
-    row = 0
     last = {c: f"{c}_0" for c in columns}
-    for step in recording["steps"]:
-        row += 1
+    for row, step in enumerate(recording["steps"], start=1):
         names = {c: f"{c}_{row}" for c in columns}
         with g.subgraph() as same:
             same.attr(rank="same")
