@@ -197,7 +197,10 @@ class LockManager:
                 "id": self._params["id"],
                 "mode": "incoming" if cookie else "start",
                 "migration": {"id": cookie.migration, "from": cookie.source} if cookie else None,
-                "resources": [r.to_wire(leases) for r, leases in self._resources.values()],
+                "resources": [
+                    r.to_wire(self._with_handoff(leases, cookie))
+                    for r, leases in self._resources.values()
+                ],
             }
             prefix = _supervisor_command()[1]
             return [
@@ -400,6 +403,19 @@ class LockManager:
 
     def _act(self, name: str, args: Mapping[str, Any]) -> None:
         getattr(self, f"_do_{name}")(args)
+
+    @staticmethod
+    def _with_handoff(
+        leases: list[dict[str, Any]], cookie: MigrationCookie | None
+    ) -> list[dict[str, Any]]:
+        """The leases, with the source's handoff data (a lease version) where the cookie has it."""
+        if cookie is None:
+            return leases
+        theirs = {le["key"]: le for r in cookie.resources for le in r["leases"]}
+        return [
+            {**le, **{k: v for k, v in theirs[le["key"]].items() if k == "version"}}
+            for le in leases
+        ]
 
     def _cookie_mismatch(self) -> str | None:
         """Why the migration cookie does not fit this manager, or None."""

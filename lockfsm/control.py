@@ -84,13 +84,21 @@ def check_resource(res: Any) -> dict[str, Any]:
     for lease in leases:
         if (
             not isinstance(lease, dict)
-            or set(lease) != {"key", "mode"}
+            or not {"key", "mode"} <= set(lease) <= {"key", "mode", "version"}
             or not isinstance(lease["key"], str)
             or not LEASE_KEY.fullmatch(lease["key"])
             or lease["mode"] not in ("exclusive", "shared")
+            or not _version_ok(lease.get("version", 0))
         ):
-            raise InvalidArgument(f"lease {lease!r} must be {{key, mode}} with a plain key")
+            raise InvalidArgument(
+                f"lease {lease!r} must be {{key, mode[, version]}} with a plain key"
+            )
     return res
+
+
+def _version_ok(value: Any) -> bool:
+    """A lease version (handoff data: the holder's lease version, a fencing token)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:

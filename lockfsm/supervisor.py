@@ -190,6 +190,8 @@ class Supervisor:
 
     def _do_record_migration(self, args: Mapping[str, Any]) -> None:
         self.migration = {"id": args["migration"], "hosturi": args["hosturi"]}
+        for res in self.resources.values():  # what the target needs for an atomic handoff
+            res["leases"] = [{**le, **self.holder.handoff_data(le)} for le in res["leases"]]
 
     def _do_forget_migration(self, args: Mapping[str, Any]) -> None:
         self.migration = None

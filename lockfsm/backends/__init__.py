@@ -40,6 +40,12 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     guest is dead); also lets a reservation go.  Never raises for a lease it
     holds; releasing a lease it does not hold is a BackendError.
 
+``Holder.handoff_data(lease)``
+    Called in a migration source's supervisor when the migration is prepared, for each lease it
+    holds.  Returns what the target needs to take the lease over atomically, as
+    ``{"version": int}`` (sanlock: the lease version; etcd: the key's revision, a fencing token)
+    or ``{}``.  It travels in the cookie, and the target's ``acquire`` receives it in the lease.
+
 ``Holder.inheritable_fds()``
     The file descriptors the guest must inherit so that its leases outlive the supervisor until
     the guest itself is dead (fcntl: the lock's open file descriptions).  May be empty.
@@ -85,6 +91,8 @@ class Holder(Protocol):
     def release(self, lease: Mapping[str, str]) -> None: ...
 
     def inheritable_fds(self) -> list[int]: ...
+
+    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
 
 
 class Backend(Protocol):

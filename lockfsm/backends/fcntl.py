@@ -201,6 +201,9 @@ class FcntlHolder:
         finally:
             os.close(fd)
 
+    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
+        return {}  # no atomic handoff: the target's reservation covers the window
+
     def inheritable_fds(self) -> list[int]:
         return list(self.fds.values())
 
