@@ -60,7 +60,8 @@ _NO_RESOURCE_FLAGS = ResourceFlags(
 def load_driver(
     name: str, config: Mapping[str, Any] | str | os.PathLike[str] | None = None
 ) -> LockDriver:
-    """Load backend ``name`` (``nop``, ``fcntl``) with ``config`` (a mapping or a TOML file path).
+    """Load backend ``name`` (``nop``, ``fcntl``, ``sanlock``) with ``config`` (a mapping or a
+    TOML file path).
 
     Raises InvalidArgument for an unknown name, an unknown configuration key or a bad value.
     """

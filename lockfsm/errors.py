@@ -35,11 +35,18 @@ class Unsupported(LockFSMError):
 
 
 class LeaseConflict(LockFSMError):
-    """A lease is held elsewhere.  ``resource`` names it; ``holder`` says by whom, if known."""
+    """A lease is held elsewhere.  ``resource`` names it; ``holder`` says by whom, if known.
 
-    def __init__(self, message: str, resource: str = "", holder: str = "") -> None:
+    ``final`` says that waiting cannot help (a migration target's handoff found the lease taken
+    by someone else since the source prepared): a take-over stops at once instead of retrying.
+    """
+
+    def __init__(
+        self, message: str, resource: str = "", holder: str = "", final: bool = False
+    ) -> None:
         self.resource = resource
         self.holder = holder
+        self.final = final
         super().__init__(message)
 
 

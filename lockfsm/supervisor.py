@@ -144,10 +144,20 @@ class Supervisor:
             raise self._named_holder(e, lease["key"]) from None
 
     def _give(self, leases: list[dict[str, str]]) -> None:
+        """Release each lease; one that fails is reported and the others are still released."""
+        failed = None
         for lease in leases:
-            machine = self.leases.pop(lease["key"], None)
-            if machine is not None:
+            machine = self.leases.get(lease["key"])
+            if machine is None:
+                continue
+            try:
                 machine.fire("release", lease=lease)
+                del self.leases[lease["key"]]
+            except LockFSMError as e:
+                print(f"lockfsm-supervisor: releasing {lease['key']}: {e}", file=sys.stderr)
+                failed = e
+        if failed is not None and self.guest_pid is not None and self.status is None:
+            raise failed  # the guest still runs (hot-unplug): the daemon must hear of it
 
     def _named_holder(self, err: LeaseConflict, key: str) -> LeaseConflict:
         """Say which local guest holds lease ``key``, when its supervisor's record tells."""
@@ -363,6 +373,9 @@ class Supervisor:
             self.fire("take_over")
         except LeaseConflict as e:
             now = time.monotonic()
+            if e.final:
+                self._end_take_over(control.error_reply(e))
+                return
             if now < deadline:
                 pause = min(pause * 2, 0.02)
                 self.take_over = (conn, deadline, min(now + pause, deadline), pause)

@@ -106,7 +106,11 @@ class Backend(Protocol):
 
 
 #: Backend name -> module (imported on first use).
-MODULES = {"nop": "lockfsm.backends.nop", "fcntl": "lockfsm.backends.fcntl"}
+MODULES = {
+    "nop": "lockfsm.backends.nop",
+    "fcntl": "lockfsm.backends.fcntl",
+    "sanlock": "lockfsm.backends.sanlock",
+}
 
 
 def module(name: object) -> Any:

@@ -1,0 +1,487 @@
+"""The ``sanlock`` backend: disk-paxos leases on shared storage, held through a sanlock daemon.
+
+This is the seed's "sync-manager".  Every host runs one sanlock daemon (its ``SANLOCK_RUN_DIR``)
+that has joined one lockspace, ``<lease_dir>/__LOCKSPACE__``, with this host's ``host_id``.  A
+disk's lease is a sanlock resource named by the first 47 hex digits of the SHA-256 of the disk's
+canonical path, in its own 1 MiB lease file
+``<lease_dir>/<name>``.  One lease per disk suffices: every lockfsm host names a disk by its
+canonical path.
+
+Naming half (the daemon): creates and initialises the lockspace file and the lease files with
+``sanlock direct init`` (direct I/O, no daemon needed), and makes this host's daemon join the
+lockspace.  Both go through the ``sanlock`` command, not the Python binding: a process talks to
+only one sanlock daemon, the one of the first ``SANLOCK_RUN_DIR`` it connected with, and a
+daemon (or a test) may drive several.  A file is initialised under a temporary name and linked
+into place, so a lease file that exists is always initialised and is never written again.
+
+Holding half (the supervisor, one process per guest): registers once with its host's daemon and
+holds every lease through that registered connection.  The guest inherits the connection, so
+the leases outlive the supervisor exactly until the guest is dead too (the daemon releases a
+client's leases when its connection closes).
+
+Migration is atomic: the source reports the version of each exclusive lease it holds
+(``handoff_data``), it travels in the cookie, and the target acquires with that version.  sanlock
+refuses the acquire (-240) if anyone took the lease after the source, so there is no window in
+which a third host could slip in unnoticed: there is nothing to reserve.
+
+Fencing, honestly: sanlock kills the holding process (the supervisor, and with it the guest by
+PR_SET_PDEATHSIG) when this host loses its lockspace.  That is the self-fencing the capability
+table claims.  Without a watchdog (``wdmd``; these daemons run ``-w 0``) nothing resets a host
+whose sanlock daemon itself is dead or hung: its guests keep running while the other hosts, after
+8 x io_timeout + 60 s, consider its leases free.  Host fencing needs the watchdog.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import struct
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.errors import BackendError, LeaseConflict
+from lockfsm.paths import default_state_dir, safe_dir
+
+if TYPE_CHECKING:
+    import subprocess
+
+CAPABILITIES = Capabilities(
+    per_disk=True,
+    shared=True,
+    hotplug=True,
+    migration=True,
+    atomic_handoff=True,  # acquire with the source's lease version
+    holder_death_frees=(
+        "yes, at once for a dead holder process; a crashed host's leases after 8*io_timeout+60 s"
+    ),
+    self_fencing=True,  # sanlock kills the holder; host fencing needs a watchdog (not here)
+    spans_hosts="shared storage",
+)
+
+LOCKSPACE_FILE = "__LOCKSPACE__"
+LEASE_SIZE = 1 << 20  # align 1 MiB, sector 512: room for 2000 hosts
+MAX_HOST_ID = 2000
+SECTOR = 512
+# sanlock names hold 48 bytes, but a 48-byte name has no NUL terminator and Debian's binding
+# (3.8.5) then crashes the process in read_resource and inquire (SIGSEGV, tested): 47 at most.
+NAME_LEN = 47
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,47}")
+
+# The leader record sanlock writes at the start of a lease (and of each host's delta lease).
+_LEADER = struct.Struct("<IIIIQQQQQ48s48sQ")
+_DELTA_MAGIC = 0x12212010
+_PAXOS_MAGIC = 0x06152010
+
+# sanlock's answers to an acquire (sanlock_rv.h), as the Python binding reports them.
+_LVER = -240
+_HELD = {-243: "held by another host", -244: "owned by another host", -245: "held elsewhere"}
+_SHRETRY = -246
+_LOCAL = (17, -17)  # EEXIST: another process on this host holds it
+_BUSY = (11, -11, 16, -16)  # EAGAIN, EBUSY: shared holders, or a lease in transition
+_NO_LOCKSPACE = (28, -28)  # ENOSPC: this host's daemon has not joined the lockspace
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def _lease_dir(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path string, not {value!r}")
+    return safe_dir(value, "lease_dir", 0o700)
+
+
+def _host_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HOST_ID:
+        raise ValueError(f"{value!r} is not a host id in 1..{MAX_HOST_ID}")
+    return value
+
+
+def _no_host_id() -> int:
+    raise ValueError("must be set: this host's id in the lockspace, 1..2000, unique per host")
+
+
+def _io_timeout(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 300:
+        raise ValueError(f"{value!r} is not a whole number of seconds in 1..300")
+    return value
+
+
+def _run_dir(value: Any) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
+def _lockspace_name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a sanlock name (1-47 of A-Z a-z 0-9 . _ -)")
+    return value
+
+
+CONFIG_KEYS: Mapping[str, ConfigKey] = {
+    "lease_dir": ConfigKey(
+        _lease_dir,
+        lambda: default_state_dir("sanlock"),
+        "directory of the lockspace and lease files, on storage every host shares",
+    ),
+    "host_id": ConfigKey(_host_id, _no_host_id, "this host's id in the lockspace (1..2000)"),
+    "io_timeout": ConfigKey(
+        _io_timeout, lambda: 10, "sanlock io_timeout in seconds, written at init and join"
+    ),
+    "sanlock_run_dir": ConfigKey(
+        _run_dir, lambda: "/run/sanlock", "SANLOCK_RUN_DIR of this host's sanlock daemon"
+    ),
+    "lockspace": ConfigKey(_lockspace_name, lambda: "lockfsm", "name of the sanlock lockspace"),
+}
+
+
+# -- on-disk records (pure reads, no daemon) -----------------------------------------------------
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def read_leader(path: str, offset: int = 0) -> tuple[int, str, str, int, int] | None:
+    """(magic, lockspace name, resource name, owner host id, lease version) of the leader record
+    at ``offset`` of ``path``, or None if the file is too short.  Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        raw = os.pread(fd, _LEADER.size, offset)
+    finally:
+        os.close(fd)
+    if len(raw) < _LEADER.size:
+        return None
+    magic, _, _, _, _, _, owner, _, lver, space, name, _ = _LEADER.unpack(raw)
+    return magic, _cstr(space), _cstr(name), owner, lver
+
+
+def host_name(lease_dir: str, host_id: int) -> str:
+    """The name (``sanlock daemon -e``) host ``host_id`` wrote into its delta lease, or ''."""
+    try:
+        leader = read_leader(os.path.join(lease_dir, LOCKSPACE_FILE), (host_id - 1) * SECTOR)
+    except OSError:
+        return ""
+    return leader[2] if leader and leader[0] == _DELTA_MAGIC else ""
+
+
+# -- the naming half -----------------------------------------------------------------------------
+
+
+def _sanlock_cmd(args: list[str], run_dir: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    import subprocess  # here, not at the top: the supervisor never runs the command
+
+    env = {**os.environ, "SANLOCK_RUN_DIR": run_dir}
+    try:
+        return subprocess.run(
+            ["sanlock", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except FileNotFoundError:
+        raise BackendError("the sanlock command is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"sanlock {args[0]} {args[1]} took over {timeout:g} s") from None
+
+
+def _done_code(out: str) -> int | None:
+    """The result sanlock's command prints as '<action> done <rv>'."""
+    found = re.findall(r" done (-?\d+)", out)
+    return int(found[-1]) if found else None
+
+
+class SanlockBackend:
+    """The naming half (daemon side)."""
+
+    name = "sanlock"
+    capabilities = CAPABILITIES
+    config_keys: Mapping[str, ConfigKey] = CONFIG_KEYS
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.dir: str = config["lease_dir"]
+        self.lockspace: str = config["lockspace"]
+        self.run_dir: str = config["sanlock_run_dir"]
+        self.io_timeout: int = config["io_timeout"]
+        self.lockspace_path = os.path.join(self.dir, LOCKSPACE_FILE)
+        self._ensure_initialised(self.lockspace_path, None)
+        self._join(config["host_id"])
+
+    def _spec(self, host_id: int) -> str:
+        return f"{self.lockspace}:{host_id}:{self.lockspace_path}:0"
+
+    def _join(self, host_id: int) -> None:
+        """Make this host's daemon join the lockspace as ``host_id`` unless it has already."""
+        spec = self._spec(host_id)
+        probe = _sanlock_cmd(["client", "inq_lockspace", "-s", spec], self.run_dir, 10)
+        if _done_code(probe.stdout) == 0:
+            return
+        if _done_code(probe.stdout) is None:
+            raise BackendError(
+                f"the sanlock daemon of {self.run_dir} does not answer: "
+                f"{(probe.stderr or probe.stdout).strip()[-200:]}"
+            )
+        # Joining waits for the delta lease: ~2 x io_timeout, ~20 x io_timeout if unlucky.
+        joined = _sanlock_cmd(
+            ["client", "add_lockspace", "-o", str(self.io_timeout), "-s", spec],
+            self.run_dir,
+            30.0 * self.io_timeout + 30.0,
+        )
+        code = _done_code(joined.stdout)
+        if code not in (0, -17):  # -17: joined (or joining) already
+            raise BackendError(
+                f"the sanlock daemon of {self.run_dir} could not join lockspace "
+                f"{self.lockspace} as host_id {host_id} (sanlock says {code}): "
+                f"{(joined.stderr or joined.stdout).strip()[-200:]}"
+            )
+
+    def _initialised(self, path: str, resource: str | None) -> bool:
+        """Whether ``path`` holds the initialised lockspace (``resource`` None) or resource.
+        Raises BackendError for a file that is something else."""
+        try:
+            leader = read_leader(path)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise BackendError(f"lease file {path} cannot be read: {e}") from None
+        magic = _DELTA_MAGIC if resource is None else _PAXOS_MAGIC
+        if (
+            leader
+            and leader[0] == magic
+            and leader[1] == self.lockspace
+            and (resource is None or leader[2] == resource)
+        ):
+            return True
+        raise BackendError(
+            f"{path} exists but is not the sanlock "
+            f"{'lockspace' if resource is None else 'lease ' + repr(resource)} of lockspace "
+            f"{self.lockspace!r}: not used, not overwritten"
+        )
+
+    def _ensure_initialised(self, path: str, resource: str | None) -> None:
+        """Create and initialise ``path`` unless it is already: initialise a private file, then
+        link it into place (link never replaces), so an existing file is never written."""
+        if self._initialised(path, resource):
+            return
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=self.dir)  # mode 0600
+        try:
+            os.ftruncate(fd, LEASE_SIZE)
+            os.close(fd)
+            if resource is None:
+                args = ["-o", str(self.io_timeout), "-s", f"{self.lockspace}:0:{tmp}:0"]
+            else:
+                args = ["-r", f"{self.lockspace}:{resource}:{tmp}:0"]
+            done = _sanlock_cmd(["direct", "init", *args], self.run_dir, 60.0)
+            if _done_code(done.stdout) != 0:
+                raise BackendError(
+                    f"sanlock direct init of {path} failed: "
+                    f"{(done.stderr or done.stdout).strip()[-200:]}"
+                )
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another daemon made it meanwhile: use theirs
+        finally:
+            os.unlink(tmp)
+        if not self._initialised(path, resource):
+            raise BackendError(f"lease file {path} is still not initialised")  # pragma: no cover
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]:
+        import hashlib  # here, not at the top: the supervisor never needs it
+
+        text = f"lease:{path}" if resource_type == "lease" else canonical
+        key = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_LEN]
+        self._ensure_initialised(os.path.join(self.dir, key), key)
+        return [{"key": key, "mode": "shared" if shared else "exclusive"}]
+
+
+# -- the holding half ----------------------------------------------------------------------------
+
+
+def _binding(private_dir: str) -> Any:
+    """The sanlock Python binding (Debian's python3-sanlock).  If this Python cannot import it
+    (not Debian's), the .so is imported through a folder holding only a symlink to it."""
+    try:
+        import sanlock  # type: ignore[import-not-found]
+    except ImportError:
+        from importlib.machinery import EXTENSION_SUFFIXES
+
+        so = f"sanlock{EXTENSION_SUFFIXES[0]}"
+        real = os.path.join("/usr/lib/python3/dist-packages", so)
+        if not os.path.exists(real):
+            raise BackendError(f"the sanlock Python binding ({real}) is not installed") from None
+        os.makedirs(private_dir, mode=0o700, exist_ok=True)
+        try:
+            os.symlink(real, os.path.join(private_dir, so))
+        except FileExistsError:
+            pass
+        sys.path.insert(0, private_dir)
+        try:
+            import sanlock
+        finally:
+            sys.path.remove(private_dir)
+    return sanlock
+
+
+class SanlockHolder:
+    """The holding half (supervisor side): one registered connection to this host's daemon,
+    through which every lease of the guest is held."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.dir: str = config["lease_dir"]
+        self.lockspace = str(config["lockspace"]).encode()
+        self.host_id: int = config["host_id"]
+        self.run_dir: str = config["sanlock_run_dir"]
+        self.private = os.path.join(config["run_dir"], ".sanlock-py")
+        self.sanlock: Any = None
+        self.fd: int | None = None
+        self.held: dict[str, bool] = {}  # key -> shared
+        self.reserved: set[str] = set()  # nothing is held for these: see reserve()
+
+    def _connect(self) -> int:
+        if self.fd is None:
+            # Before the first call: the binding talks to the daemon of this run dir for good.
+            os.environ["SANLOCK_RUN_DIR"] = self.run_dir
+            self.sanlock = _binding(self.private)
+            try:
+                self.fd = int(self.sanlock.register())
+            except self.sanlock.SanlockException as e:
+                raise BackendError(
+                    f"cannot register with the sanlock daemon of {self.run_dir}: {e}"
+                ) from None
+        return self.fd
+
+    def _disks(self, key: str) -> list[tuple[str, int]]:
+        return [(os.path.join(self.dir, key), 0)]
+
+    def _holder(self, key: str) -> str:
+        """Who holds lease ``key``, as far as its leader record tells."""
+        try:
+            owners = self.sanlock.read_resource_owners(
+                self.lockspace, key.encode(), self._disks(key)
+            )
+        except self.sanlock.SanlockException:
+            return ""
+        ids = sorted({int(o["host_id"]) for o in owners})
+        names = []
+        for host_id in ids:
+            if host_id == self.host_id:
+                names.append(f"another process on this host (sanlock host_id {host_id})")
+            else:
+                name = host_name(self.dir, host_id)
+                names.append(f"sanlock host_id {host_id}" + (f" ({name})" if name else ""))
+        return ", ".join(names)
+
+    def _version_now(self, key: str) -> int | None:
+        try:
+            return int(self.sanlock.read_resource(*self._disks(key)[0])["version"])
+        except (self.sanlock.SanlockException, KeyError, TypeError, ValueError):
+            return None
+
+    def _conflict(self, err: Any, key: str, resource: str, version: int | None) -> Exception:
+        code = err.errno
+        path = os.path.join(self.dir, key)
+        if code in _NO_LOCKSPACE:
+            return BackendError(
+                f"{resource}: the sanlock daemon of {self.run_dir} has not joined lockspace "
+                f"{self.lockspace.decode()} (lease file {path})"
+            )
+        if code == _LVER or (version is not None and code in (*_HELD, *_LOCAL, *_BUSY)):
+            now = self._version_now(key)
+            if code == _LVER or (now is not None and now != version):
+                holder = self._holder(key)
+                return LeaseConflict(
+                    f"{resource}: the lease changed hands since the source prepared the "
+                    f"migration (lease version {now if now is not None else 'unknown'}, the "
+                    f"handoff expected version {version})"
+                    + (f"; now held by {holder}" if holder else "")
+                    + f" (lease file {path})",
+                    resource,
+                    holder,
+                    final=True,
+                )
+        if code in _HELD or code in _LOCAL or code in _BUSY or code == _SHRETRY:
+            holder = self._holder(key) or "another holder"
+            return LeaseConflict(
+                f"{resource} is held by {holder} (sanlock {code}, lease file {path})",
+                resource,
+                holder,
+            )
+        return BackendError(f"{resource}: sanlock acquire of {path} failed: {err}")
+
+    def reserve(self, lease: Mapping[str, str], resource: str) -> None:
+        # Nothing to reserve: the take-over's acquire carries the source's lease version, and
+        # sanlock refuses it if anyone else took the lease meanwhile.  Connect now, though, so
+        # that the incoming guest, started before the take-over, inherits the connection that
+        # will hold the leases.
+        key = lease["key"]
+        if key in self.held or key in self.reserved:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        self._connect()
+        self.reserved.add(key)
+
+    def acquire(self, lease: Mapping[str, Any], resource: str) -> None:
+        key = lease["key"]
+        if key in self.held:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        fd = self._connect()
+        shared = lease["mode"] == "shared"
+        version = lease.get("version")
+        options: dict[str, Any] = {"slkfd": fd, "shared": shared}
+        if version is not None and not shared:
+            options["version"] = int(version)
+        try:
+            self.sanlock.acquire(self.lockspace, key.encode(), self._disks(key), **options)
+        except self.sanlock.SanlockException as e:
+            raise self._conflict(e, key, resource, version) from None
+        self.reserved.discard(key)
+        self.held[key] = shared
+
+    def release(self, lease: Mapping[str, str]) -> None:
+        key = lease["key"]
+        if key in self.reserved:
+            self.reserved.discard(key)  # a reservation let go: nothing to tell sanlock
+            return
+        if self.held.pop(key, None) is None:
+            raise BackendError(f"lease {key} is not held by this supervisor")
+        try:
+            self.sanlock.release(self.lockspace, key.encode(), self._disks(key), slkfd=self.fd)
+        except self.sanlock.SanlockException as e:
+            # The daemon no longer lists it for us (it died, or dropped our lockspace): it is
+            # not held by this supervisor any more either way.
+            print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
+
+    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
+        key = lease["key"]
+        if key not in self.held or self.held[key]:
+            return {}  # shared leases coexist: nothing to hand over atomically
+        try:
+            held = self.sanlock.inquire(slkfd=self.fd)
+        except self.sanlock.SanlockException as e:
+            raise BackendError(f"sanlock inquire: {e}") from None
+        for res in held:
+            if res["resource"] == key.encode() and res["lockspace"] == self.lockspace:
+                return {"version": int(res["version"])}
+        raise BackendError(f"sanlock does not list lease {key} as held by this supervisor")
+
+    def inheritable_fds(self) -> list[int]:
+        return [] if self.fd is None else [self.fd]
+
+
+BACKEND = SanlockBackend
+
+
+def make_holder(config: Mapping[str, Any]) -> SanlockHolder:
+    return SanlockHolder(config)
