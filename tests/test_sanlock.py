@@ -25,6 +25,7 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
+from lockfsm.supervisor import EXIT_REFUSED
 from lockfsm.values import MigrationCookie
 from tests.conftest import IN_CI, require
 from tests.helpers import Guest, Host, HostPair, alive, make_disks, short_tmpdir, wait_until
@@ -472,13 +473,18 @@ class Worker:
         assert self.proc.stdout is not None
         self.pid = json.loads(self.proc.stdout.readline())["pid"]
 
-    def do(self, op: str, lease: dict[str, Any]) -> tuple[float, Any]:
+    def try_do(self, op: str, lease: dict[str, Any]) -> tuple[float, Any, str | None]:
+        """(seconds the holder call took, its result, "ExceptionName: message" or None)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps([op, lease]) + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self.proc.stdout.readline())
-        assert reply["err"] is None, reply["err"]
-        return float(reply["s"]), reply["out"]
+        return float(reply["s"]), reply["out"], reply["err"]
+
+    def do(self, op: str, lease: dict[str, Any]) -> tuple[float, Any]:
+        took, out, err = self.try_do(op, lease)
+        assert err is None, err
+        return took, out
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -548,7 +554,72 @@ def test_latency_side_by_side(
         print(f"  {label:38s} {_median_ms(figures[ours])} | {_median_ms(figures[theirs])}")
 
 
-# -- slow: a crashed host ------------------------------------------------------------------------
+# -- a crashed host -----------------------------------------------------------------------------
+
+
+def test_a_stalled_hosts_lease_is_refused_at_once(
+    cluster: Cluster, sl_hosts: Callable[..., Host], disks: list[str], workdir: str
+) -> None:
+    """The holder never waits.  Once the owner host's daemon is dead (kill -9) and the other
+    hosts' renewal threads have seen its delta lease stop moving, a plain sanlock acquire would
+    wait inside the supervisor until that host is declared dead (8 x io_timeout + 60 s) and
+    then take the lease.  With SANLK_ACQUIRE_OWNER_NOWAIT it answers -247 at once: the holder
+    raises LeaseConflict, and a supervisor exits EX_TEMPFAIL having started no guest."""
+    # Its own simulated host: the session's daemons stay up, and the slow test below uses
+    # host_id HOSTS + 1 (a crashed host_id cannot be joined again before it is declared dead).
+    extra = start_daemons(cluster.base, HOSTS + 2, 1)
+    try:
+        join_all(cluster, extra)
+        stalled = Host("sanlock", cluster.lease_dir, **cluster.config(extra[0]))
+        worker: Worker | None = None
+        try:
+            g = stalled.start("vm", disks[:1])
+            key = key_of(stalled, disks[0])
+            extra[0].proc.kill()
+            extra[0].proc.wait(10)
+            killed = time.monotonic()
+            other = sl_hosts(0)
+            worker = Worker(other.driver.config)
+            lease = {"key": key, "mode": "exclusive"}
+            # First sanlock says "owner alive" (-243), as long as host 1 last saw the owner
+            # renew; a few seconds later the owner looks stalled: -247, where it used to wait.
+            attempts: list[tuple[float, str]] = []
+            while not attempts or "sanlock -247" not in attempts[-1][1]:
+                assert time.monotonic() - killed < 8 * IO_TIMEOUT + 30, attempts
+                took, _, err = worker.try_do("acquire", lease)
+                assert err is not None and err.startswith("LeaseConflict: "), err
+                attempts.append((took, err))
+                time.sleep(0.2)
+            slowest = max(took for took, _ in attempts)
+            print(
+                f"\nsanlock: {len(attempts)} acquires of a stalled host's lease, "
+                f"-247 after {time.monotonic() - killed:.1f} s, slowest {slowest * 1000:.1f} ms"
+            )
+            assert slowest < 0.5
+            assert "host_id 5" in attempts[-1][1] and cluster.daemons[0].held() == {}
+
+            marker = os.path.join(workdir, "guest-ran")
+            mgr = other.manager("vm", g.uuid, disks[:1])
+            started = time.monotonic()
+            proc = other.launch(mgr, ["sh", "-c", f"touch {marker}; exec sleep 1000"])
+            with pytest.raises(lockfsm.LeaseConflict) as refused:
+                mgr.get_child(timeout=10)
+            took = time.monotonic() - started
+            assert proc.wait(10) == EXIT_REFUSED
+            print(f"sanlock: supervisor refused in {took:.2f} s: {refused.value}")
+            assert "sanlock -247" in str(refused.value) and "host_id 5" in refused.value.holder
+            assert took < 5  # supervisor start included; the acquire itself is timed above
+            assert not os.path.exists(marker) and cluster.daemons[0].held() == {}
+            assert g.pid is not None and alive(g.pid)  # no fencing without a watchdog
+        finally:
+            if worker is not None:
+                worker.close()
+            stalled.cleanup()
+    finally:
+        _stop_all(extra)
+
+
+# -- slow: a crashed host's lease taken over ---------------------------------------------------
 
 
 @pytest.mark.slow
@@ -557,9 +628,9 @@ def test_a_crashed_hosts_lease_is_taken_over_after_the_bound(
 ) -> None:
     """A host whose sanlock daemon dies (kill -9: a crash, as far as the lockspace sees) keeps
     its leases until 8 x io_timeout + 60 s have passed without its delta-lease renewals; then
-    another host takes them over (its acquire blocks until then).  Without a watchdog nothing
-    fences the crashed host: its supervisor and guest keep running here (stated, not asserted
-    away: that is the gap the watchdog fills)."""
+    another host takes them over (until then every acquire is refused at once).  Without a
+    watchdog nothing fences the crashed host: its supervisor and guest keep running here
+    (stated, not asserted away: that is the gap the watchdog fills)."""
     extra = start_daemons(cluster.base, HOSTS + 1, 1)
     try:
         join_all(cluster, extra)
@@ -570,13 +641,13 @@ def test_a_crashed_hosts_lease_is_taken_over_after_the_bound(
             extra[0].proc.wait(10)
             crashed_at = time.monotonic()
             other = sl_hosts(0)
-            # While the owner's last renewal is recent sanlock says "held" (-243) at once;
-            # later its acquire waits (inside the supervisor) until the owner's host is dead.
+            # While the owner's last renewal is recent sanlock says "held" (-243), later
+            # "owner not yet dead" (-247), both at once, until the owner's host is dead.
             while True:
                 mgr = other.manager("vm", g.uuid, disks[:1])
                 other.launch(mgr)
                 try:
-                    mgr.get_child(timeout=8 * IO_TIMEOUT + 60 + 60)
+                    mgr.get_child(timeout=10)
                     break
                 except lockfsm.LeaseConflict:
                     assert time.monotonic() - crashed_at < 8 * IO_TIMEOUT + 60 + 60

@@ -38,7 +38,7 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lockfsm.backends import Capabilities, ConfigKey
@@ -75,9 +75,16 @@ _LEADER = struct.Struct("<IIIIQQQQQ48s48sQ")
 _DELTA_MAGIC = 0x12212010
 _PAXOS_MAGIC = 0x06152010
 
-# sanlock's answers to an acquire (sanlock_rv.h), as the Python binding reports them.
+# sanlock's answers to an acquire (sanlock_rv.h): negative, errno-style.
 _LVER = -240
-_HELD = {-243: "held by another host", -244: "owned by another host", -245: "held elsewhere"}
+_HELD = {
+    -243: "held by another host",
+    -244: "owned by another host",
+    -245: "held elsewhere",
+    # With SANLK_ACQUIRE_OWNER_NOWAIT: the owner's host stopped renewing its delta lease but is
+    # not yet dead (8 x io_timeout + 60 s); without the flag sanlock would wait inside acquire.
+    -247: "owned by a host that stopped renewing, not yet dead",
+}
 _SHRETRY = -246
 _LOCAL = (17, -17)  # EEXIST: another process on this host holds it
 _BUSY = (11, -11, 16, -16)  # EAGAIN, EBUSY: shared holders, or a lease in transition
@@ -310,6 +317,94 @@ class SanlockBackend:
 # -- the holding half ----------------------------------------------------------------------------
 
 
+# sanlock_acquire() through libsanlock.so.1 (the binding cannot pass acquire flags).  Values and
+# layouts from sanlock.h and sanlock_resource.h (sanlock 3.8).
+_SANLK_RES_LVER = 0x1  # the lver field is set: acquire only that lease version
+_SANLK_RES_SHARED = 0x4
+_SANLK_ACQUIRE_OWNER_NOWAIT = 0x8  # answer -247 instead of waiting for a stalled owner's death
+_SANLK_NAME_LEN = 48
+_SANLK_PATH_LEN = 1024
+
+_AcquireCall = Callable[[int, bytes, bytes, str, int, bool, int | None], int]
+_acquire_call: _AcquireCall | None = None
+
+
+def _acquire_function() -> _AcquireCall:
+    """``acquire(fd, lockspace, name, path, offset, shared, lver) -> rv``: one resource of one
+    disk, acquired on the registered connection ``fd`` with SANLK_ACQUIRE_OWNER_NOWAIT, so
+    that it never waits for another host to be declared dead.  rv is 0 or a negative code."""
+    global _acquire_call
+    if _acquire_call is not None:
+        return _acquire_call
+    import ctypes  # here, not at the top: only a holder acquires
+
+    class SanlkDisk(ctypes.Structure):
+        _fields_ = [
+            ("path", ctypes.c_char * _SANLK_PATH_LEN),  # NUL-terminated
+            ("offset", ctypes.c_uint64),
+            ("pad1", ctypes.c_uint32),
+            ("pad2", ctypes.c_uint32),
+        ]
+
+    class SanlkResource(ctypes.Structure):  # with room for exactly one disk
+        _fields_ = [
+            ("lockspace_name", ctypes.c_char * _SANLK_NAME_LEN),
+            ("name", ctypes.c_char * _SANLK_NAME_LEN),
+            ("lver", ctypes.c_uint64),
+            ("data64", ctypes.c_uint64),
+            ("data32", ctypes.c_uint32),
+            ("unused", ctypes.c_uint32),
+            ("flags", ctypes.c_uint32),
+            ("num_disks", ctypes.c_uint32),
+            ("disks", SanlkDisk * 1),
+        ]
+
+    if ctypes.sizeof(SanlkDisk) != 1040 or SanlkResource.disks.offset != 128:
+        raise BackendError("unexpected struct layout for libsanlock")  # pragma: no cover
+    try:
+        lib = ctypes.CDLL("libsanlock.so.1")
+    except OSError as e:
+        raise BackendError(f"cannot load libsanlock.so.1: {e}") from None
+    func = lib.sanlock_acquire
+    func.restype = ctypes.c_int
+    func.argtypes = [
+        ctypes.c_int,  # sock: our registered connection
+        ctypes.c_int,  # pid: ignored when sock > -1
+        ctypes.c_uint32,  # flags: SANLK_ACQUIRE_*
+        ctypes.c_int,  # res_count
+        ctypes.POINTER(ctypes.POINTER(SanlkResource)),
+        ctypes.c_void_p,  # struct sanlk_options *: NULL, none
+    ]
+
+    def acquire(
+        fd: int,
+        lockspace: bytes,
+        name: bytes,
+        path: str,
+        offset: int,
+        shared: bool,
+        lver: int | None,
+    ) -> int:
+        raw_path = os.fsencode(path)
+        if len(raw_path) >= _SANLK_PATH_LEN or len(name) >= _SANLK_NAME_LEN:
+            raise BackendError(f"sanlock lease {name!r} at {path}: name or path too long")
+        res = SanlkResource()
+        res.lockspace_name = lockspace
+        res.name = name
+        res.flags = _SANLK_RES_SHARED if shared else 0
+        if lver is not None:
+            res.lver = lver
+            res.flags |= _SANLK_RES_LVER
+        res.num_disks = 1
+        res.disks[0].path = raw_path
+        res.disks[0].offset = offset
+        resources = (ctypes.POINTER(SanlkResource) * 1)(ctypes.pointer(res))
+        return int(func(fd, -1, _SANLK_ACQUIRE_OWNER_NOWAIT, 1, resources, None))
+
+    _acquire_call = acquire
+    return acquire
+
+
 def _binding(private_dir: str) -> Any:
     """The sanlock Python binding (Debian's python3-sanlock).  If this Python cannot import it
     (not Debian's), the .so is imported through a folder holding only a symlink to it."""
@@ -390,8 +485,7 @@ class SanlockHolder:
         except (self.sanlock.SanlockException, KeyError, TypeError, ValueError):
             return None
 
-    def _conflict(self, err: Any, key: str, resource: str, version: int | None) -> Exception:
-        code = err.errno
+    def _conflict(self, code: int, key: str, resource: str, version: int | None) -> Exception:
         path = os.path.join(self.dir, key)
         if code in _NO_LOCKSPACE:
             return BackendError(
@@ -419,7 +513,8 @@ class SanlockHolder:
                 resource,
                 holder,
             )
-        return BackendError(f"{resource}: sanlock acquire of {path} failed: {err}")
+        what = os.strerror(-code) if -200 < code < 0 else "see sanlock_rv.h"
+        return BackendError(f"{resource}: sanlock acquire of {path} failed: {code} ({what})")
 
     def reserve(self, lease: Mapping[str, str], resource: str) -> None:
         # Nothing to reserve: the take-over's acquire carries the source's lease version, and
@@ -439,13 +534,14 @@ class SanlockHolder:
         fd = self._connect()
         shared = lease["mode"] == "shared"
         version = lease.get("version")
-        options: dict[str, Any] = {"slkfd": fd, "shared": shared}
-        if version is not None and not shared:
-            options["version"] = int(version)
-        try:
-            self.sanlock.acquire(self.lockspace, key.encode(), self._disks(key), **options)
-        except self.sanlock.SanlockException as e:
-            raise self._conflict(e, key, resource, version) from None
+        lver = int(version) if version is not None and not shared else None
+        # Never waits: SANLK_ACQUIRE_OWNER_NOWAIT.  Without it, a lease whose owner's host
+        # stopped renewing would block this single-threaded supervisor inside the acquire
+        # until that host is declared dead (8 x io_timeout + 60 s), and then take the lease.
+        ((path, offset),) = self._disks(key)
+        code = _acquire_function()(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        if code != 0:
+            raise self._conflict(code, key, resource, version)
         self.reserved.discard(key)
         self.held[key] = shared
 
