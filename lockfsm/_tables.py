@@ -137,6 +137,7 @@ LEASE = Table(
         Move('held', 'release', (), ('backend_release',), 'released'),
         Move('unheld', 'reserve', (), ('backend_reserve',), 'reserved'),
         Move('reserved', 'acquire', (), ('backend_acquire',), 'held'),
+        Move('held', 'revert', (), ('backend_revert',), 'reserved'),
         Move('reserved', 'release', (), ('backend_release',), 'released'),
     ),
 )

@@ -109,6 +109,8 @@ class Supervisor:
             self.holder.acquire(args["lease"], args["label"])
         elif name == "backend_reserve":
             self.holder.reserve(args["lease"], args["label"])
+        elif name == "backend_revert":
+            self.holder.revert(args["lease"])
         else:
             self.holder.release(args["lease"])
 
@@ -181,19 +183,24 @@ class Supervisor:
         if self.sm.state != "incoming":
             self._take(list(self.spec.get("resources", [])))
             return
-        # A migration target's take-over: every reserved lease, each kept once had; raise while
-        # one is still held elsewhere (the source has not given it up yet).
-        missing: LeaseConflict | None = None
-        for res in self.resources.values():
-            for lease in res["leases"]:
-                machine = self.leases[lease["key"]]
-                if machine.state == "reserved":
-                    try:
-                        self._fire_lease(machine, "acquire", lease, res)
-                    except LeaseConflict as e:
-                        missing = e
-        if missing is not None:
-            raise missing
+        # A migration target's take-over, all or nothing: every reserved lease, in key order; if
+        # one is still held elsewhere (the source has not given it up yet), those taken in this
+        # attempt go back to reserved and the attempt raises; once all are held, settle them.
+        wanted = sorted(
+            ((lease, res) for res in self.resources.values() for lease in res["leases"]),
+            key=lambda x: x[0]["key"],
+        )
+        taken: list[dict[str, Any]] = []
+        try:
+            for lease, res in wanted:
+                self._fire_lease(self.leases[lease["key"]], "acquire", lease, res)
+                taken.append(lease)
+        except BaseException:
+            for lease in taken:
+                self.leases[lease["key"]].fire("revert", lease=lease)
+            raise
+        for lease, _ in wanted:
+            self.holder.settle(lease)
 
     def _do_reserve_leases(self, args: Mapping[str, Any]) -> None:
         self._take(list(self.spec.get("resources", [])), "reserve")

@@ -136,7 +136,7 @@ def test_a_second_target_is_refused(pair: HostPair, disks: list[str], lockspace:
 def test_target_gives_up_when_the_source_never_completes(lockspace: str, disks: list[str]) -> None:
     pair = HostPair(lockspace, handoff_timeout=0.3)
     try:
-        pair.start("vm", disks[:1])
+        pair.start("vm", disks[:1], shared=disks[2:])  # the shared lease could be had at once
         pair.prepare()
         tgt = pair.incoming_start()
         t = time.monotonic()
@@ -144,6 +144,9 @@ def test_target_gives_up_when_the_source_never_completes(lockspace: str, disks: 
             tgt.mgr.complete_migrate_in()
         assert 0.3 <= time.monotonic() - t < 5
         assert tgt.mgr.state is DomainState.MIGRATING_IN
+        # All or nothing: the failed take-over kept only its reservations (S5).
+        held = held_bytes(tgt.supervisor_pid, lockspace, tgt.mgr)
+        assert all(b == {1} for b in held.values()), held
         tgt.mgr.complete_migrate_in(cancel=True)
         assert pair.guest is not None
         pair.guest.mgr.complete_migrate_in(cancel=True)

@@ -35,6 +35,12 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     Raises LeaseConflict if another holder reserved it.  A backend whose handoff is atomic may
     do nothing here.
 
+``Holder.revert(lease)`` and ``Holder.settle(lease)``
+    A migration target's take-over is all or nothing: it acquires its reserved leases one by one;
+    if one cannot be had, it reverts those it took in this attempt (back to reserved: nothing
+    lost, the attempt may be made again); once all are held, it settles each (the reservation is
+    no longer needed).
+
 ``Holder.release(lease)``
     Called in the supervisor after the guest exited, on hot-unplug, or on a handoff (after the
     guest is dead); also lets a reservation go.  Never raises for a lease it
@@ -93,6 +99,10 @@ class Holder(Protocol):
     def inheritable_fds(self) -> list[int]: ...
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
+
+    def revert(self, lease: Mapping[str, str]) -> None: ...
+
+    def settle(self, lease: Mapping[str, str]) -> None: ...
 
 
 class Backend(Protocol):

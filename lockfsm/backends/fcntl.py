@@ -180,15 +180,27 @@ class FcntlHolder:
         key = lease["key"]
         kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
         if key in self.reserved:
-            fd = self.fds[key]
-            self._lock(fd, kind, LEASE_BYTE, os.path.join(self.dir, key), resource)
-        elif key in self.fds:
+            # A take-over: the reservation stays until settle(), so that a take-over that does
+            # not get every lease can go back (revert) with nothing lost.
+            self._lock(self.fds[key], kind, LEASE_BYTE, os.path.join(self.dir, key), resource)
+            return
+        if key in self.fds:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
-        else:
-            fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
+        fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
         self.fds[key] = fd
-        self.reserved.discard(key)
+
+    def revert(self, lease: Mapping[str, str]) -> None:
+        key = lease["key"]
+        if key not in self.reserved:
+            raise BackendError(f"lease {key} was not taken over by this supervisor")
+        fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
+
+    def settle(self, lease: Mapping[str, str]) -> None:
+        key = lease["key"]
+        if key in self.reserved:
+            fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
+            self.reserved.discard(key)
 
     def release(self, lease: Mapping[str, str]) -> None:
         fd = self.fds.pop(lease["key"], None)

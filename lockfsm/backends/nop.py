@@ -45,6 +45,12 @@ class NopHolder:
     def reserve(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
+    def revert(self, lease: Mapping[str, str]) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
+    def settle(self, lease: Mapping[str, str]) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         return {}  # no atomic handoff: the target's reservation covers the window
 

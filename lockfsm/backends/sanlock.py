@@ -559,6 +559,13 @@ class SanlockHolder:
             # not held by this supervisor any more either way.
             print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
 
+    def revert(self, lease: Mapping[str, str]) -> None:
+        # Nothing was reserved: going back from a partial take-over is a release.
+        self.release(lease)
+
+    def settle(self, lease: Mapping[str, str]) -> None:
+        pass  # nothing was reserved
+
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         key = lease["key"]
         if key not in self.held or self.held[key]:
