@@ -496,6 +496,11 @@ class LockManager:
                 if record and record.get("state") in _tables.SUPERVISOR.terminal:
                     control.forget(self._run_dir, launch, record.get("uuid"))
                     self._raise_ended(record)
+                if record and not control.supervisor_alive(record, launch):
+                    raise BackendError(
+                        f"the supervisor of {self.label!r} (pid {record.get('pid')}) is gone: "
+                        "killed, its guest died with it and its leases are free"
+                    ) from None
                 if time.monotonic() >= deadline:
                     raise BackendError(
                         f"no supervisor of {self.label!r} answered within {timeout:g} s (was "

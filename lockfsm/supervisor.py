@@ -168,7 +168,9 @@ class Supervisor:
             if launch == self.launch or not control.LAUNCH.fullmatch(launch):
                 continue
             rec = control.read_record(self.run_dir, launch)
-            if not rec or rec.get("state") not in ("running", "stopping"):
+            if not rec or rec.get("state") not in ("running", "stopping", "migrating_out"):
+                continue
+            if not control.supervisor_alive(rec, launch):  # killed: its record still says so
                 continue
             for res in rec.get("resources", []):
                 if any(lease.get("key") == key for lease in res.get("leases", [])):
