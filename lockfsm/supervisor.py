@@ -185,12 +185,13 @@ class Supervisor:
         if self.sm.state != "incoming":
             self._take(list(self.spec.get("resources", [])))
             return
-        # A migration target's take-over, all or nothing: every reserved lease, in key order; if
-        # one is still held elsewhere (the source has not given it up yet), those taken in this
+        # A migration target's take-over, all or nothing: every reserved lease, exclusive ones
+        # first (those are what a source that has not completed still holds, so an early attempt
+        # takes nothing), then by key; if one is still held elsewhere, those taken in this
         # attempt go back to reserved and the attempt raises; once all are held, settle them.
         wanted = sorted(
             ((lease, res) for res in self.resources.values() for lease in res["leases"]),
-            key=lambda x: x[0]["key"],
+            key=lambda x: (x[0]["mode"] != "exclusive", x[0]["key"]),
         )
         taken: list[dict[str, Any]] = []
         try:

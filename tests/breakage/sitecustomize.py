@@ -1,0 +1,108 @@
+"""Deliberate breakages of the migration protocol, for tests/test_bites.py.
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``: with this directory on
+``PYTHONPATH`` and ``LOCKFSM_BREAK`` naming a breakage, every Python process of the run (the
+test runner and each ``lockfsm-supervisor`` it starts, which inherit the environment) patches
+lockfsm at import time.  No file under lockfsm/ is touched.  Without ``LOCKFSM_BREAK`` this does
+nothing.  :data:`APPLIED` names the breakage in force (the bite test checks it took).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+APPLIED: str | None = None
+
+
+def _unlock_leases(holder: Any) -> None:
+    """Let go of byte 0 (the lease) of every lease file the holder has open, keeping the files
+    and the holder's belief that it holds them."""
+    from lockfsm.backends import fcntl as backend
+
+    for fd in holder.fds.values():
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, backend._flock(fcntl.F_UNLCK, backend.LEASE_BYTE))
+
+
+def target_ignores_conflicts() -> None:
+    """(a) The target completes while the source still holds the leases: a migration target's
+    acquire of a lease it reserved ignores the conflict and reports success."""
+    from lockfsm.backends import fcntl as backend
+    from lockfsm.errors import LeaseConflict
+
+    original = backend.FcntlHolder.acquire
+
+    def acquire(self: Any, lease: Mapping[str, str], resource: str) -> None:
+        reserved = lease["key"] in self.reserved
+        try:
+            original(self, lease, resource)
+        except LeaseConflict:
+            if not reserved:
+                raise
+            # "Had", though the kernel refused it: the take-over goes on as if it held it.
+
+    backend.FcntlHolder.acquire = acquire  # type: ignore[method-assign]
+
+
+def resume_drops_leases() -> None:
+    """(b) A cancelled source resumes without its leases: the supervisor's resume (the source's
+    complete_migrate_in(cancel=True)) lets every lease go, and the guest runs on."""
+    from lockfsm import supervisor
+
+    original = supervisor.Supervisor._do_forget_migration
+
+    def forget_migration(self: Any, args: Mapping[str, Any]) -> None:
+        original(self, args)
+        _unlock_leases(self.holder)
+
+    supervisor.Supervisor._do_forget_migration = forget_migration  # type: ignore[method-assign]
+
+
+def hand_off_before_kill() -> None:
+    """(c) The source's hand_off gives the leases up before its guest is dead: it lets every
+    lease go, then kills the guest, which (as a real QEMU does) takes a moment to stop."""
+    from lockfsm import supervisor
+
+    original = supervisor.Supervisor._do_kill_guest
+
+    def kill_guest(self: Any, args: Mapping[str, Any]) -> None:
+        if self.sm.state == "migrating_out":  # hand_off (a target's cancel kills from incoming)
+            _unlock_leases(self.holder)
+            time.sleep(0.05)
+        original(self, args)
+
+    supervisor.Supervisor._do_kill_guest = kill_guest  # type: ignore[method-assign]
+
+
+def acquire_skips_gate() -> None:
+    """(d) A fresh acquire does not pass the gate (byte 1): a third host can take a lease that an
+    incoming target reserved, in the window between the source's release and the take-over."""
+    from lockfsm.backends import fcntl as backend
+
+    original = backend.FcntlHolder._locked_file
+
+    def locked_file(self: Any, key: str, resource: str, steps: list[tuple[int, int]]) -> int:
+        steps = [(k, b) for k, b in steps if (k, b) != (fcntl.F_RDLCK, backend.GATE_BYTE)]
+        return int(original(self, key, resource, steps))
+
+    backend.FcntlHolder._locked_file = locked_file  # type: ignore[method-assign]
+
+
+BREAKAGES: dict[str, Callable[[], None]] = {
+    "target-ignores-conflicts": target_ignores_conflicts,
+    "resume-drops-leases": resume_drops_leases,
+    "hand-off-before-kill": hand_off_before_kill,
+    "acquire-skips-gate": acquire_skips_gate,
+}
+
+_wanted = os.environ.get("LOCKFSM_BREAK")
+if _wanted:
+    if _wanted not in BREAKAGES:
+        print(f"sitecustomize: unknown LOCKFSM_BREAK {_wanted!r}", file=sys.stderr)
+    else:
+        BREAKAGES[_wanted]()
+        APPLIED = _wanted

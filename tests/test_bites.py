@@ -1,0 +1,90 @@
+"""The stateful migration test bites: with the protocol deliberately broken, it fails.
+
+Each case runs tests/test_stateful_migration.py in a subprocess with one breakage switched on
+(tests/breakage/sitecustomize.py, on ``PYTHONPATH``, patches lockfsm at import time in the test
+runner and in every supervisor it starts; no lockfsm file is touched), with a fresh hypothesis
+database, and asserts that it fails, by the invariant expected to catch it.  It prints how many
+examples hypothesis needed (from ``--hypothesis-show-statistics``: the passing examples of the
+generate phase, plus the failing one) and the shrunk program.
+
+The stateful test runs with ``LOCKFSM_STATEFUL_DISKS=fixed`` here (no shared disk, fixed disk
+sets), so that each run fails on its breakage and the example counts compare.  The profile is
+``ci`` unless ``LOCKFSM_BITE_PROFILE`` names another.  Run: ``LOCKFSM_SLOW=1 bash tests/run
+tests/test_bites.py -s``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BREAKAGE_DIR = ROOT / "tests" / "breakage"
+STATEFUL = "tests/test_stateful_migration.py"
+
+#: breakage -> the invariants that may be the first to catch it
+BREAKAGES = {
+    "target-ignores-conflicts": ("S3",),
+    "resume-drops-leases": ("S2",),
+    "hand-off-before-kill": ("S3",),
+    "acquire-skips-gate": ("S3",),
+}
+
+STATISTICS = re.compile(
+    r"during generate phase.*?(\d+) passing, (\d+) failing, and (\d+) invalid", re.S
+)
+CAUGHT_BY = re.compile(r"AssertionError: (S\d|L\d|model|kernel)\b")
+PROGRAM = re.compile(r"Failing test case: <state machine>\n(.*?state\.teardown\(\))", re.S)
+
+
+def run_broken(breakage: str, database: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "LOCKFSM_BREAK": breakage,
+        "PYTHONPATH": os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)]),
+        "HYPOTHESIS_STORAGE_DIRECTORY": database,
+        "LOCKFSM_STATEFUL_DISKS": "fixed",
+        "LOCKFSM_HYPOTHESIS_PROFILE": os.environ.get("LOCKFSM_BITE_PROFILE", "ci"),
+    }
+    check = [sys.executable, "-c", "import sitecustomize; print(sitecustomize.APPLIED)"]
+    applied = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert applied.stdout.strip() == breakage, f"breakage not in force: {applied}"
+    command = [sys.executable, "-m", "pytest", STATEFUL, "-q", "-p", "no:cacheprovider"]
+    command += ["--hypothesis-show-statistics", "-x"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def failing_programs(output: str) -> list[str]:
+    """The shrunk failing programs hypothesis printed (one per distinct failure)."""
+    return [
+        "\n".join(re.sub(r"^[E|\s]*", "  ", line) for line in block.splitlines())
+        for block in PROGRAM.findall(output)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_the_stateful_migration_test_bites(breakage: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="lfbite") as database:
+        out = run_broken(breakage, database)
+    output = out.stdout + out.stderr
+    assert out.returncode == 1, f"{breakage}: the stateful test did not fail:\n{output[-3000:]}"
+    stats = STATISTICS.search(output)
+    assert stats, f"no hypothesis statistics in:\n{output[-3000:]}"
+    passing, failing, invalid = stats.groups()
+    needed = int(passing) + 1
+    caught = list(dict.fromkeys(CAUGHT_BY.findall(output)))
+    print(f"\n{breakage}: caught by {caught} after {needed} example(s)")
+    print(f"(generate phase: {passing} passing, {failing} failing, {invalid} invalid)")
+    for program in failing_programs(output):
+        print(f"shrunk program:\n{program}")
+    assert caught, f"{breakage}: failed, but not on an invariant:\n{output[-3000:]}"
+    assert set(caught) & set(BREAKAGES[breakage]), (
+        f"{breakage}: caught by {caught}, expected one of {BREAKAGES[breakage]}"
+    )
