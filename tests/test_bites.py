@@ -7,10 +7,8 @@ database, and asserts that it fails, by the invariant expected to catch it.  It 
 examples hypothesis needed (from ``--hypothesis-show-statistics``: the passing examples of the
 generate phase, plus the failing one) and the shrunk program.
 
-The stateful test runs with ``LOCKFSM_STATEFUL_DISKS=fixed`` here (no shared disk, fixed disk
-sets), so that each run fails on its breakage and the example counts compare.  The profile is
-``ci`` unless ``LOCKFSM_BITE_PROFILE`` names another.  Run: ``LOCKFSM_SLOW=1 bash tests/run
-tests/test_bites.py -s``.
+The profile is ``ci`` unless ``LOCKFSM_BITE_PROFILE`` names another.  Run:
+``LOCKFSM_SLOW=1 bash tests/run tests/test_bites.py -s``.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ def run_broken(breakage: str, database: str) -> subprocess.CompletedProcess[str]
         "LOCKFSM_BREAK": breakage,
         "PYTHONPATH": os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)]),
         "HYPOTHESIS_STORAGE_DIRECTORY": database,
-        "LOCKFSM_STATEFUL_DISKS": "fixed",
         "LOCKFSM_HYPOTHESIS_PROFILE": os.environ.get("LOCKFSM_BITE_PROFILE", "ci"),
     }
     check = [sys.executable, "-c", "import sitecustomize; print(sitecustomize.APPLIED)"]

@@ -36,11 +36,7 @@ name of the invariant it protects:
   supervisor gone with status 0; a take-over whose leases came free in time succeeds.
 
 Profiles come from tests/conftest.py (``LOCKFSM_HYPOTHESIS_PROFILE=nightly`` for the long run).
-``LOCKFSM_STATEFUL_DISKS=fixed`` narrows the world: no shared disk, and the guest's disks never
-change (hot-plug and unplug are tried only where they must be refused), so every supervisor's
-lease set is the same.  Then no incoming target can find one of its leases free while another is
-held, which is what the open take-over bug needs (a failed take-over keeps the leases it could
-get: see tests/test_bites.py); the bite tests run so, to measure their own breakage only.
+tests/test_bites.py proves that this test fails when the protocol is broken.
 """
 
 from __future__ import annotations
@@ -101,11 +97,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 STARTED, OUT, IN = DomainState.STARTED, DomainState.MIGRATING_OUT, DomainState.MIGRATING_IN
 ACTIVE = (STARTED, OUT, IN)  # a manager in these states owns its run: no new launch beside it
 
-# "fixed": no shared disk, and the guest's disks never change (a hot-plug or unplug that would
-# succeed is skipped), so every lease set is the same: see the module docstring.
-FIXED_DISKS = os.environ.get("LOCKFSM_STATEFUL_DISKS", "any") == "fixed"
-WITH_SHARED = st.just(False) if FIXED_DISKS else st.booleans()
-PLUGGABLE = ("d0", "d1", "h") if FIXED_DISKS else tuple(sorted(FLAGS))
+PLUGGABLE = tuple(sorted(FLAGS))
 CALLS = (
     "prepare_migrate",
     "complete_migrate_in",
@@ -116,9 +108,6 @@ CALLS = (
     "acquire_resource",
     "release_resource",
 )
-
-
-T = TypeVar("T")
 
 
 def choose(data: st.DataObject, items: Sequence[T], label: str) -> T:
@@ -453,7 +442,7 @@ class TwoHosts(RuleBasedStateMachine):
 
     # -- starts ----------------------------------------------------------------------------------
 
-    @initialize(shared=WITH_SHARED, start=st.booleans())
+    @initialize(shared=st.booleans(), start=st.booleans())
     def boot(self, shared: bool, start: bool) -> None:
         """The guest's disks (with or without the shared one); maybe started on A already."""
         self.base = {"d0": EXCLUSIVE, "d1": EXCLUSIVE}
@@ -758,8 +747,6 @@ class TwoHosts(RuleBasedStateMachine):
             self.refused(BackendError, call, f"S5: {what} with the supervisor gone")
         elif op == "acquire" and (blockers := self.blockers([disk], asker=side)):
             self.refused(LeaseConflict, call, self.why(blockers, f"hot-plug of {disk}"))
-        elif FIXED_DISKS:
-            event("hot-plug skipped: the guest's disks are fixed")
         elif op == "acquire":
             self.expect_ok(call, f"model: {what}")
             side.disks[disk] = flags
@@ -960,8 +947,6 @@ class TwoHosts(RuleBasedStateMachine):
                         moves += [("complete in the background", name)] * 5
                 elif ev == "shutdown":
                     moves.append(("shutdown", name))
-                elif FIXED_DISKS:
-                    continue
                 elif ev == "acquire_resource" and not self.blockers(["h"], asker=side):
                     if "h" not in side.disks:
                         moves.append(("hot-plug h", name))
