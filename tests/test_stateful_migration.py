@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hypothesis import Phase, event, settings
+from hypothesis import Phase, event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -113,8 +113,11 @@ CALLS = (
 def choose(data: st.DataObject, items: Sequence[T], label: str) -> T:
     """One of ``items``, which depend on what real processes did: draw an index of a fixed range,
     so that a replay draws the same data whatever the list's length (hypothesis refuses
-    strategies that draw differently from one run to the next)."""
-    return items[data.draw(st.integers(0, 1023), label=label) % len(items)]
+    strategies that draw differently from one run to the next).  A failing program shows the
+    item chosen after the index drawn."""
+    item = items[data.draw(st.integers(0, 1023), label=label) % len(items)]
+    note(f"  ({label}: {item!r})")
+    return item
 
 
 class Sup(enum.Enum):
@@ -442,14 +445,14 @@ class TwoHosts(RuleBasedStateMachine):
 
     # -- starts ----------------------------------------------------------------------------------
 
-    @initialize(shared=st.booleans(), start=st.booleans())
-    def boot(self, shared: bool, start: bool) -> None:
-        """The guest's disks (with or without the shared one); maybe started on A already."""
+    @initialize(shared=st.booleans())
+    def boot(self, shared: bool) -> None:
+        """The guest's disks (with or without the shared one), and the guest started on A (the
+        protocol's first step; any host may start it again later)."""
         self.base = {"d0": EXCLUSIVE, "d1": EXCLUSIVE}
         if shared:
             self.base["s"] = SHARED
-        if start:
-            self.do_start(self.sides["A"])
+        self.do_start(self.sides["A"])
 
     def launch_refused(self, side: Side, mgr: lockfsm.LockManager) -> Callable[[], None]:
         """A launch whose supervisor must be refused: it exits 75 having started no guest."""
@@ -796,12 +799,22 @@ class TwoHosts(RuleBasedStateMachine):
 
     # -- crashes and restarts --------------------------------------------------------------------
 
-    @precondition(lambda self: self.live())
-    @rule(data=st.data(), what=st.sampled_from(["supervisor", "guest"]))
-    def kill(self, data: st.DataObject, what: str) -> None:
-        """kill -9 of a supervisor (its guest dies by PDEATHSIG, keeping its start leases or
-        reservations until it is dead: S2) or of a guest (its supervisor releases and exits)."""
-        side = self.pick(data, self.live(), f"kill -9 the {what} of")
+    @rule(data=st.data(), what=st.sampled_from(["supervisor", "guest", "daemon"]))
+    def crash(self, data: st.DataObject, what: str) -> None:
+        """A crash on any host:
+
+        * kill -9 of a supervisor: its guest dies by PDEATHSIG, keeping its start leases or
+          reservations until it is dead (S2);
+        * kill -9 of a guest: its supervisor releases and exits with the guest's status;
+        * the daemon dies and restarts, and ATTACHes: see :meth:`restart_daemon`.
+
+        With no live supervisor, a kill becomes a daemon restart."""
+        if what == "daemon" or not self.live():
+            self.restart_daemon(data)
+        else:
+            self.kill(self.pick(data, self.live(), f"kill -9 the {what} of"), what)
+
+    def kill(self, side: Side, what: str) -> None:
         assert side.proc is not None and side.guest is not None
         guest = side.guest
         if what == "supervisor":
@@ -820,7 +833,6 @@ class TwoHosts(RuleBasedStateMachine):
         event(f"kill -9 {what} of a {side.state.value if side.state else 'orphan'} host")
         self.after_release()
 
-    @rule(data=st.data())
     def restart_daemon(self, data: st.DataObject) -> None:
         """A host's daemon restarts and ATTACHes: it comes back in its supervisor's state
         (started, migrating_out, migrating_in) with the same guest, resources and locks (S4), or
@@ -926,7 +938,10 @@ class TwoHosts(RuleBasedStateMachine):
                 if side.sup is Sup.NONE and not self.blockers(self.base, asker=None):
                     moves.append(("start", name))
                 elif side in self.launchable() and migrating:
-                    moves.append(("start", name))  # the third host: refused
+                    # A third host, refused; twice as likely while a target only reserves the
+                    # leases (in the window between the source's completion and the take-over).
+                    reserved = "reserves" in self.blockers(self.base, asker=None).values()
+                    moves += [("start", name)] * (2 if reserved else 1)
                 if side in self.incoming_hosts() and not self.gate_blockers(self.cookie.disks):  # type: ignore[union-attr]
                     moves += [("incoming", name)] * 3
                 continue
@@ -968,7 +983,7 @@ class TwoHosts(RuleBasedStateMachine):
         else:
             self.do_hotplug(side, "acquire" if move == "hot-plug h" else "release", "h")
 
-    @rule(data=st.data(), length=st.integers(1, 8))
+    @rule(data=st.data(), length=st.integers(1, 10))
     def protocol_run(self, data: st.DataObject, length: int) -> None:
         """A short run of moves the protocol allows, each with valid arguments, each doing what
         the model predicts (the event soup alone seldom gets through prepare, incoming, both
