@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lockfsm import _tables, control
@@ -63,6 +63,17 @@ def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
+
+
+def _in_order(
+    resources: Iterable[Mapping[str, Any]], exclusive_first: bool
+) -> list[tuple[dict[str, Any], Mapping[str, Any]]]:
+    """(lease, resource) for every lease of ``resources``, in the fixed order they are taken:
+    by key, exclusive leases first if asked."""
+    return sorted(
+        ((lease, res) for res in resources for lease in res["leases"]),
+        key=lambda x: (exclusive_first and x[0]["mode"] != "exclusive", x[0]["key"]),
+    )
 
 
 def _ident(res: Mapping[str, Any]) -> tuple[str, str]:
@@ -117,10 +128,7 @@ class Supervisor:
     def _take(self, resources: list[dict[str, Any]], event: str = "acquire") -> None:
         """Take (or reserve) every lease of ``resources`` in key order; on a failure give back
         what was taken."""
-        wanted = sorted(
-            ((lease, res) for res in resources for lease in res["leases"]),
-            key=lambda x: x[0]["key"],
-        )
+        wanted = _in_order(resources, exclusive_first=False)
         taken: list[dict[str, str]] = []
         try:
             for lease, res in wanted:
@@ -189,10 +197,7 @@ class Supervisor:
         # first (those are what a source that has not completed still holds, so an early attempt
         # takes nothing), then by key; if one is still held elsewhere, those taken in this
         # attempt go back to reserved and the attempt raises; once all are held, settle them.
-        wanted = sorted(
-            ((lease, res) for res in self.resources.values() for lease in res["leases"]),
-            key=lambda x: (x[0]["mode"] != "exclusive", x[0]["key"]),
-        )
+        wanted = _in_order(self.resources.values(), exclusive_first=True)
         taken: list[dict[str, Any]] = []
         try:
             for lease, res in wanted:
