@@ -193,11 +193,18 @@ class Supervisor:
         if self.sm.state != "incoming":
             self._take(list(self.spec.get("resources", [])))
             return
-        # A migration target's take-over, all or nothing: every reserved lease, exclusive ones
-        # first (those are what a source that has not completed still holds, so an early attempt
-        # takes nothing), then by key; if one is still held elsewhere, those taken in this
-        # attempt go back to reserved and the attempt raises; once all are held, settle them.
+        # A migration target's take-over, all or nothing.  First every reserved lease is probed:
+        # one visibly held elsewhere (the source has not completed) fails the attempt before it
+        # takes any, so a repeated early attempt never holds even a free lease for a moment.
+        # Then each is acquired, exclusive ones first, then by key; if one cannot be had (taken
+        # between probe and acquire), those taken in this attempt go back to reserved and the
+        # attempt raises; once all are held, settle them.
         wanted = _in_order(self.resources.values(), exclusive_first=True)
+        for lease, res in wanted:  # one still held elsewhere: fail before taking any
+            try:
+                self.holder.probe(lease, f"{res['type']} {res['path']}")
+            except LeaseConflict as e:
+                raise self._named_holder(e, lease["key"]) from None
         taken: list[dict[str, Any]] = []
         try:
             for lease, res in wanted:
@@ -468,6 +475,8 @@ class Supervisor:
             self.sel.register(conn, selectors.EVENT_READ, "conn")
 
     def _drop(self, conn: socket.socket) -> None:
+        if self.take_over is not None and self.take_over[0] is conn:
+            self.take_over = None  # the daemon that asked is gone: take nothing on its behalf
         self.sel.unregister(conn)
         self.buffers.pop(conn, None)
         if conn in self.waiters:
@@ -522,6 +531,15 @@ class Supervisor:
             return {"ok": True, **self.info()}
         if op == "attach":
             self.fire("attach")
+            # A take-over the superseded controller asked for ends now: its daemon is gone (or
+            # no longer drives this guest), and the new one decides whether to complete.
+            self._end_take_over(
+                control.error_reply(
+                    BackendError(
+                        f"the take-over was superseded by a later attach (generation {self.gen})"
+                    )
+                )
+            )
             return {"ok": True, **self.info()}
         if fields["gen"] != self.gen:
             raise BackendError(

@@ -25,6 +25,13 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+settings.register_profile(
+    "hunt",  # a few minutes: LOCKFSM_HYPOTHESIS_PROFILE=hunt, to look for a rare interleaving
+    max_examples=int(os.environ.get("LOCKFSM_HUNT_EXAMPLES", "200")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("LOCKFSM_HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -24,7 +24,15 @@ import pytest
 
 from lockfsm import BackendError, LeaseConflict, ResourceFlags, ResourceType, load_driver
 from lockfsm.errors import BY_NAME
-from tests.helpers import Host, alive, fd_locks, leases_of, locked_inodes, make_disks
+from tests.helpers import (
+    Host,
+    alive,
+    fd_locks,
+    leases_of,
+    locked_inodes,
+    make_disks,
+    read_proc_locks,
+)
 
 # A FcntlHolder in its own process.  LF_REPLACE=n: before each of its first n attempts to lock,
 # another process replaces the lease file (as virtlockd deletes lease files it holds), exactly in
@@ -238,13 +246,14 @@ def lock_ranges(path: str) -> list[tuple[str, str, int, int]]:
     st = os.stat(path)
     ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     found = []
-    with open("/proc/locks") as f:
-        for line in f:
-            parts = line.split()
-            if parts[1] == "->" or parts[5] != ident:
-                continue
-            end = -1 if parts[7] == "EOF" else int(parts[7])
-            found.append((parts[1], parts[3], int(parts[6]), end))
+    text = read_proc_locks()
+    assert text is not None, "/proc/locks is longer than a page: no consistent reading"
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[1] == "->" or parts[5] != ident:
+            continue
+        end = -1 if parts[7] == "EOF" else int(parts[7])
+        found.append((parts[1], parts[3], int(parts[6]), end))
     return sorted(found)
 
 

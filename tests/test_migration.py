@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -210,6 +211,90 @@ def test_daemon_restart_during_migration(pair: HostPair, disks: list[str], side:
     assert mgr.state is state and guest.pid == pid
     pair.migrate()
     assert (src.mgr.state, tgt.mgr.state) == (DomainState.DONE, DomainState.STARTED)
+
+
+def test_a_pending_take_over_ends_with_its_daemon(
+    pair: HostPair, disks: list[str], lockspace: str
+) -> None:
+    """The target daemon's complete_migrate_in waits for the source; the daemon restarts and
+    attaches meanwhile.  The old call ends (BackendError, superseded) and the supervisor takes
+    nothing on its behalf, even once the source has handed off: only the new daemon's own
+    completion takes the leases over."""
+    src = pair.start("vm", disks[:2])
+    pair.prepare()
+    tgt = pair.incoming_start()
+    pair.target.driver.config["handoff_timeout"] = 60.0
+    errors: list[BaseException] = []
+
+    def old_daemon() -> None:
+        try:
+            tgt.mgr.complete_migrate_in()
+        except BaseException as e:  # judged below
+            errors.append(e)
+
+    t = threading.Thread(target=old_daemon)
+    t.start()
+    time.sleep(0.2)  # the take-over is pending: the source still holds every lease
+    pair.target.restart_daemon()
+    mgr = pair.target.attach(tgt)
+    t.join(10)
+    assert not t.is_alive(), "the superseded daemon's take-over never ended"
+    assert len(errors) == 1 and isinstance(errors[0], lockfsm.BackendError), errors
+    assert "superseded" in str(errors[0])
+    src.mgr.complete_migrate_in()  # the source hands off: its leases come free
+    assert all(b == {1} for b in held_bytes(tgt.supervisor_pid, lockspace, mgr).values()), (
+        "the supervisor took leases over for a daemon that is gone"
+    )
+    mgr.complete_migrate_in()
+    assert mgr.state is DomainState.STARTED
+    assert all(b == {0} for b in held_bytes(tgt.supervisor_pid, lockspace, mgr).values())
+
+
+def test_a_take_over_attempt_takes_nothing_while_another_lease_is_held(
+    lockspace: str, disks: list[str], hosts: Callable[..., Host]
+) -> None:
+    """A stale cookie names a disk no one holds any more: a third host's take-over attempts,
+    while the others are still held, never lock even that free lease, not for a moment (all or
+    nothing, and nothing at all for an attempt bound to fail).  The free disk is the one whose
+    lease is tried first, so an attempt that locked as it went would be seen."""
+    pair = HostPair(lockspace)
+    try:
+        src = pair.start("vm", disks)
+        stale = pair.prepare()
+        pair.incoming_start()
+        pair.migrate()
+        moved = pair.incoming
+        assert moved is not None
+        key_of = {d: hashlib.sha256(d.encode()).hexdigest() for d in disks}  # libvirt's naming
+        first = min(disks, key=lambda d: key_of[d])
+        moved.mgr.release_resource(ResourceType.DISK, first)
+        late = hosts()
+        mgr = late.manager("vm", src.uuid, disks, flags=NewFlags.MIGRATE)
+        mgr.set_parameter("migration_cookie", stale)
+        proc = late.launch(mgr)
+        mgr.get_child(timeout=10)
+        late.driver.config["handoff_timeout"] = 1.0
+        free = lease_inode(lockspace, key_of[first])
+        errors: list[BaseException] = []
+
+        def complete() -> None:
+            try:
+                mgr.complete_migrate_in()
+            except BaseException as e:  # judged below
+                errors.append(e)
+
+        t = threading.Thread(target=complete, daemon=True)
+        readings = 0
+        t.start()
+        while t.is_alive():  # its attempts repeat for a second
+            assert (free, 0, "WRITE") not in lock_ranges(proc.pid), (
+                "an attempt locked the free lease"
+            )
+            readings += 1
+        assert readings > 50 and mgr.state is DomainState.MIGRATING_IN
+        assert [type(e) for e in errors] == [lockfsm.LeaseConflict], errors
+    finally:
+        pair.cleanup()
 
 
 def test_source_supervisor_crash_mid_migration(

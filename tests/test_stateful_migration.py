@@ -77,7 +77,17 @@ from lockfsm import (
 )
 from lockfsm._tables import DOMAIN
 from lockfsm.supervisor import EXIT_REFUSED
-from tests.helpers import Host, HostPair, alive, lock_ranges, make_disks, short_tmpdir, wait_until
+from tests.helpers import (
+    Host,
+    HostPair,
+    alive,
+    lock_bytes,
+    lock_ranges,
+    make_disks,
+    read_proc_locks,
+    short_tmpdir,
+    wait_until,
+)
 
 T = TypeVar("T")
 
@@ -92,7 +102,6 @@ DEAD_ATTACH_TIMEOUT = 0.3  # a killed supervisor's record still names it: ATTACH
 SIGTERMED, SIGKILLED = 128 + signal.SIGTERM, 128 + signal.SIGKILL
 PF_EXITING = 0x4  # task flag (/proc/<pid>/stat field 9): the task has entered do_exit()
 LEASE, GATE = 0, 1  # the bytes of a lease file: the lease (libvirt's too), lockfsm's gate
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 STARTED, OUT, IN = DomainState.STARTED, DomainState.MIGRATING_OUT, DomainState.MIGRATING_IN
 ACTIVE = (STARTED, OUT, IN)  # a manager in these states owns its run: no new launch beside it
@@ -194,26 +203,6 @@ def executing(pid: int | None) -> bool:
     except FileNotFoundError:
         return False
     return fields[0] not in ("Z", "X") and not int(fields[6]) & PF_EXITING
-
-
-def read_proc_locks() -> str | None:
-    """/proc/locks as one consistent reading, or None.
-
-    The kernel makes the table a page per read() and resumes the next read() by position, so a
-    reading in several pieces that overlaps a lock change anywhere on the machine repeats or
-    drops lines (measured here: about 1 reading in 70 while another process takes and drops
-    ten locks in a loop).  One read() that returns less than a page is one pass under the
-    kernel's lock: complete and consistent.  A table of more than a page cannot be read so."""
-    for _ in range(20):
-        fd = os.open("/proc/locks", os.O_RDONLY)
-        try:
-            chunk = os.read(fd, 1 << 16)
-        finally:
-            os.close(fd)
-        if len(chunk) < PAGE - 256:  # room for another line: the table ended in this pass
-            return chunk.decode()
-        time.sleep(0.005)
-    return None
 
 
 def living(pid: int | None) -> bool:
@@ -372,7 +361,8 @@ class TwoHosts(RuleBasedStateMachine):
             # 1: OFDLCK  ADVISORY  WRITE -1 fe:00:2164738 0 0
             parts = line.split()
             if parts[1] != "->" and parts[5] in files:  # "->": a blocked waiter
-                found[(files[parts[5]], int(parts[6]), parts[3])] += 1
+                for byte in lock_bytes(parts[6], parts[7]):
+                    found[(files[parts[5]], byte, parts[3])] += 1
         return found
 
     def inodes(self) -> dict[int, str]:

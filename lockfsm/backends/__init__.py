@@ -35,6 +35,13 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     Raises LeaseConflict if another holder reserved it.  A backend whose handoff is atomic may
     do nothing here.
 
+``Holder.probe(lease, resource)``
+    Called in a migration target's supervisor, for every reserved lease, before a take-over
+    attempt takes any: raises LeaseConflict (as ``acquire`` would) if the lease is visibly held
+    elsewhere right now, so that an attempt bound to fail takes nothing, not even for a moment.
+    Takes nothing.  A backend that cannot tell without taking returns (the attempt's acquire
+    then decides, and revert undoes).
+
 ``Holder.revert(lease)`` and ``Holder.settle(lease)``
     A migration target's take-over is all or nothing: it acquires its reserved leases one by one;
     if one cannot be had, it reverts those it took in this attempt (back to reserved: nothing
@@ -99,6 +106,8 @@ class Holder(Protocol):
     def inheritable_fds(self) -> list[int]: ...
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
+
+    def probe(self, lease: Mapping[str, str], resource: str) -> None: ...
 
     def revert(self, lease: Mapping[str, str]) -> None: ...
 

@@ -190,6 +190,22 @@ class FcntlHolder:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
         self.fds[key] = fd
 
+    def probe(self, lease: Mapping[str, str], resource: str) -> None:
+        key = lease["key"]
+        if key not in self.reserved:
+            raise BackendError(f"lease {key} of {resource} is not reserved by this supervisor")
+        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
+        path = os.path.join(self.dir, key)
+        try:  # our own description's gate lock never conflicts with this query
+            got = fcntl.fcntl(self.fds[key], fcntl.F_OFD_GETLK, _flock(kind))
+        except OSError as e:
+            raise BackendError(f"querying {path} for {resource}: {e.strerror}") from None
+        if struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK:
+            holder = _holder_of(self.fds[key], kind)
+            raise LeaseConflict(
+                f"{resource} is locked by {holder} (lease file {path})", resource, holder
+            )
+
     def revert(self, lease: Mapping[str, str]) -> None:
         key = lease["key"]
         if key not in self.reserved:

@@ -45,6 +45,9 @@ class NopHolder:
     def reserve(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
+    def probe(self, lease: Mapping[str, str], resource: str) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
     def revert(self, lease: Mapping[str, str]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 

@@ -559,6 +559,11 @@ class SanlockHolder:
             # not held by this supervisor any more either way.
             print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
 
+    def probe(self, lease: Mapping[str, str], resource: str) -> None:
+        # sanlock tells a lease's owner only by reading the lease area from disk (io_timeout
+        # bound); the take-over's acquire, carrying the source's version, decides instead.
+        return
+
     def revert(self, lease: Mapping[str, str]) -> None:
         # Nothing was reserved: going back from a partial take-over is a release.
         self.release(lease)
