@@ -31,10 +31,12 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, status
+from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.host import Disk, Guest, Host, migrate
 from lockfsm.supervisor import EXIT_REFUSED
 from tests.conftest import require
-from tests.helpers import alive, lock_ranges, lockspace_locks, short_tmpdir, wait_until
+from tests.helpers import alive, lock_ranges, locked_inodes, short_tmpdir, wait_until
+from tests.test_sanlock import cluster  # noqa: F401  (the sanlock daemons, once a session)
 
 QEMU = "qemu-system-x86_64"
 SLOW_LINK = 1000  # bytes/s: a migration this slow is still active when it is cancelled
@@ -125,7 +127,83 @@ class Daemon:
         self.conn.close()
 
 
-# -- what the kernel and QEMU say ---------------------------------------------------------------
+# -- what the kernel, the lock services and QEMU say --------------------------------------------
+
+
+class Storage:
+    """The shared storage of the simulated hosts on one backend: each host's configuration, and
+    who holds a disk's lease, read from the lock service itself (never from lockfsm's records)."""
+
+    backend = ""
+
+    def config(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def holds(self, pid: int, disk: str) -> bool:
+        """Whether supervisor ``pid`` holds the disk's exclusive lease."""
+        raise NotImplementedError
+
+    def reserves(self, pid: int, disk: str) -> bool:
+        """Whether migration target ``pid`` reserved the lease without holding it."""
+        raise NotImplementedError
+
+    def free(self, disk: str) -> bool:
+        """Whether no one holds the disk's lease."""
+        raise NotImplementedError
+
+
+class Fcntl(Storage):
+    """A lockspace directory: byte 0 of a lease file is the lease, byte 1 a target's gate."""
+
+    backend = "fcntl"
+
+    def __init__(self, top: str) -> None:
+        self.lockspace = os.path.join(top, "ls")
+        os.makedirs(self.lockspace)
+
+    def config(self, index: int) -> dict[str, Any]:
+        return {"lockspace_dir": self.lockspace, "shutdown_grace": 2.0}
+
+    def _bytes(self, pid: int, disk: str) -> set[int]:
+        name = os.path.join(self.lockspace, hashlib.sha256(disk.encode()).hexdigest())
+        inode = os.stat(name).st_ino
+        return {byte for ino, byte, _ in lock_ranges(pid) if ino == inode}
+
+    def holds(self, pid: int, disk: str) -> bool:
+        return self._bytes(pid, disk) == {0}
+
+    def reserves(self, pid: int, disk: str) -> bool:
+        return self._bytes(pid, disk) == {1}
+
+    def free(self, disk: str) -> bool:
+        name = os.path.join(self.lockspace, hashlib.sha256(disk.encode()).hexdigest())
+        return os.stat(name).st_ino not in locked_inodes()
+
+
+class Sanlock(Storage):
+    """A sanlock lockspace, one sanlock daemon per host; a target reserves nothing there (the
+    handoff checks the lease version instead)."""
+
+    backend = "sanlock"
+
+    def __init__(self, sanlock_cluster: Any) -> None:
+        self.cluster = sanlock_cluster
+
+    def config(self, index: int) -> dict[str, Any]:
+        return dict(self.cluster.config(self.cluster.daemons[index], shutdown_grace=2.0))
+
+    def _holders(self, disk: str) -> set[int]:
+        key = hashlib.sha256(os.path.realpath(disk).encode()).hexdigest()[:SANLOCK_NAME_LEN]
+        return {pid for d in self.cluster.daemons if (pid := d.held().get(key)) is not None}
+
+    def holds(self, pid: int, disk: str) -> bool:
+        return self._holders(disk) == {pid}
+
+    def reserves(self, pid: int, disk: str) -> bool:
+        return pid not in self._holders(disk)
+
+    def free(self, disk: str) -> bool:
+        return not self._holders(disk)
 
 
 def supervisors(run_dir: str, name: str) -> list[dict[str, Any]]:
@@ -136,21 +214,6 @@ def supervisors(run_dir: str, name: str) -> list[dict[str, Any]]:
 def supervisor_pid(host: Daemon, name: str) -> int:
     (rec,) = supervisors(host.run_dir, name)
     return int(rec["pid"])
-
-
-def lease_inode(lockspace: str, disk: str) -> int:
-    """The inode of the lease file of ``disk`` (libvirt lockd's naming: sha256 of the path)."""
-    return os.stat(os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())).st_ino
-
-
-def lease_holders(lockspace: str, disk: str, pids: dict[str, int]) -> dict[str, set[int]]:
-    """Which of ``pids`` (by label) lock which bytes of ``disk``'s lease file: byte 0 is the
-    lease, byte 1 a migration target's gate."""
-    inode = lease_inode(lockspace, disk)
-    return {
-        label: {byte for ino, byte, _ in lock_ranges(pid) if ino == inode}
-        for label, pid in pids.items()
-    }
 
 
 def image_locked_by(pid: int, image: str) -> bool:
@@ -185,21 +248,28 @@ def _qemu() -> None:
 @pytest.fixture
 def top() -> Iterator[str]:
     d = short_tmpdir("lfq")
-    os.makedirs(os.path.join(d, "ls"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(params=["fcntl", "sanlock"])
+def storage(request: pytest.FixtureRequest, top: str) -> Storage:
+    if request.param == "sanlock":
+        return Sanlock(request.getfixturevalue("cluster"))
+    return Fcntl(top)
+
+
 @pytest.fixture
-def hosts(top: str) -> Iterator[Callable[[str], Daemon]]:
-    """``make(name)``: a daemon process on the shared lockspace; ``make(name)`` again for a name
-    made before is that host's daemon restarted (same state directory).  At the end every daemon
-    stops and every supervisor its hosts ran is killed."""
+def hosts(top: str, storage: Storage) -> Iterator[Callable[[str], Daemon]]:
+    """``make(name)``: a daemon process on the shared storage; ``make(name)`` again for a name
+    made before is that host's daemon restarted (same state directory, same lock service).  At
+    the end every daemon stops and every supervisor its hosts ran is killed."""
     made: list[Daemon] = []
+    index: dict[str, int] = {}
 
     def make(name: str) -> Daemon:
-        config = {"lockspace_dir": os.path.join(top, "ls"), "shutdown_grace": 2.0}
-        made.append(Daemon(name, os.path.join(top, name), "fcntl", config))
+        i = index.setdefault(name, len(index))
+        made.append(Daemon(name, os.path.join(top, name), storage.backend, storage.config(i)))
         return made[-1]
 
     yield make
@@ -226,28 +296,27 @@ def guest(name: str, *disks: str, **kw: Any) -> Guest:
 
 
 def test_a_guest_is_a_real_qemu_run_by_its_supervisor_with_both_locks(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
-    """The guest is QEMU, the child of a supervisor that holds the disk's lease (byte 0 of the
-    lease file); QEMU's own image lock sits beside it (bytes 100+ of the image); the guest's
-    lock-failure policy reached its supervisor."""
+    """The guest is QEMU, the child of a supervisor that holds the disk's lease; QEMU's own
+    image lock (bytes 100+ of the image) sits beside it; the guest's lock-failure policy
+    reached its supervisor."""
     a = hosts("a")
     disk = image(top, "a.qcow2")
     pid = a.start(guest("vm", disk, lock_failure="pause"))
     sup = supervisor_pid(a, "vm")
     assert qemu_exe(pid) == QEMU and parent(pid) == sup
     assert a.status("vm") == "running"
-    assert lease_holders(os.path.join(top, "ls"), disk, {"sup": sup})["sup"] == {0}
-    assert image_locked_by(pid, disk)
+    assert storage.holds(sup, disk) and image_locked_by(pid, disk)
     with open(f"/proc/{sup}/cmdline") as f:
         argv = f.read().split("\0")
     assert json.loads(argv[argv.index("--launch") + 1])["config"]["lock_failure"] == "pause"
     a.shutdown("vm")
-    assert not alive(pid) and lockspace_locks(os.path.join(top, "ls")) == {}
+    assert not alive(pid) and storage.free(disk)
 
 
 def test_a_second_start_is_refused_by_lockfsm_before_qemus_image_lock(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
     """The same guest on a second host, then another guest with the same disk: lockfsm refuses
     both and their supervisors exit 75 without ever running QEMU (no QMP socket, no word from
@@ -276,10 +345,9 @@ def test_a_second_start_is_refused_by_lockfsm_before_qemus_image_lock(
 
 
 def test_hotplug_takes_the_lease_first_and_unplug_gives_it_back_last(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
     a, b = hosts("a"), hosts("b")
-    lockspace = os.path.join(top, "ls")
     boot, extra, theirs = image(top, "a.qcow2"), image(top, "b.qcow2"), image(top, "c.qcow2")
     pid = a.start(guest("vm", boot))
     sup = supervisor_pid(a, "vm")
@@ -287,59 +355,51 @@ def test_hotplug_takes_the_lease_first_and_unplug_gives_it_back_last(
     # A disk held elsewhere: refused before QEMU opens it.
     with pytest.raises(lockfsm.LeaseConflict, match=r"c\.qcow2"):
         a.hotplug("vm", Disk(theirs))
-    assert sorted(n["node-name"] for n in a.qmp("vm", "query-named-block-nodes")) == ["d0", "f0"]
+    nodes = a.qmp("vm", "query-named-block-nodes")
+    assert sorted(n["node-name"] for n in nodes) == ["d0", "f0"]
     assert not image_locked_by(pid, theirs)
     # A free disk: the supervisor holds its lease, QEMU has it open as a SCSI disk.
     placed = a.hotplug("vm", Disk(extra))
-    assert placed.slot == 1
-    assert "disk1" in devices(a, "vm")
-    assert lease_holders(lockspace, extra, {"sup": sup})["sup"] == {0}
-    assert image_locked_by(pid, extra)
+    assert placed.slot == 1 and "disk1" in devices(a, "vm")
+    assert storage.holds(sup, extra) and image_locked_by(pid, extra)
     with pytest.raises(lockfsm.LeaseConflict):
         b.start(guest("third", extra))
     # Unplug: QEMU drops the device and closes the image; then the lease is free.
     a.unplug("vm", extra)
     assert "disk1" not in devices(a, "vm")
-    assert not image_locked_by(pid, extra)
-    assert lease_holders(lockspace, extra, {"sup": sup})["sup"] == set()
+    assert not image_locked_by(pid, extra) and storage.free(extra)
     b.start(guest("third", extra))
     assert a.status("vm") == "running"
 
 
 def test_live_migration_hands_the_leases_over_before_the_target_runs(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
-    """Step by step: while QEMU migrates, the source holds every lease and the target only
-    reserves them (its QEMU does not run); when QEMU is done, the target is still paused; after
-    both completions the target holds every lease, runs, and the source QEMU is gone."""
+    """Step by step: while QEMU migrates, the source holds every lease and the target none (its
+    QEMU does not run); when QEMU is done the target is still paused, holding nothing; after
+    both completions the target holds every lease and runs, and the source QEMU is gone."""
     a, b = hosts("a"), hosts("b")
-    lockspace = os.path.join(top, "ls")
     disks = [image(top, "a.qcow2"), image(top, "b.qcow2")]
     source_pid = a.start(guest("vm", disks[0]))
     a.hotplug("vm", Disk(disks[1]))
-    src_sup = supervisor_pid(a, "vm")
+    src = supervisor_pid(a, "vm")
     offer = a.migrate_begin("vm", "qemu+unix:///b")
     uri = b.migrate_prepare(offer)
     target_pid = b.pid("vm")
-    tgt_sup = supervisor_pid(b, "vm")
+    tgt = supervisor_pid(b, "vm")
     assert b.status("vm") == "inmigrate"
-    pids = {"source": src_sup, "target": tgt_sup}
-    for d in disks:
-        assert lease_holders(lockspace, d, pids) == {"source": {0}, "target": {1}}
+    assert all(storage.holds(src, d) and storage.reserves(tgt, d) for d in disks)
     a.migrate_perform("vm", uri)
     wait_until(lambda: b.status("vm") != "inmigrate", 10, "the target to receive the guest")
     assert (a.status("vm"), b.status("vm")) == ("postmigrate", "paused")
-    for d in disks:
-        assert lease_holders(lockspace, d, pids) == {"source": {0}, "target": {1}}
+    assert all(storage.holds(src, d) and storage.reserves(tgt, d) for d in disks)
     done = threading.Thread(target=b.migrate_finish, args=("vm",))
     done.start()  # the target's completion waits for the source's
     assert a.migrate_confirm("vm") is DomainState.DONE
     done.join(30)
     assert b.status("vm") == "running"
-    assert not alive(source_pid) and not alive(src_sup) and a.names() == []
-    for d in disks:
-        assert lease_holders(lockspace, d, {"target": tgt_sup}) == {"target": {0}}
-        assert image_locked_by(target_pid, d)
+    assert not alive(source_pid) and not alive(src) and a.names() == []
+    assert all(storage.holds(tgt, d) and image_locked_by(target_pid, d) for d in disks)
     assert [d.path for d in b.guest("vm").disks] == disks
     # And back, in one call.
     times = migrate(b, a, "vm")
@@ -348,10 +408,9 @@ def test_live_migration_hands_the_leases_over_before_the_target_runs(
 
 
 def test_a_cancelled_migration_leaves_the_source_running_and_owning_every_lease(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
     a, b = hosts("a"), hosts("b")
-    lockspace = os.path.join(top, "ls")
     disk = image(top, "a.qcow2")
     pid = a.start(guest("vm", disk))
     sup = supervisor_pid(a, "vm")
@@ -365,18 +424,19 @@ def test_a_cancelled_migration_leaves_the_source_running_and_owning_every_lease(
     assert a.status("vm") == "running" and alive(pid)
     wait_until(lambda: not alive(target_pid), 10, "the incoming QEMU to end")
     assert b.names() == [] and supervisors(b.run_dir, "vm") == []
-    assert lease_holders(lockspace, disk, {"source": sup}) == {"source": {0}}
-    assert lockspace_locks(lockspace) == {os.path.basename(lease_file(lockspace, disk)): ["WRITE"]}
+    assert storage.holds(sup, disk)
+    if isinstance(storage, Fcntl):  # and the target's reservation went with it
+        assert list(locked_inodes().get(os.stat(lease_file(storage, disk)).st_ino, [])) == ["WRITE"]
     migrate(a, b, "vm")  # the source can still migrate, unthrottled
     assert b.status("vm") == "running"
 
 
-def lease_file(lockspace: str, disk: str) -> str:
-    return os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())
+def lease_file(storage: Fcntl, disk: str) -> str:
+    return os.path.join(storage.lockspace, hashlib.sha256(disk.encode()).hexdigest())
 
 
 def test_kill_9_of_the_supervisor_ends_qemu_and_frees_the_disks(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
     a, b = hosts("a"), hosts("b")
     disk = image(top, "a.qcow2")
@@ -384,7 +444,7 @@ def test_kill_9_of_the_supervisor_ends_qemu_and_frees_the_disks(
     pid = a.start(vm)
     os.kill(supervisor_pid(a, "vm"), signal.SIGKILL)
     wait_until(lambda: not alive(pid), 10, "QEMU to die with its supervisor")
-    assert lockspace_locks(os.path.join(top, "ls")) == {}
+    wait_until(lambda: storage.free(disk), 5, "the lease to come free")
     b.start(vm)  # the guest starts again elsewhere
     assert b.status("vm") == "running"
     a.shutdown("vm")  # the daemon copes with a supervisor already gone
@@ -392,12 +452,11 @@ def test_kill_9_of_the_supervisor_ends_qemu_and_frees_the_disks(
 
 
 def test_a_restarted_daemon_attaches_to_the_running_guest(
-    top: str, hosts: Callable[[str], Daemon]
+    top: str, storage: Storage, hosts: Callable[[str], Daemon]
 ) -> None:
     """kill -9 of the daemon: QEMU runs on, its leases held; the restarted daemon attaches
     (manager and QMP), sees the hot-plugged disk, unplugs it, and stops the guest."""
     a = hosts("a")
-    lockspace = os.path.join(top, "ls")
     boot, extra = image(top, "a.qcow2"), image(top, "b.qcow2")
     pid = a.start(guest("vm", boot))
     a.hotplug("vm", Disk(extra))
@@ -405,13 +464,12 @@ def test_a_restarted_daemon_attaches_to_the_running_guest(
     a.kill()
     time.sleep(0.2)
     assert alive(pid) and alive(sup)
-    for d in (boot, extra):
-        assert lease_holders(lockspace, d, {"sup": sup})["sup"] == {0}
+    assert storage.holds(sup, boot) and storage.holds(sup, extra)
     again = hosts("a")
     assert again.attach("vm") == pid
     assert again.status("vm") == "running"
     assert [d.path for d in again.guest("vm").disks] == [boot, extra]
     again.unplug("vm", extra)
-    assert lease_holders(lockspace, extra, {"sup": sup})["sup"] == set()
+    assert storage.free(extra) and storage.holds(sup, boot)
     again.shutdown("vm")
-    assert not alive(pid) and lockspace_locks(lockspace) == {}
+    assert not alive(pid) and storage.free(boot)
