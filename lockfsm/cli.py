@@ -11,7 +11,7 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> int:
     from lockfsm import demo
 
-    return demo.main()
+    return demo.main(stand_in=args.stand_in)
 
 
 def _spec_gen(args: argparse.Namespace) -> int:
@@ -70,6 +70,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run one guest's life on the fcntl backend, step by step")
+    d.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="run stand-in guest processes even where QEMU is installed",
+    )
     d.set_defaults(func=_demo)
     s = sub.add_parser("spec", help="work with the protocol tables in specs/")
     ssub = s.add_subparsers(dest="spec_command", required=True)

@@ -5,13 +5,20 @@ Starts a guest with two disks, shows a second start of one of those disks refuse
 third disk, re-attaches after a simulated daemon restart, migrates the guest to the other host
 once cancelled and once for real, and shuts it down, printing each step, each state move, and who
 holds each lease after every step.  Needs no configuration.
+
+The guest is a real QEMU (``qemu-system-x86_64``, TCG, no guest OS) driven over QMP by the
+reference embedding :mod:`lockfsm.host` when QEMU and ``qemu.qmp`` are installed, and a stand-in
+process otherwise (or with ``--stand-in``); the demo says which it used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +31,8 @@ import lockfsm
 from lockfsm import NewFlags, ResourceType, status
 
 GUEST = ["sleep", "600"]
+QEMU = "qemu-system-x86_64"
+SLOW_LINK = 1000  # bytes/s: a migration this slow is still under way when it is cancelled
 
 
 class _MoveLines(logging.Handler):
@@ -56,22 +65,20 @@ class Host:
         self.driver = lockfsm.load_driver("fcntl", self.config)
 
 
-class Demo:
+class Stage:
+    """What both demos share: a temporary lockspace, three disk images, and the printing."""
+
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.lock = threading.Lock()
         self.top = tempfile.mkdtemp(prefix="lfdemo")
-        lockspace = os.path.join(self.top, "lockspace")
-        self.a = Host("host-a", self.top, lockspace)
-        self.b = Host("host-b", self.top, lockspace)
-        self.lockspace = lockspace
+        self.lockspace = os.path.join(self.top, "lockspace")
         self.disks = {}
         for name in ("a.img", "b.img", "c.img"):
             path = os.path.join(self.top, name)
             with open(path, "wb") as f:
                 f.truncate(1 << 20)
             self.disks[name] = path
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.uuid = str(uuidlib.uuid4())
 
     def say(self, text: str = "") -> None:
@@ -82,8 +89,16 @@ class Demo:
     def step(self, n: int, text: str) -> None:
         self.say(f"\n{n}. {text}")
 
+    def run_dirs(self) -> list[tuple[str, str]]:
+        """(host name, run directory) of each simulated host."""
+        raise NotImplementedError
+
+    def run(self) -> int:
+        """The seven steps; returns the exit status."""
+        raise NotImplementedError
+
     def holders(self) -> None:
-        rows = [(h.name, r) for h in (self.a, self.b) for r in status.leases(h.config["run_dir"])]
+        rows = [(h, r) for h, run_dir in self.run_dirs() for r in status.leases(run_dir)]
         if not rows:
             self.say("   leases: none held")
         for host, row in sorted(rows, key=lambda x: (x[1]["resource"], x[0])):
@@ -92,6 +107,23 @@ class Demo:
                 f"   lease {name}: {row['held']} by {row['domain']} on {host} ({row['mode']}, "
                 f"supervisor pid {row['supervisor_pid']}, guest pid {row['guest_pid']})"
             )
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+class StandInDemo(Stage):
+    """The guest is a stand-in process; the demo makes the daemon's lock-manager calls itself."""
+
+    def __init__(self, out: TextIO, why: str) -> None:
+        super().__init__(out)
+        self.why = why
+        self.a = Host("host-a", self.top, self.lockspace)
+        self.b = Host("host-b", self.top, self.lockspace)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def run_dirs(self) -> list[tuple[str, str]]:
+        return [(h.name, h.config["run_dir"]) for h in (self.a, self.b)]
 
     def manager(self, host: Host, name: str, disks: list[str], flags: int = 0) -> Any:
         mgr = host.driver.new_manager(NewFlags(flags))
@@ -116,6 +148,7 @@ class Demo:
         say("lockfsm demo: disk leases for a guest's whole life, on the fcntl backend")
         say(f"   two simulated hosts share the lockspace {self.lockspace}")
         say(f"   guest: a stand-in process ({' '.join(GUEST)}) run by lockfsm-supervisor")
+        say(f"   (not QEMU: {self.why})")
 
         step(1, "host-a starts guest vm-a with disks a.img and b.img")
         mgr = self.manager(self.a, "vm-a", ["a.img", "b.img"])
@@ -201,11 +234,151 @@ class Demo:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        shutil.rmtree(self.top, ignore_errors=True)
+        super().cleanup()
 
 
-def main(out: TextIO = sys.stdout) -> int:
-    demo = Demo(out)
+class QemuDemo(Stage):
+    """The guest is a real QEMU; each simulated host's daemon is the reference embedding
+    :class:`lockfsm.host.Host`, which makes the lock-manager calls at the seed's points."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(out)
+        from lockfsm import host
+
+        self.host = host
+        self.config = {"lockspace_dir": self.lockspace, "shutdown_grace": 2.0}
+        self.a = self.daemon("host-a")
+        self.b = self.daemon("host-b")
+
+    def daemon(self, name: str) -> Any:
+        return self.host.Host(name, os.path.join(self.top, name), "fcntl", self.config)
+
+    def run_dirs(self) -> list[tuple[str, str]]:
+        return [(h.name, h.run_dir) for h in (self.a, self.b)]
+
+    def guest(self, name: str, disks: list[str]) -> Any:
+        uuid = self.uuid if name == "vm-a" else str(uuidlib.uuid4())
+        return self.host.Guest(
+            name=name,
+            uuid=uuid,
+            id=1 if name == "vm-a" else 2,
+            disks=[self.host.Disk(self.disks[d], format="raw") for d in disks],
+            lock_failure="poweroff",
+        )
+
+    def run(self) -> int:
+        say, step, a, b = self.say, self.step, self.a, self.b
+        say("lockfsm demo: disk leases for a guest's whole life, on the fcntl backend")
+        say(f"   two simulated hosts share the lockspace {self.lockspace}")
+        say(f"   guest: a real QEMU ({QEMU}, TCG, no guest OS) run by lockfsm-supervisor;")
+        say("   each host's daemon is lockfsm.host, which drives QEMU over QMP")
+
+        step(1, "host-a starts guest vm-a with disks a.img and b.img")
+        pid = a.start(self.guest("vm-a", ["a.img", "b.img"]))
+        state = a.domain("vm-a").mgr.state.value
+        say(f"   vm-a runs, guest pid {pid} (QEMU, CPUs started by the daemon after the leases)")
+        say(f"   QEMU: {a.status('vm-a')}; state {state}")
+        self.holders()
+
+        step(2, "host-b starts guest vm-b with disk b.img, which vm-a holds")
+        other = self.guest("vm-b", ["b.img"])
+        try:
+            b.start(other)
+            say("   UNEXPECTED: vm-b started")
+            return 1
+        except lockfsm.LeaseConflict as e:
+            say(f"   refused: {e}")
+            found = re.search(r"status (-?\d+)", " ".join(getattr(e, "__notes__", [])))
+            code = found[1] if found else "unknown"
+            say(f"   vm-b's supervisor exited by itself with status {code}, no guest run")
+            say("   no QEMU ran for vm-b: QEMU's own image lock was never even reached")
+
+        step(3, "host-a hot-plugs disk c.img into vm-a")
+        placed = a.hotplug("vm-a", self.host.Disk(self.disks["c.img"], format="raw"))
+        say(f"   the lease is held, then QEMU added SCSI disk {placed.device_id} (c.img)")
+        self.holders()
+
+        step(4, "host-a's daemon restarts: its managers are gone, the guest and its leases stay")
+        a.close()
+        self.a = a = self.daemon("host-a")
+        again = a.attach("vm-a")
+        say(f"   re-attached: guest pid {again} ({'the same' if again == pid else 'CHANGED'})")
+        say(f"   QEMU: {a.status('vm-a')}, reached again over QMP")
+        say("   disks: " + ", ".join(os.path.basename(d.path) for d in a.guest("vm-a").disks))
+        self.holders()
+
+        step(5, "migrate vm-a to host-b, and call it off")
+        uri = self.incoming()
+        self.holders()
+        a.migrate_perform("vm-a", uri, max_bandwidth=SLOW_LINK, wait=False)
+        say(f"   QEMU migrates at {SLOW_LINK} bytes/s; host-a's daemon cancels it")
+        say(f"   QEMU's migration: {a.migrate_abort('vm-a')}")
+        b.migrate_finish("vm-a", cancel=True)
+        say("   host-b calls it off: its incoming QEMU is gone (it ends when the stream breaks)")
+        state = a.migrate_confirm("vm-a", cancel=True).value
+        say(f"   cancelled: vm-a is {state} on host-a, still guest pid {pid}")
+        say(f"   QEMU on host-a: {a.status('vm-a')}")
+        self.holders()
+
+        step(6, "migrate vm-a to host-b for real")
+        uri = self.incoming()
+        t = time.monotonic()
+        a.migrate_perform("vm-a", uri)
+        say(
+            f"   QEMU sent the guest in {(time.monotonic() - t) * 1000:.0f} ms; host-b's QEMU waits"
+        )
+        say("   host-b completes first: its call waits until host-a gives the leases up")
+        waiter = threading.Thread(target=b.migrate_finish, args=("vm-a",))
+        t = time.monotonic()
+        waiter.start()
+        time.sleep(0.2)
+        source = a.migrate_confirm("vm-a").value
+        waiter.join(60)
+        say(f"   handed over in {(time.monotonic() - t - 0.2) * 1000:.0f} ms after host-a's call")
+        target = b.domain("vm-a").mgr.state.value
+        child = b.pid("vm-a")
+        say(f"   host-a: {source}; host-b: {target}, guest pid {child}, QEMU {b.status('vm-a')}")
+        self.holders()
+
+        step(7, "host-b hot-unplugs c.img, then shuts vm-a down")
+        b.unplug("vm-a", self.disks["c.img"])
+        say("   QEMU removed the disk and closed the image; then its lease was released")
+        b.shutdown("vm-a")
+        say(f"   vm-a stopped: QEMU pid {child} {'is gone' if not _alive(child) else 'RUNS'}")
+        self.holders()
+        return 0
+
+    def incoming(self) -> str:
+        offer = self.a.migrate_begin("vm-a", "qemu+unix:///host-b")
+        self.say(f"   host-a prepared: cookie of {len(offer['cookie'])} bytes for host-b")
+        uri = self.b.migrate_prepare(offer)
+        pid = self.b.pid("vm-a")
+        self.say(f"   host-b's incoming QEMU (pid {pid}, -incoming) listens; its CPUs stay stopped")
+        return str(uri)
+
+    def cleanup(self) -> None:
+        for h in (self.a, self.b):
+            h.close()
+            for rec in status.supervisors(h.run_dir):
+                if rec["alive"]:  # a step failed: its guests must not outlive the demo
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rec["pid"], signal.SIGKILL)
+        super().cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def main(out: TextIO = sys.stdout, stand_in: bool = False) -> int:
+    """Run the demo; real QEMU guests unless ``stand_in`` or QEMU is missing.  Returns the exit
+    status."""
+    why = "asked for" if stand_in else _without_qemu()
+    demo: Stage = StandInDemo(out, why) if why else QemuDemo(out)
     logger = logging.getLogger("lockfsm.core")
     handler = _MoveLines(out, demo.lock)
     logger.addHandler(handler)
@@ -217,3 +390,14 @@ def main(out: TextIO = sys.stdout) -> int:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         demo.cleanup()
+
+
+def _without_qemu() -> str:
+    """Why the demo cannot run QEMU guests here, or "" if it can."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed"
+    try:
+        import qemu.qmp  # noqa: F401
+    except ImportError:
+        return "the qemu.qmp library is not installed (pip install 'lockfsm[qemu]')"
+    return ""

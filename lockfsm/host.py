@@ -256,7 +256,7 @@ class Host:
         self._not_here(name)
         guest = self._record(name)
         mgr = self.driver(guest.lock_failure).new_manager(NewFlags.ATTACH)
-        for key, value in (("uuid", guest.uuid), ("name", guest.name), ("id", guest.id)):
+        for key, value in (("name", guest.name), ("uuid", guest.uuid), ("id", guest.id)):
             mgr.set_parameter(key, value)
         pid = mgr.get_child(timeout)
         role = {
@@ -434,8 +434,8 @@ class Host:
 
     def _manager(self, guest: Guest, flags: NewFlags) -> lockfsm.LockManager:
         mgr = self.driver(guest.lock_failure).new_manager(flags)
-        mgr.set_parameter("uuid", guest.uuid)
         mgr.set_parameter("name", guest.name)
+        mgr.set_parameter("uuid", guest.uuid)
         mgr.set_parameter("id", guest.id)
         for disk in guest.disks:
             mgr.register_resource(ResourceType.DISK, disk.path, disk.flags)

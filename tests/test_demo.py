@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import IN_CI
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_every_step() -> None:
+def qemu_here() -> bool:
+    if shutil.which("qemu-system-x86_64") is None:
+        return False
+    try:
+        import qemu.qmp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("guests", ["default", "stand-in"])
+def test_demo_runs_every_step(guests: str) -> None:
+    """The same seven steps with either kind of guest; by default real QEMU guests wherever
+    QEMU is installed (always in CI), and the demo says which kind it ran."""
+    flags = ["--stand-in"] if guests == "stand-in" else []
     out = subprocess.run(
-        [sys.executable, "-m", "lockfsm.cli", "demo"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lockfsm.cli", "demo", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
+    qemu = guests == "default" and (IN_CI or qemu_here())
+    if qemu:
+        assert "guest: a real QEMU (qemu-system-x86_64, TCG" in text.split("\n1. ")[0]
+    else:
+        assert "guest: a stand-in process (sleep 600)" in text.split("\n1. ")[0]
+        reason = "asked for" if guests == "stand-in" else "is not installed"
+        assert re.search(rf"\(not QEMU: .*{reason}", text), text
     steps = dict(re.findall(r"\n(\d)\. (.*?)(?=\n\d\. |\Z)", text, re.S))
     assert sorted(steps) == list("1234567"), text
     assert "lease b.img: held by vm-a on host-a" in steps["1"]
@@ -32,6 +61,14 @@ def test_demo_runs_every_step() -> None:
     assert "lease a.img: held by vm-a on host-b" in steps["6"]
     assert "on host-a" not in steps["6"].split("host-a: done")[1]
     assert steps["7"].rstrip().endswith("leases: none held")
+    if qemu:  # what QEMU itself said at each step
+        assert "QEMU: running; state started" in steps["1"]
+        assert "QEMU added SCSI disk disk2 (c.img)" in steps["3"]
+        assert "QEMU: running, reached again over QMP" in steps["4"]
+        assert "QEMU's migration: cancelled" in steps["5"]
+        assert "QEMU on host-a: running" in steps["5"]
+        assert re.search(r"host-b: started, guest pid \d+, QEMU running", steps["6"])
+        assert re.search(r"QEMU pid \d+ is gone", steps["7"])
 
 
 def test_readme_starts_with_the_two_commands_ci_runs() -> None:
