@@ -1,0 +1,239 @@
+"""Item 5: migration handoff latency, from both sides' completion calls to the target holding
+every lease, for a guest with 4 disks, on each backend.
+
+A round: the guest starts on the source host, the source prepares the migration, the target
+starts its incoming supervisor with the cookie; then the two daemons complete, in one of two
+orders, and the clock runs from the later of the two calls to the target's call returning (it
+returns once the target holds every lease):
+
+* ``concurrent``: the target's daemon calls first and waits (its supervisor retries the take-over
+  with a growing pause); 40-80 ms later the source's daemon calls; the clock starts at the
+  source's call.  This is how two daemons run it.
+* ``sequential``: the source's call has returned (its guest is dead, its leases released), then
+  the target's daemon calls; the clock starts at the target's call.
+
+Baselines, measured in the same run between the rounds: fcntl, the raw kernel handoff (4 OFD
+unlocks by one open file description, 4 OFD write locks by another); sanlock, one
+``sanlock client acquire`` of one free lease by a registered process (the issue's baseline);
+etcd, one bare etcd transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import Any
+
+from bench import Context
+from bench import sanlock_hosts as sl
+from bench.measure import median, spread
+from bench.report import Row, Target, collect, unavailable
+from bench.world import BenchHost, make_disks
+
+DISKS = 4
+URI = "qemu+tcp://target/system"
+ORDERS = ("concurrent", "sequential")
+TARGETS = {"fcntl": None, "sanlock": Target("ratio", 2), "etcd": Target("ratio", 3)}
+
+
+def one_handoff(source: BenchHost, target: BenchHost, disks: list[str], order: str) -> float:
+    """Seconds from the later completion call to the target holding every lease."""
+    from lockfsm import NewFlags
+
+    name, uuid = "mig", str(uuidlib.uuid4())
+    src = source.start(name, disks, uuid)
+    cookie = src.mgr.prepare_migrate(URI)
+    mgr = target.manager(name, disks, uuid, flags=NewFlags.MIGRATE)
+    mgr.set_parameter("migration_cookie", cookie)
+    tgt = target.spawn(mgr)
+    tgt.pid = mgr.get_child(timeout=30)
+    try:
+        if order == "sequential":
+            src.mgr.complete_migrate_in()
+            started = time.perf_counter()
+            tgt.mgr.complete_migrate_in()
+            return time.perf_counter() - started
+        return _concurrent(src.mgr.complete_migrate_in, tgt.mgr.complete_migrate_in)
+    finally:
+        source.stop(src)
+        target.stop(tgt)
+
+
+def _concurrent(source_call: Callable[[], None], target_call: Callable[[], None]) -> float:
+    """The target's call in a thread, the source's 40-80 ms later; seconds from the source's
+    call to the target's return."""
+    done: dict[str, Any] = {}
+
+    def run_target() -> None:
+        try:
+            target_call()
+        except BaseException as e:  # raised below, in the caller
+            done["error"] = e
+        done["at"] = time.perf_counter()
+
+    thread = threading.Thread(target=run_target)
+    thread.start()
+    time.sleep(random.uniform(0.04, 0.08))  # the target's take-over is pending by now
+    started = time.perf_counter()
+    source_call()
+    thread.join(120)
+    if "error" in done:
+        raise done["error"]
+    return float(done["at"]) - started
+
+
+def _rows(
+    backend: str, times: dict[str, list[float]], base: list[float], base_of: str, note: str = ""
+) -> list[Row]:
+    return [
+        Row(
+            f"5.{backend}.{order}",
+            f"handoff, {DISKS} disks on {backend} ({order} completions)",
+            median(times[order]) * 1e3,
+            "ms",
+            median(base) * 1e3,
+            base_of,
+            TARGETS[backend],
+            note=spread(times[order], 1e3, "ms") + note,
+        )
+        for order in ORDERS
+    ]
+
+
+# -- fcntl ---------------------------------------------------------------------------------------
+
+
+def _raw_fcntl_handoff(lockspace: str) -> float:
+    """Seconds for 4 OFD unlocks by one description and 4 OFD write locks by another."""
+    lock = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0)
+    unlock = struct.pack("hhqqi", fcntl.F_UNLCK, 0, 0, 1, 0)
+    paths = [os.path.join(lockspace, f"raw{i}") for i in range(DISKS)]
+    mine = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in paths]
+    theirs = [os.open(p, os.O_RDWR) for p in paths]
+    for fd in mine:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+    started = time.perf_counter()
+    for fd in mine:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, unlock)
+    for fd in theirs:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+    took = time.perf_counter() - started
+    for fd in mine + theirs:
+        os.close(fd)
+    return took
+
+
+def handoff_fcntl(ctx: Context) -> list[Row]:
+    """Handoff latency on fcntl, against the raw kernel handoff."""
+    source = BenchHost("fcntl")
+    assert source.lockspace is not None
+    target = BenchHost("fcntl", source.lockspace)
+    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    times: dict[str, list[float]] = {order: [] for order in ORDERS}
+    base: list[float] = []
+    try:
+        for _ in range(ctx.pick(full=15, quick=3)):
+            for order in ORDERS:
+                times[order].append(one_handoff(source, target, disks, order))
+                base.append(_raw_fcntl_handoff(source.lockspace))
+    finally:
+        source.cleanup()
+        target.cleanup()
+    return _rows("fcntl", times, base, "raw kernel handoff: 4 OFD unlocks + 4 OFD locks")
+
+
+# -- sanlock -------------------------------------------------------------------------------------
+
+# A process registered with a sanlock daemon (leases are held by registered processes), so that
+# `sanlock client acquire -p PID` has someone to acquire for.
+_REGISTERED = """
+import json, os, sys
+from lockfsm.backends import make_holder
+make_holder("sanlock", json.loads(sys.argv[1])).reserve({"key": "x", "mode": "exclusive"}, "b")
+print(os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+
+def _client_acquire(daemon: sl.Daemon, resource: str, pid: int) -> float:
+    """Seconds of one ``sanlock client acquire``; the lease is released again, untimed."""
+    started = time.perf_counter()
+    out = daemon.client("acquire", "-r", resource, "-p", str(pid))
+    took = time.perf_counter() - started
+    if " done 0" not in out:
+        raise RuntimeError(f"sanlock client acquire failed: {out.strip()[-200:]}")
+    daemon.client("release", "-r", resource, "-p", str(pid))
+    return took
+
+
+def handoff_sanlock(ctx: Context) -> list[Row]:
+    """Handoff latency on sanlock, against one sanlock client acquire."""
+    why = sl.missing()
+    if why:
+        return [
+            unavailable(f"5.sanlock.{o}", f"handoff on sanlock ({o})", why, TARGETS["sanlock"])
+            for o in ORDERS
+        ]
+    times: dict[str, list[float]] = {order: [] for order in ORDERS}
+    base: list[float] = []
+    with sl.cluster(2) as c:
+        source = BenchHost("sanlock", c.lease_dir, **c.config(c.daemons[0]))
+        target = BenchHost("sanlock", c.lease_dir, **c.config(c.daemons[1]))
+        disks = make_disks(ctx.tmpdir("lfbd"), DISKS + 1)
+        spare = disks[DISKS]
+        key = target.driver.backend.leases("disk", spare, spare, False)[0]["key"]
+        resource = f"{sl.LOCKSPACE}:{key}:{os.path.join(c.lease_dir, key)}:0"
+        registered = subprocess.Popen(
+            [sys.executable, "-c", _REGISTERED, json.dumps(target.driver.config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert registered.stdout is not None
+            pid = int(registered.stdout.readline())
+            for _ in range(ctx.pick(full=12, quick=2)):
+                for order in ORDERS:
+                    times[order].append(one_handoff(source, target, disks[:DISKS], order))
+                    base.append(_client_acquire(c.daemons[1], resource, pid))
+        finally:
+            registered.communicate(timeout=30)
+            source.cleanup()
+            target.cleanup()
+    return _rows("sanlock", times, base, "one `sanlock client acquire` of one free lease")
+
+
+# -- etcd ----------------------------------------------------------------------------------------
+
+
+def etcd_missing() -> str | None:
+    """Why the etcd figures cannot be measured here, or None."""
+    if importlib.util.find_spec("lockfsm.backends.etcd") is None:
+        return "etcd backend not built"
+    return "the etcd benchmark is not written yet (bench/handoff.py, handoff_etcd)"
+
+
+def handoff_etcd(ctx: Context) -> list[Row]:
+    """Handoff latency on etcd, against one bare etcd transaction."""
+    why = etcd_missing()
+    return [
+        unavailable(
+            f"5.etcd.{o}", f"handoff, {DISKS} disks on etcd ({o})", why or "", TARGETS["etcd"]
+        )
+        for o in ORDERS
+    ]
+
+
+def run(ctx: Context) -> list[Row]:
+    random.seed(8)
+    return collect(ctx, [handoff_fcntl, handoff_etcd, handoff_sanlock])

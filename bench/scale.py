@@ -1,0 +1,171 @@
+"""Item 6: scale.  500 guests with 4 disks each on one host under fcntl, started at once by one
+daemon: the start storm's time, the memory of the supervisors and their stand-in guests
+(``sleep``), and the daemon side's memory; then the 8 hosts x 100 guests etcd storm.
+
+Each storm runs in a fresh interpreter (``python -m bench.scale``), which is the daemon: it
+builds the managers, runs every supervisor, then waits on each ``get_child``; its RSS growth is
+the daemon side's memory.  The baseline storm runs, in a fresh interpreter too, as many bare
+interpreters that each say when they are up; it is measured before and (full run) after the
+lockfsm storm.  Memory is PSS summed over the processes (shared pages divided among sharers,
+so the sum is what the storm costs the machine), read when every one is up.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench import REPO, Context
+from bench.handoff import etcd_missing
+from bench.measure import median, memory_kb, own_rss_kb
+from bench.report import Row, collect, unavailable
+
+GUESTS = 500
+DISKS = 4
+IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
+
+
+def _pss_mb(pids: list[int]) -> float:
+    return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
+
+
+def _lockfsm_storm(count: int) -> dict[str, Any]:
+    """The daemon's side of a storm of ``count`` guests: start them all, measure, stop them."""
+    import gc
+
+    from bench.world import BenchHost, make_disks, short_tmpdir
+
+    host = BenchHost("fcntl")
+    disks = make_disks(short_tmpdir("lfbd"), count * DISKS)
+    gc.collect()
+    before = own_rss_kb()
+    started = time.perf_counter()
+    guests = [
+        host.spawn(host.manager(f"vm{i}", disks[i * DISKS : (i + 1) * DISKS])) for i in range(count)
+    ]
+    for g in guests:
+        g.pid = g.mgr.get_child(timeout=300)
+    storm = time.perf_counter() - started
+    gc.collect()
+    daemon_mb = (own_rss_kb() - before) / 1024
+    supervisors = _pss_mb([g.supervisor_pid for g in guests])
+    stand_ins = _pss_mb([g.pid for g in guests])
+    started = time.perf_counter()
+    for g in guests:
+        host.stop(g)
+    stop = time.perf_counter() - started
+    host.cleanup()
+    return {
+        "storm_s": storm,
+        "stop_s": stop,
+        "supervisors_mb": supervisors,
+        "guests_mb": stand_ins,
+        "daemon_mb": daemon_mb,
+    }
+
+
+def _bare_storm(count: int) -> dict[str, Any]:
+    """``count`` bare interpreters started at once, until each is up; their memory."""
+    import gc
+
+    gc.collect()
+    before = own_rss_kb()
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", IDLE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(count)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == b"up\n"
+    storm = time.perf_counter() - started
+    gc.collect()
+    daemon_mb = (own_rss_kb() - before) / 1024
+    total = _pss_mb([p.pid for p in procs])
+    for p in procs:
+        p.communicate(timeout=60)
+    return {"storm_s": storm, "total_mb": total, "daemon_mb": daemon_mb}
+
+
+def _storm(kind: str, count: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.scale", kind, str(count)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if out.returncode:
+        raise RuntimeError(f"python -m bench.scale {kind} failed: {out.stderr.strip()[-400:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def storm_fcntl(ctx: Context) -> list[Row]:
+    """The start storm of 500 guests x 4 disks on fcntl, against as many bare interpreters."""
+    count = ctx.pick(full=GUESTS, quick=50)
+    bare = [_storm("bare", count)]
+    ours = _storm("lockfsm", count)
+    if not ctx.quick:
+        bare.append(_storm("bare", count))
+    base = {k: median([b[k] for b in bare]) for k in bare[0]}
+    what = f"{count} guests x {DISKS} disks on fcntl"
+    bare_of = f"{count} bare interpreters started at once (median of {len(bare)} storms)"
+    return [
+        Row(
+            "6.fcntl.storm",
+            f"start storm, {what}: until every get_child returned",
+            ours["storm_s"],
+            "s",
+            base["storm_s"],
+            f"{bare_of}, until each is up",
+            note=f"then a stop storm (shutdown of each): {ours['stop_s']:.1f} s",
+            extra={"lockfsm": ours, "bare": bare},
+        ),
+        Row(
+            "6.fcntl.memory",
+            f"memory (PSS), {count} supervisors + their stand-in guests",
+            ours["supervisors_mb"] + ours["guests_mb"],
+            "MB",
+            base["total_mb"],
+            f"PSS of {bare_of}",
+            note=(
+                f"supervisors {ours['supervisors_mb']:.0f} MB "
+                f"({ours['supervisors_mb'] / count * 1024:.0f} KB each), "
+                f"guests (sleep) {ours['guests_mb']:.0f} MB"
+            ),
+        ),
+        Row(
+            "6.fcntl.daemon",
+            f"daemon side's memory (RSS growth) for {count} started guests",
+            ours["daemon_mb"],
+            "MB",
+            base["daemon_mb"],
+            f"RSS growth of the process starting {bare_of}",
+            note=f"{ours['daemon_mb'] / count * 1024:.1f} KB a guest",
+        ),
+    ]
+
+
+def storm_etcd(ctx: Context) -> list[Row]:
+    """8 simulated hosts x 100 guests on a 3-member etcd cluster."""
+    why = etcd_missing() or ""
+    what = "etcd, 8 hosts x 100 guests, 3 members"
+    return [
+        unavailable("6.etcd.storm", f"start storm, {what}", why),
+        unavailable("6.etcd.migration", f"migration storm of every guest, {what}", why),
+        unavailable("6.etcd.violations", f"S1/S3 violations in the storms, {what}", why),
+    ]
+
+
+def run(ctx: Context) -> list[Row]:
+    return collect(ctx, [storm_fcntl, storm_etcd])
+
+
+if __name__ == "__main__":
+    kind, n = sys.argv[1], int(sys.argv[2])
+    print(json.dumps(_lockfsm_storm(n) if kind == "lockfsm" else _bare_storm(n)))
