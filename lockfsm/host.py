@@ -81,11 +81,14 @@ class Domain:
 
 @attrs.frozen
 class MigrationTimes:
-    """Seconds spent in one live migration: QEMU's transfer (``migrate`` until ``completed``),
-    the handoff (from there until the target's CPUs run: both completions and ``cont``), and
-    the whole (from ``prepare_migrate`` on)."""
+    """Seconds spent in one live migration: QEMU's transfer (``migrate`` until the source's
+    QEMU reports ``completed``), QEMU's own downtime (as it reports it), the handoff (from
+    ``completed`` until the target's CPUs run: both completions and ``cont``; the guest is
+    stopped on both sides meanwhile), and the whole (from ``prepare_migrate`` until the
+    target's CPUs run)."""
 
     qemu: float
+    downtime: float
     handoff: float
     total: float
 
@@ -327,10 +330,11 @@ class Host:
         max_bandwidth: int | None = None,
         wait: bool = True,
         timeout: float = 60.0,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Source: QEMU sends the guest to ``uri``.  With ``wait``, return once QEMU reports
         the migration completed (the source's CPUs are stopped); without, once it is active.
-        ``max_bandwidth`` (bytes/s) throttles it, so that it can be cancelled.
+        ``max_bandwidth`` (bytes/s) throttles it, so that it can be cancelled.  Returns QEMU's
+        ``query-migrate`` at that moment (``total-time``, ``downtime`` in ms when completed).
 
         Raises InvalidArgument for an unknown guest or one not migrating out, HypervisorError
         if QEMU's migration fails or is cancelled, or does not get there within ``timeout``.
@@ -340,9 +344,10 @@ class Host:
         dom.monitor.execute("migrate-set-parameters", {"max-bandwidth": bandwidth})
         dom.monitor.execute("migrate", {"uri": uri})
         want = {"completed"} if wait else {"active", "completed"}
-        status = self._migration(dom, want | {"failed", "cancelled"}, timeout)
-        if status not in want:
-            raise HypervisorError(f"the migration of {name!r} {status}")
+        info = self._migration(dom, want | {"failed", "cancelled"}, timeout)
+        if info["status"] not in want:
+            raise HypervisorError(f"the migration of {name!r} {info['status']}")
+        return info
 
     def migrate_abort(self, name: str, timeout: float = 30.0) -> str:
         """Source: cancel QEMU's migration (``migrate_cancel``); the source's QEMU goes on
@@ -355,7 +360,7 @@ class Host:
         """
         dom = self._role(name, "outgoing")
         dom.monitor.execute("migrate_cancel")
-        return self._migration(dom, {"cancelled", "failed", "completed"}, timeout)
+        return str(self._migration(dom, {"cancelled", "failed", "completed"}, timeout)["status"])
 
     def migrate_finish(self, name: str, cancel: bool = False, timeout: float = 30.0) -> None:
         """Target: once QEMU received the guest, ``complete_migrate_in()`` (it returns when the
@@ -468,12 +473,14 @@ class Host:
                 mgr.free()
             raise
 
-    def _migration(self, dom: Domain, until: set[str], timeout: float) -> str:
+    def _migration(self, dom: Domain, until: set[str], timeout: float) -> dict[str, Any]:
+        """QEMU's ``query-migrate``, once its status is one of ``until``."""
         deadline = time.monotonic() + timeout
         while True:
-            status = str(dom.monitor.execute("query-migrate").get("status"))
+            info: dict[str, Any] = dom.monitor.execute("query-migrate")
+            status = info.get("status")
             if status in until:
-                return status
+                return info
             if time.monotonic() > deadline:
                 raise HypervisorError(f"the migration of {dom.guest.name!r} is still {status}")
             time.sleep(_POLL)
@@ -543,7 +550,8 @@ class MigrationEnd(Protocol):
         max_bandwidth: int | None = ...,
         wait: bool = ...,
         timeout: float = ...,
-    ) -> None: ...
+    ) -> dict[str, Any]: ...
+    def migrate_abort(self, name: str, timeout: float = ...) -> str: ...
     def migrate_finish(self, name: str, cancel: bool = ..., timeout: float = ...) -> None: ...
     def migrate_confirm(self, name: str, cancel: bool = ...) -> DomainState: ...
 
@@ -572,17 +580,20 @@ def migrate(
         raise
     try:
         sent = time.monotonic()
-        source.migrate_perform(name, uri, timeout=timeout)
+        info = source.migrate_perform(name, uri, timeout=timeout)
         done = time.monotonic()
     except BaseException:
-        target.migrate_finish(name, cancel=True)
-        source.migrate_confirm(name, cancel=True)
+        if source.migrate_abort(name) != "completed":
+            target.migrate_finish(name, cancel=True)
+            source.migrate_confirm(name, cancel=True)
         raise
     errors: list[BaseException] = []
+    resumed: list[float] = []
 
     def finish() -> None:
         try:
             target.migrate_finish(name, timeout=timeout)
+            resumed.append(time.monotonic())
         except BaseException as e:  # raised below, in the caller's thread
             errors.append(e)
 
@@ -594,5 +605,9 @@ def migrate(
         waiter.join()
     if errors:
         raise errors[0]
-    end = time.monotonic()
-    return MigrationTimes(qemu=done - sent, handoff=end - done, total=end - began)
+    return MigrationTimes(
+        qemu=done - sent,
+        downtime=float(info.get("downtime", 0)) / 1000,
+        handoff=resumed[0] - done,
+        total=resumed[0] - began,
+    )
