@@ -129,6 +129,7 @@ MODULES = {
     "nop": "lockfsm.backends.nop",
     "fcntl": "lockfsm.backends.fcntl",
     "sanlock": "lockfsm.backends.sanlock",
+    "etcd": "lockfsm.backends.etcd",
 }
 
 

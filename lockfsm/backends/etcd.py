@@ -1,0 +1,621 @@
+"""The ``etcd`` backend: leases as keys in an etcd v3 cluster that many hosts share.
+
+Every host runs one lease agent, ``lockfsm-etcd-agent`` (lockfsm/etcd_agent.py): it holds the
+host's one connection to etcd (every member as an endpoint) and the host's one etcd *lease*,
+kept alive every TTL/3, and performs each acquire, release, reservation and take-over as one etcd
+transaction on a supervisor's behalf.  This module is the light half that the daemon and the
+supervisors import: plain sockets and JSON lines to the agent, no event loop, no gRPC.
+
+Keys, under ``<prefix>L/<lease key>/`` (the lease key is the SHA-256 hex of the disk's canonical
+path): ``x`` the exclusive holder, ``s/<host>.<pid>`` each shared holder, ``r`` a migration
+target's reservation.  A value names its holder (host, supervisor pid, launch, domain uuid and
+name, the resource) as JSON.  Every key lives on its host's etcd lease, so a dead host's keys go
+when its lease expires (after the TTL); a dead supervisor's keys go at once, when the agent sees
+its connection close (the guest inherits that connection, so only once the guest is dead too).
+
+Acquire is one transaction: exclusive, "nothing under the lease's directory"; shared, "no ``x``
+and no ``r``".  The handoff: the source's release of a reserved lease turns ``x`` into a marker
+"handed off to <the reservation>" on the target host's etcd lease, and the target's take-over
+is one transaction over every lease that compares each ``x`` with that marker and with the
+create revision the cookie carries (the fencing token), and moves them all to the target.  The
+protocol, the fencing timeline and why the agent (not each supervisor) holds the connection are
+in specs/PROTOCOL.md, section "The etcd backend".
+
+Self-fencing: the agent pushes, after each keepalive reply, the instant until which the lease is
+proven alive (keepalive *sent* + TTL - fence_margin, on this host's monotonic clock).  The
+holder keeps the latest; when it passes with no newer one, :meth:`EtcdHolder.poll` reports the
+leases lost, for good, and the supervisor stops the guest by its lock-failure policy, before
+etcd could grant the keys to anyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lockfsm import control
+from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
+
+CAPABILITIES = Capabilities(
+    per_disk=True,
+    shared=True,
+    hotplug=True,
+    migration=True,
+    atomic_handoff=True,  # one transaction moves every lease, checked against the cookie
+    holder_death_frees="a dead supervisor's at once (its agent deletes them); a dead host's "
+    "after the etcd lease TTL",
+    self_fencing=True,  # the guest is stopped before the TTL can run out
+    spans_hosts="any network",
+)
+
+AGENT_SOCKET = "etcd-agent.sock"  # in run_dir unless agent_socket says otherwise
+DEFAULT_PORT = 2379
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/){0,8}")
+_MAX_SOCKET = 107
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``host:port``, ``http://host:port`` or ``host`` (port 2379) -> (host, port).
+    Raises ValueError."""
+    rest = text
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme != "http":
+            raise ValueError(f"{text!r}: only http:// endpoints are supported (no TLS yet)")
+    rest = rest.rstrip("/")
+    if rest.startswith("["):  # [v6]:port
+        host, _, port_text = rest[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    else:
+        host, port_text = rest, ""
+    if not host or any(c in host for c in "/@ ") or "\x00" in host:
+        raise ValueError(f"{text!r} is not an endpoint (host:port)")
+    port = DEFAULT_PORT
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{text!r}: {port_text!r} is not a port")
+        port = int(port_text)
+    return host, port
+
+
+def _endpoints(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, list) or not value or len(value) > 16:
+        raise ValueError(f"{value!r} is not a list of 1 to 16 endpoints ('host:port')")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not an endpoint ('host:port')")
+        parse_endpoint(item)
+    return list(value)
+
+
+def _ttl(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        raise ValueError(f"{value!r} is not a whole number of seconds in 1..3600")
+    return value
+
+
+def _margin(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1800:
+        raise ValueError(f"{value!r} is not a number of seconds in (0, 1800)")
+    return float(value)
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name (1-63 of A-Z a-z 0-9 . _ -)")
+    return value
+
+
+def _default_host_name() -> str:
+    name = socket.gethostname().split(".")[0]
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"this machine's name {name!r} is not usable: set it")
+    return name
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value) or len(value) > 128:
+        raise ValueError(f"{value!r} is not a key prefix like '/lockfsm/' (starts and ends in /)")
+    return value
+
+
+def _socket(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError(f"{value!r} is not an absolute path")
+    if len(value.encode()) > _MAX_SOCKET:
+        raise ValueError(f"{value!r} is longer than {_MAX_SOCKET} bytes (Unix socket paths)")
+    return value
+
+
+CONFIG_KEYS: Mapping[str, ConfigKey] = {
+    "endpoints": ConfigKey(
+        _endpoints,
+        lambda: [f"127.0.0.1:{DEFAULT_PORT}"],
+        "the etcd members, each 'host:port' (give every member: the agent fails over)",
+    ),
+    "ttl": ConfigKey(_ttl, lambda: 10, "seconds of the host's etcd lease (a dead host's bound)"),
+    "fence_margin": ConfigKey(
+        _margin,
+        lambda: None,
+        "seconds before the TTL runs out at which a guest whose lease cannot be proven alive "
+        "is stopped (default ttl/4; below ttl/2)",
+    ),
+    "host_name": ConfigKey(
+        _host_name, _default_host_name, "this host's name in the keys (unique per host)"
+    ),
+    "prefix": ConfigKey(_prefix, lambda: "/lockfsm/", "the etcd key prefix of the lockspace"),
+    "agent_socket": ConfigKey(
+        _socket, lambda: "", f"the lease agent's socket (default <run_dir>/{AGENT_SOCKET})"
+    ),
+}
+
+
+def agent_socket(config: Mapping[str, Any]) -> str:
+    """The path of this host's lease agent socket."""
+    return str(config.get("agent_socket") or os.path.join(config["run_dir"], AGENT_SOCKET))
+
+
+def fence_margin(config: Mapping[str, Any]) -> float:
+    """The fencing margin in seconds.  Raises InvalidArgument naming the key if it is not below
+    half the TTL (a keepalive every TTL/3 must fit before the local deadline)."""
+    ttl = float(config["ttl"])
+    margin = config.get("fence_margin")
+    if margin is None:
+        return ttl / 4
+    if not float(margin) < ttl / 2:
+        raise InvalidArgument(
+            f"configuration key 'fence_margin': {margin!r} must be below half the ttl ({ttl:g} s)"
+        )
+    return float(margin)
+
+
+def agent_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a daemon and its host's agent must agree on (checked at load_driver)."""
+    return {
+        "endpoints": list(config["endpoints"]),
+        "ttl": int(config["ttl"]),
+        "fence_margin": fence_margin(config),
+        "host_name": config["host_name"],
+        "prefix": config["prefix"],
+    }
+
+
+# -- talking to the agent (synchronous, no event loop) -----------------------------------------
+
+
+def agent_call(path: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """One request to the lease agent at ``path`` on a connection of its own; its reply.
+
+    Raises BackendError when no agent answers, or the reply's error (LeaseConflict,
+    InvalidArgument, BackendError)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(control.encode({"id": 1, **request}))
+            line = control.recv_line(s)
+    except OSError as e:
+        raise BackendError(
+            f"no lockfsm-etcd-agent answers at {path} ({e.strerror or e}): start it with "
+            "`lockfsm-etcd-agent <config file>` on this host"
+        ) from None
+    if not line:
+        raise BackendError(f"the lockfsm-etcd-agent at {path} closed the connection")
+    reply = control.decode(line)
+    _raise_reply(reply)
+    return reply
+
+
+def _raise_reply(reply: Mapping[str, Any]) -> None:
+    if reply.get("ok") is True:
+        return
+    message = str(reply.get("message", "the lease agent refused the request"))
+    error = reply.get("error")
+    if error == "LeaseConflict":
+        raise LeaseConflict(
+            message,
+            str(reply.get("resource", "")),
+            str(reply.get("holder", "")),
+            final=bool(reply.get("final")),
+        )
+    if error == "InvalidArgument":
+        raise InvalidArgument(message)
+    if error == "LeaseLost":
+        raise LeaseLost(message)
+    raise BackendError(message)
+
+
+# -- the naming half ----------------------------------------------------------------------------
+
+
+class EtcdBackend:
+    """The naming half (daemon side): pure naming, plus a check that this host's agent runs
+    with the same settings.  It talks to etcd only through the agent."""
+
+    name = "etcd"
+    capabilities = CAPABILITIES
+    config_keys: Mapping[str, ConfigKey] = CONFIG_KEYS
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.settings = agent_settings(config)  # raises InvalidArgument on a bad margin
+        self.socket = agent_socket(config)
+        info = agent_call(self.socket, {"op": "hello"}, 5.0)
+        theirs = info.get("settings")
+        if theirs != self.settings:
+            raise BackendError(
+                f"the lockfsm-etcd-agent at {self.socket} runs with {theirs}, not this "
+                f"configuration's {self.settings}: one host, one configuration"
+            )
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]:
+        import hashlib  # here, not at the top: the supervisor never needs it
+
+        text = f"lease:{path}" if resource_type == "lease" else canonical
+        key = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+        return [{"key": key, "mode": "shared" if shared else "exclusive"}]
+
+    def holders(self) -> list[dict[str, Any]]:
+        """Every key of the lockspace, across all hosts, as etcd has it now: ``{"key": lease
+        key, "kind": "exclusive" | "shared" | "reserved" | "handed-off", "holder": the value}``.
+        Raises BackendError when the agent or etcd cannot answer."""
+        rows: list[dict[str, Any]] = agent_call(self.socket, {"op": "holders"}, 10.0)["holders"]
+        return rows
+
+
+# -- the holding half ---------------------------------------------------------------------------
+
+
+def _identity() -> dict[str, Any]:
+    """Who this supervisor is, for the value of its keys (read from the ``--name``/``--uuid``
+    /``--launch`` words of its command line, which are there for readers like this one)."""
+    ident: dict[str, Any] = {"pid": os.getpid()}
+    argv = sys.argv[1:]
+    opts = argv[: argv.index("--")] if "--" in argv else []
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i] in ("--name", "--uuid"):
+            ident[opts[i][2:]] = opts[i + 1][:256]
+        elif opts[i] == "--launch":
+            try:
+                spec = json.loads(opts[i + 1])
+                ident["launch"] = str(spec["launch"])
+                if spec.get("migration"):
+                    ident["migration"] = str(spec["migration"]["id"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    return ident
+
+
+class _Lease:
+    """One lease key as this holder sees it."""
+
+    __slots__ = ("mode", "revision", "state", "version")
+
+    def __init__(self, mode: str, state: str, version: int | None = None) -> None:
+        self.mode = mode
+        self.state = state  # "held", "reserved", "taken" (in a take-over, not yet settled)
+        self.version = version  # the cookie's create revision (a migration target)
+        self.revision: int | None = None  # the create revision of our exclusive key
+
+
+class EtcdHolder:
+    """The holding half (supervisor side): one connection to this host's lease agent, which
+    the guest inherits (so the agent frees the keys only once supervisor and guest are dead).
+    Plain sockets and JSON lines; no etcd client, no event loop."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.path = agent_socket(config)
+        ttl = float(config["ttl"])
+        # The agent answers within its own budget (a few tries of min(1, ttl/4) s each).
+        self.budget = 3 * min(1.0, ttl / 4) + 2.0
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.eof = False
+        self.ids = 0
+        self.leases: dict[str, _Lease] = {}
+        self.lease_id: int | None = None  # the etcd lease our held keys are on
+        self.valid_until = 0.0  # monotonic instant until which that lease is proven alive
+        self.lost: str | None = None
+        self.abandoned: dict[int, str] = {}  # request id -> lease key of an unanswered acquire
+        self.notify: list[str] = []
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        if self.sock is not None:
+            return self.sock
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.settimeout(5.0)
+            s.connect(self.path)
+        except OSError as e:
+            s.close()
+            raise BackendError(
+                f"no lockfsm-etcd-agent answers at {self.path} ({e.strerror or e})"
+            ) from None
+        s.setblocking(False)
+        self.sock = s
+        self._call({"op": "hello", "who": _identity()})
+        return s
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        assert self.sock is not None
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+                view = view[sent:]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BackendError("the lockfsm-etcd-agent does not read its socket") from None
+                select.select([], [self.sock], [], left)
+            except OSError as e:
+                self._gone(f"the connection to the lockfsm-etcd-agent failed: {e}")
+                raise BackendError(f"the lockfsm-etcd-agent at {self.path}: {e}") from None
+
+    def _drain(self) -> list[dict[str, Any]]:
+        """Every whole message the agent has sent so far (never blocks)."""
+        if self.sock is None or self.eof:
+            return []
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                self._gone(f"the connection to the lockfsm-etcd-agent failed: {e}")
+                break
+            if not chunk:
+                self._gone("the lockfsm-etcd-agent closed the connection (it died or restarted)")
+                break
+            self.buf += chunk
+        messages = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                messages.append(control.decode(line))
+            except InvalidArgument:
+                continue
+        return messages
+
+    def _gone(self, why: str) -> None:
+        self.eof = True
+        if self._holding():
+            self._lose(f"{why}: this host's etcd lease can no longer be proven alive")
+
+    def _call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and wait for its reply, handling pushes meanwhile.  Never waits past
+        the fencing deadline while a lease is held.  Raises the reply's error, BackendError."""
+        if self.eof:
+            raise BackendError(f"the lockfsm-etcd-agent at {self.path} is gone")
+        self.ids += 1
+        rid = self.ids
+        deadline = time.monotonic() + (self.budget if timeout is None else timeout)
+        self._send(control.encode({**request, "id": rid}), deadline)
+        while True:
+            reply = None
+            for msg in self._drain():
+                if msg.get("id") == rid:
+                    reply = msg
+                else:
+                    self._message(msg)
+            if reply is not None:
+                _raise_reply(reply)
+                return reply
+            if self.eof:
+                raise BackendError(f"the lockfsm-etcd-agent at {self.path} is gone")
+            now = time.monotonic()
+            limit = deadline
+            if self._holding() and self.lost is None:
+                limit = min(limit, self.valid_until)
+            if now >= limit:
+                if request["op"] in ("acquire", "take_over"):
+                    self.abandoned[rid] = str(request.get("key", ""))
+                if self._holding() and now >= self.valid_until:
+                    self._lose("the lockfsm-etcd-agent did not prove the lease alive in time")
+                    raise LeaseLost(f"{self.lost} (during {request['op']})")
+                raise BackendError(
+                    f"the lockfsm-etcd-agent did not answer {request['op']} in "
+                    f"{self.budget if timeout is None else timeout:g} s"
+                )
+            assert self.sock is not None
+            select.select([self.sock], [], [], limit - now)
+
+    def _message(self, msg: Mapping[str, Any]) -> None:
+        """A push from the agent, or a late reply to a request given up on."""
+        push = msg.get("push")
+        if push == "valid":
+            lease, until = msg.get("lease"), msg.get("valid_until")
+            if not isinstance(until, float | int):
+                return
+            if self._holding() and lease != self.lease_id:
+                self._lose(
+                    f"this host's etcd lease {self.lease_id:x} was replaced: its keys are gone"
+                )
+            elif lease == self.lease_id:
+                self.valid_until = max(self.valid_until, float(until))
+        elif push == "lost":
+            if self._holding() and msg.get("lease") == self.lease_id:
+                self._lose(str(msg.get("reason", "the lease agent lost this host's etcd lease")))
+        elif "id" in msg and msg["id"] in self.abandoned:
+            key = self.abandoned.pop(msg["id"])
+            if msg.get("ok") is True and key:  # taken after all: give it back
+                try:
+                    self._send(
+                        control.encode({"op": "release", "key": key, "id": 0}),
+                        time.monotonic() + 1.0,
+                    )
+                except BackendError:
+                    pass
+
+    # -- fencing ------------------------------------------------------------------------------
+
+    def _holding(self) -> bool:
+        return any(le.state in ("held", "taken") for le in self.leases.values())
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            print(f"lockfsm-supervisor: etcd leases lost: {why}", file=sys.stderr)
+
+    def _held_on(self, reply: Mapping[str, Any]) -> None:
+        """Keys are now held on the reply's lease, proven alive until its ``valid_until``."""
+        lease = int(reply["lease"])
+        if self.lease_id is not None and lease != self.lease_id and self._holding():
+            self._lose(f"this host's etcd lease {self.lease_id:x} was replaced: its keys are gone")
+        if lease != self.lease_id:
+            self.valid_until = 0.0
+        self.lease_id = lease
+        self.valid_until = max(self.valid_until, float(reply["valid_until"]))
+
+    def watch(self, notify: list[str]) -> None:
+        # The agent pushes the lease's validity over the connection; the supervisor's own timer
+        # (next_check) is the fence.  Connect now, so that a missing agent refuses the start.
+        self.notify = list(notify)
+        self._connect()
+
+    def event_fds(self) -> list[int]:
+        return [] if self.sock is None or self.eof else [self.sock.fileno()]
+
+    def next_check(self) -> float | None:
+        return self.valid_until if self._holding() and self.lost is None else None
+
+    def poll(self) -> str | None:
+        for msg in self._drain():
+            self._message(msg)
+        if self.lost is None and self._holding() and time.monotonic() >= self.valid_until:
+            self._lose(
+                "the lockfsm-etcd-agent did not prove this host's etcd lease alive before the "
+                "local deadline (last keepalive sent + TTL - fence_margin)"
+            )
+        return self.lost
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def reserve(self, lease: Mapping[str, Any], resource: str) -> None:
+        key = lease["key"]
+        if key in self.leases:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        self._connect()
+        version = lease.get("version")
+        self._call({"op": "reserve", "key": key, "mode": lease["mode"], "resource": resource})
+        self.leases[key] = _Lease(lease["mode"], "reserved", int(version) if version else None)
+
+    def acquire(self, lease: Mapping[str, Any], resource: str) -> None:
+        key = lease["key"]
+        mine = self.leases.get(key)
+        if mine is not None and mine.state == "taken":
+            return  # moved by this attempt's take-over transaction, with every other one
+        if mine is not None and mine.state == "reserved":
+            self._take_over(resource)
+            return
+        if mine is not None:
+            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        self._connect()
+        reply = self._call(
+            {"op": "acquire", "key": key, "mode": lease["mode"], "resource": resource}
+        )
+        entry = _Lease(lease["mode"], "held")
+        entry.revision = reply.get("revision")
+        self._held_on(reply)
+        self.leases[key] = entry
+
+    def _take_over(self, resource: str) -> None:
+        """One transaction moves every reserved lease from the source to us, or none."""
+        wanted = {k: le for k, le in self.leases.items() if le.state == "reserved"}
+        reply = self._call(
+            {
+                "op": "take_over",
+                "leases": [
+                    {"key": k, "mode": le.mode, "version": le.version} for k, le in wanted.items()
+                ],
+                "resource": resource,
+            }
+        )
+        self._held_on(reply)
+        revisions = reply.get("revisions", {})
+        for key, entry in wanted.items():
+            entry.state = "taken"
+            entry.revision = revisions.get(key)
+
+    def probe(self, lease: Mapping[str, str], resource: str) -> None:
+        # The take-over is one transaction that takes every lease or none: an attempt bound to
+        # fail takes nothing, so there is nothing to find out first.
+        return
+
+    def revert(self, lease: Mapping[str, str]) -> None:
+        taken = [k for k, le in self.leases.items() if le.state == "taken"]
+        if lease["key"] not in taken:
+            if lease["key"] in self.leases and self.leases[lease["key"]].state == "reserved":
+                return  # already reverted with the rest of its take-over
+            raise BackendError(f"lease {lease['key']} was not taken over by this supervisor")
+        self._call({"op": "revert", "keys": taken})
+        for key in taken:
+            self.leases[key].state = "reserved"
+
+    def settle(self, lease: Mapping[str, str]) -> None:
+        entry = self.leases.get(lease["key"])
+        if entry is not None and entry.state == "taken":
+            entry.state = "held"  # the reservation went in the take-over transaction
+
+    def release(self, lease: Mapping[str, str]) -> None:
+        key = lease["key"]
+        if self.leases.pop(key, None) is None:
+            raise BackendError(f"lease {key} is not held by this supervisor")
+        if not self._holding():
+            self.lease_id = None
+        if self.eof:
+            return  # the agent is gone: its keys go with its lease
+        if self.lost is not None:
+            # Lost already: tell the agent, but never wait for it (it may be the reason; the
+            # supervisor is letting everything go after stopping the guest).
+            try:
+                self._send(
+                    control.encode({"op": "release", "key": key, "id": 0}), time.monotonic() + 0.1
+                )
+            except BackendError:
+                pass
+            return
+        try:
+            self._call({"op": "release", "key": key})
+        except LockFSMError as e:
+            # Not held by this supervisor any more either way; the agent deletes what is left
+            # when the connection closes, etcd when the lease expires.
+            print(f"lockfsm-supervisor: etcd release of {key}: {e}", file=sys.stderr)
+
+    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
+        entry = self.leases.get(lease["key"])
+        if entry is None or entry.mode != "exclusive" or entry.revision is None:
+            return {}  # shared leases coexist: nothing to hand over atomically
+        return {"version": int(entry.revision)}
+
+    def inheritable_fds(self) -> list[int]:
+        return [] if self.sock is None else [self.sock.fileno()]
+
+
+BACKEND = EtcdBackend
+
+
+def make_holder(config: Mapping[str, Any]) -> EtcdHolder:
+    return EtcdHolder(config)
