@@ -19,6 +19,7 @@ class DomainState(enum.Enum):
     DONE = 'done'
     MIGRATING_IN = 'migrating_in'
     CANCELLED = 'cancelled'
+    FAILED = 'failed'
 
 
 class SupervisorState(enum.Enum):
@@ -37,6 +38,10 @@ class SupervisorState(enum.Enum):
     INCOMING = 'incoming'
     CANCELLING = 'cancelling'
     CANCELLED = 'cancelled'
+    PAUSED = 'paused'
+    UNPROTECTED = 'unprotected'
+    FENCING = 'fencing'
+    LOST = 'lost'
 
 
 class LeaseState(enum.Enum):
@@ -51,10 +56,10 @@ class LeaseState(enum.Enum):
 DOMAIN = Table(
     name='domain',
     initial='idle',
-    states=('idle', 'started', 'stopped', 'freed', 'migrating_out', 'done', 'migrating_in', 'cancelled'),
+    states=('idle', 'started', 'stopped', 'freed', 'migrating_out', 'done', 'migrating_in', 'cancelled', 'failed'),
     terminal=frozenset(['freed']),
     requires={'acquire_resource': 'hotplug', 'release_resource': 'hotplug', 'prepare_migrate': 'migration', 'complete_migrate_in': 'migration'},
-    refuse={'start_mode': 'IllegalTransition', 'attach_mode': 'IllegalTransition', 'found_running': 'IllegalTransition', 'identity_set': 'InvalidArgument', 'resource_new': 'InvalidArgument', 'resource_known': 'InvalidArgument', 'cancel': 'IllegalTransition', 'no_cancel': 'IllegalTransition', 'found_migrating_out': 'IllegalTransition', 'migrate_mode': 'IllegalTransition', 'cookie_set': 'InvalidArgument', 'found_incoming': 'IllegalTransition'},
+    refuse={'start_mode': 'IllegalTransition', 'attach_mode': 'IllegalTransition', 'found_running': 'IllegalTransition', 'identity_set': 'InvalidArgument', 'resource_new': 'InvalidArgument', 'resource_known': 'InvalidArgument', 'cancel': 'IllegalTransition', 'no_cancel': 'IllegalTransition', 'found_migrating_out': 'IllegalTransition', 'migrate_mode': 'IllegalTransition', 'cookie_set': 'InvalidArgument', 'found_incoming': 'IllegalTransition', 'supervisor_failed': 'IllegalTransition', 'supervisor_sound': 'IllegalTransition', 'found_failed': 'IllegalTransition'},
     moves=(
         Move('idle', 'set_parameter', (), ('store_parameter',), 'idle'),
         Move('idle', 'register_resource', ('resource_new',), ('store_resource',), 'idle'),
@@ -83,14 +88,24 @@ DOMAIN = Table(
         Move('migrating_in', 'free', (), ('forget',), 'freed'),
         Move('cancelled', 'free', (), ('forget',), 'freed'),
         Move('idle', 'get_child', ('attach_mode', 'identity_set', 'found_incoming'), ('attach_supervisor',), 'migrating_in'),
+        Move('started', 'check', ('supervisor_sound',), (), 'started'),
+        Move('migrating_out', 'check', ('supervisor_sound',), (), 'migrating_out'),
+        Move('migrating_in', 'check', ('supervisor_sound',), (), 'migrating_in'),
+        Move('started', 'check', ('supervisor_failed',), ('record_failure',), 'failed'),
+        Move('migrating_out', 'check', ('supervisor_failed',), ('record_failure',), 'failed'),
+        Move('migrating_in', 'check', ('supervisor_failed',), ('record_failure',), 'failed'),
+        Move('failed', 'check', (), (), 'failed'),
+        Move('failed', 'shutdown', (), ('supervisor_shutdown',), 'stopped'),
+        Move('failed', 'free', (), ('forget',), 'freed'),
+        Move('idle', 'get_child', ('attach_mode', 'identity_set', 'found_failed'), ('attach_supervisor', 'record_failure'), 'failed'),
     ),
 )
 
 SUPERVISOR = Table(
     name='supervisor',
     initial='starting',
-    states=('starting', 'holding', 'running', 'stopping', 'refused', 'exited', 'migrating_out', 'handing_off', 'handed_off', 'reserved', 'incoming', 'cancelling', 'cancelled'),
-    terminal=frozenset(['cancelled', 'exited', 'handed_off', 'refused']),
+    states=('starting', 'holding', 'running', 'stopping', 'refused', 'exited', 'migrating_out', 'handing_off', 'handed_off', 'reserved', 'incoming', 'cancelling', 'cancelled', 'paused', 'unprotected', 'fencing', 'lost'),
+    terminal=frozenset(['cancelled', 'exited', 'handed_off', 'lost', 'refused']),
     requires={},
     refuse={},
     moves=(
@@ -122,6 +137,42 @@ SUPERVISOR = Table(
         Move('incoming', 'guest_exited', (), ('release_all',), 'exited'),
         Move('incoming', 'attach', (), ('new_controller',), 'incoming'),
         Move('cancelling', 'attach', (), ('new_controller',), 'cancelling'),
+        Move('running', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('migrating_out', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('running', 'lost_pause', (), ('pause_guest', 'forfeit_leases'), 'paused'),
+        Move('migrating_out', 'lost_pause', (), ('pause_guest', 'forfeit_leases'), 'paused'),
+        Move('running', 'lost_ignore', (), ('forfeit_leases',), 'unprotected'),
+        Move('migrating_out', 'lost_ignore', (), ('forfeit_leases',), 'unprotected'),
+        Move('stopping', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('handing_off', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('incoming', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('cancelling', 'lost_poweroff', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('stopping', 'lost_pause', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('handing_off', 'lost_pause', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('incoming', 'lost_pause', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('cancelling', 'lost_pause', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('stopping', 'lost_ignore', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('handing_off', 'lost_ignore', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('incoming', 'lost_ignore', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('cancelling', 'lost_ignore', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('paused', 'lost_poweroff', (), (), 'paused'),
+        Move('unprotected', 'lost_poweroff', (), (), 'unprotected'),
+        Move('fencing', 'lost_poweroff', (), (), 'fencing'),
+        Move('paused', 'lost_pause', (), (), 'paused'),
+        Move('unprotected', 'lost_pause', (), (), 'unprotected'),
+        Move('fencing', 'lost_pause', (), (), 'fencing'),
+        Move('paused', 'lost_ignore', (), (), 'paused'),
+        Move('unprotected', 'lost_ignore', (), (), 'unprotected'),
+        Move('fencing', 'lost_ignore', (), (), 'fencing'),
+        Move('paused', 'stop', (), ('kill_guest',), 'fencing'),
+        Move('unprotected', 'stop', (), ('kill_guest',), 'fencing'),
+        Move('fencing', 'stop', (), (), 'fencing'),
+        Move('paused', 'guest_exited', (), ('release_all',), 'lost'),
+        Move('unprotected', 'guest_exited', (), ('release_all',), 'lost'),
+        Move('fencing', 'guest_exited', (), ('release_all',), 'lost'),
+        Move('paused', 'attach', (), ('new_controller',), 'paused'),
+        Move('unprotected', 'attach', (), ('new_controller',), 'unprotected'),
+        Move('fencing', 'attach', (), ('new_controller',), 'fencing'),
     ),
 )
 

@@ -28,6 +28,7 @@ from lockfsm.errors import (
     IllegalTransition,
     InvalidArgument,
     LeaseConflict,
+    LeaseLost,
     Unsupported,
 )
 from lockfsm.flags import NewFlags, ResourceFlags, ResourceType, check_flags
@@ -42,12 +43,21 @@ from lockfsm.values import (
 
 log = logging.getLogger("lockfsm.core")
 
+
+def _lock_failure(value: Any) -> str:
+    try:
+        return config.check_policy(value)
+    except ValueError as e:
+        raise InvalidArgument(f"lock_failure {e}") from None
+
+
 #: Parameter keys and their checks (``virLockManagerSetParameter``).
 PARAMETERS = {
     "id": check_id,
     "uuid": check_uuid,
     "name": check_name,
     "migration_cookie": MigrationCookie.decode,
+    "lock_failure": _lock_failure,
 }
 
 _POLL = (0.001, 0.05)
@@ -138,6 +148,7 @@ class LockManager:
         self._child: int | None = None
         self._cookie: str | None = None
         self._found: dict[str, Any] = {}
+        self._failure: dict[str, Any] | None = None
 
     # -- what the daemon reads -------------------------------------------------------------------
 
@@ -150,6 +161,15 @@ class LockManager:
     def history(self) -> tuple[HistoryEntry, ...]:
         """The moves this manager made, oldest first."""
         return tuple(self._history)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the guest's leases were lost and what was done to the guest (state ``failed``),
+        or None."""
+        f = self._failure
+        if f is None:
+            return None
+        return f"{f['reason']} (policy {f['policy']})"
 
     @property
     def flags(self) -> NewFlags:
@@ -197,6 +217,7 @@ class LockManager:
                 "name": self._params["name"],
                 "id": self._params["id"],
                 "mode": "incoming" if cookie else "start",
+                "lock_failure": self._params.get("lock_failure"),
                 "migration": {"id": cookie.migration, "from": cookie.source} if cookie else None,
                 "resources": [
                     r.to_wire(self._with_handoff(leases, cookie))
@@ -213,7 +234,9 @@ class LockManager:
     # -- the seed's calls, one event each ----------------------------------------------------------
 
     def set_parameter(self, key: str, value: Any) -> None:
-        """Set ``id`` (int >= 0), ``uuid`` (RFC 4122 text) or ``name``.
+        """Set ``id`` (int >= 0), ``uuid`` (RFC 4122 text), ``name``, ``lock_failure`` (this
+        domain's policy when a lease is lost: ``poweroff``, ``pause`` or ``ignore``; the driver's
+        ``lock_failure`` setting by default) or, on a MIGRATE manager, ``migration_cookie``.
 
         Raises InvalidArgument for another key or a bad value, IllegalTransition unless idle.
         """
@@ -319,6 +342,35 @@ class LockManager:
         with self._lock:
             self._fire("complete_migrate_in", cancel=cancel)
 
+    def check(self) -> DomainState:
+        """Ask the supervisor whether the guest's leases are safe; return the state.
+
+        A lost lease (the supervisor applied the domain's lock-failure policy) moves the manager
+        to ``failed`` and :attr:`failure` says why; any other call that reaches such a
+        supervisor raises LeaseLost and does the same.  Raises IllegalTransition unless started,
+        migrating or failed; BackendError if the supervisor is gone without a lease loss (the
+        guest exited or was killed).
+        """
+        with self._lock:
+            self._legal("check")
+            if self._fsm is not DomainState.FAILED:
+                self._failure = self._ask_failure()
+            self._fire("check")
+            return self._fsm
+
+    def _ask_failure(self) -> dict[str, Any] | None:
+        """The failure the supervisor reports (from its record once it has exited), or None."""
+        assert self._launch is not None
+        try:
+            info = self._call(self._launch, {"op": "hello"}, 5.0)
+        except (BackendError, LeaseLost):
+            record = control.read_record(self._run_dir, self._launch)
+            if record is None or not record.get("failure"):
+                raise
+            info = record
+        failure: dict[str, Any] | None = info.get("failure")
+        return failure
+
     def shutdown(self) -> None:
         """Stop the guest if it still runs; return once every lease is released.
 
@@ -350,7 +402,17 @@ class LockManager:
         self._legal(event)
         source = self._fsm
         started = time.monotonic()
-        if not _TRIGGERS[event](self, **args):
+        try:
+            moved = _TRIGGERS[event](self, **args)
+        except LeaseLost as e:
+            # The supervisor lost a lease and applied the policy: the call is refused (nothing
+            # it asked for happened) and the manager moves to failed, as check() would.
+            if event != "check" and self._fsm is not DomainState.FAILED:
+                self._failure = {"reason": str(e), "policy": self._policy()}
+                if _tables.DOMAIN.candidates(self._fsm.value, "check"):
+                    self._fire("check")
+            raise
+        if not moved:
             choose(_tables.DOMAIN, source.value, event, self._guard, args)  # raises the refusal
             raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
         seconds = time.monotonic() - started
@@ -381,13 +443,22 @@ class LockManager:
             return None if self._flags & NewFlags.MIGRATE else "manager not made with MIGRATE"
         if name in ("cancel", "no_cancel"):
             return None if args["cancel"] is (name == "cancel") else f"cancel={args['cancel']}"
+        if name == "found_failed":
+            found = self._found.get("state")
+            return None if self._found.get("failure") else f"the supervisor is {found}, not failed"
         if name.startswith("found_"):
             want = {"found_running": "running", "found_migrating_out": "migrating_out"}
             found = self._found.get("state")
             expected = want.get(name, "incoming")
+            if self._found.get("failure"):
+                return f"the supervisor lost a lease ({found}), it is not {expected}"
             return None if found == expected else f"the supervisor is {found}, not {expected}"
         if name == "cookie_set":
             return self._cookie_mismatch()
+        if name == "supervisor_failed":
+            return None if self._failure else "the supervisor reports no lost lease"
+        if name == "supervisor_sound":
+            return f"a lease was lost: {self.failure}" if self._failure else None
         if name == "identity_set":
             missing = [k for k in ("uuid", "name", "id") if k not in self._params]
             return f"set_parameter {', '.join(missing)} first" if missing else None
@@ -523,6 +594,9 @@ class LockManager:
         try:
             return control.call(control.socket_path(self._run_dir, launch), request, timeout)
         except (FileNotFoundError, ConnectionError) as e:
+            record = control.read_record(self._run_dir, launch)
+            if record is not None and record.get("failure"):
+                raise LeaseLost(control.lost_message(record)) from None
             raise BackendError(f"the supervisor of {self.label!r} is gone ({e})") from None
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label!r} did not answer") from None
@@ -556,6 +630,14 @@ class LockManager:
             for r in info["resources"]
         }
         self._launch, self._gen, self._child = launch, int(info["gen"]), int(info["guest_pid"])
+
+    def _policy(self) -> str:
+        return str(self._params.get("lock_failure") or self._driver.config["lock_failure"])
+
+    def _do_record_failure(self, args: Mapping[str, Any]) -> None:
+        if self._found.get("failure"):  # ATTACH found a supervisor that had lost a lease
+            self._failure = dict(self._found["failure"])
+        assert self._failure is not None
 
     def _do_supervisor_acquire(self, args: Mapping[str, Any]) -> None:
         res: Resource = args["resource"]

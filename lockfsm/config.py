@@ -27,7 +27,14 @@ def _run_dir(value: Any) -> str:
     return safe_dir(value, "run_dir", 0o700)
 
 
-def _policy(value: Any) -> str:
+def check_policy(value: Any) -> str:
+    """A lock-failure policy.  Raises ValueError naming the value."""
+    if value == "restart":
+        raise ValueError(
+            "'restart' is refused: a supervisor cannot restart a guest whose lease was lost "
+            "safely (another host may hold the lease by then); use poweroff and let the daemon "
+            "start the guest again"
+        )
     if value not in POLICIES:
         raise ValueError(f"{value!r} is not one of {', '.join(POLICIES)}")
     return str(value)
@@ -44,7 +51,7 @@ COMMON_KEYS: Mapping[str, ConfigKey] = {
         _run_dir, default_run_dir, "where supervisors' control sockets and records live"
     ),
     "lock_failure": ConfigKey(
-        _policy,
+        check_policy,
         lambda: "poweroff",
         "what to do to a guest whose lease is lost: " + "/".join(POLICIES),
     ),

@@ -44,6 +44,7 @@ REQUESTS: dict[str, dict[str, type]] = {
     "hand_off": {"gen": int},
     "take_over": {"gen": int, "timeout": float},
     "cancel": {"gen": int},
+    "lease_lost": {"reason": str},
 }
 
 
@@ -125,6 +126,8 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         raise InvalidArgument(f"migration id {msg['migration']!r} must be 16 hex digits")
     if "hosturi" in msg:
         check_text(msg["hosturi"], "hosturi", 1024)
+    if "reason" in msg:
+        check_text(msg["reason"], "reason", 1024)
     return op, msg
 
 
@@ -135,6 +138,15 @@ def check_text(value: Any, what: str, limit: int) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidArgument(f"{what} {value!r} contains a control character")
     return value
+
+
+def lost_message(info: Mapping[str, Any]) -> str:
+    """What LeaseLost says, from a supervisor's record or hello that reports a failure."""
+    failure = info["failure"]
+    return (
+        f"a lease of {info.get('name')!r} was lost ({failure['reason']}); "
+        f"policy {failure['policy']} was applied and nothing is held"
+    )
 
 
 def error_reply(err: BaseException) -> dict[str, Any]:

@@ -19,7 +19,7 @@ TABLE_NAMES = ("domain", "supervisor", "lease")
 
 #: Tables that add the rows of one concern (a migration role) to several machines: their states,
 #: events, guards, actions and moves are joined into the machines they name.
-JOIN_NAMES = ("migration_source", "migration_target")
+JOIN_NAMES = ("migration_source", "migration_target", "lock_failure")
 
 #: Capabilities an event may require (see lockfsm.backends.Capabilities).
 CAPABILITIES = ("hotplug", "migration")

@@ -31,10 +31,11 @@ from typing import Any
 from lockfsm import _tables, control
 from lockfsm.backends import make_holder
 from lockfsm.engine import Instance
-from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
 
 EXIT_USAGE = 2
 EXIT_REFUSED = 75  # EX_TEMPFAIL: a lease was held elsewhere, no guest was started
+EXIT_LEASE_LOST = 76  # a lease was lost: the lock-failure policy was applied, the guest is gone
 PR_SET_PDEATHSIG = 1
 DEFAULT_GRACE = 10.0
 
@@ -99,6 +100,11 @@ class Supervisor:
         if self.mode not in ("start", "incoming"):
             raise ValueError(f"launch mode {self.mode!r} is unknown")
         self.migration: dict[str, Any] | None = spec.get("migration")
+        self.policy: str = spec.get("lock_failure") or self.config["lock_failure"]
+        if self.policy not in ("poweroff", "pause", "ignore"):
+            raise ValueError(f"lock-failure policy {self.policy!r} is unknown")
+        self.failure: dict[str, Any] | None = None
+        self.watched: set[int] = set()  # the backend's event fds in the selector
         self.kill_at: float | None = None
         # A pending take-over: the connection to answer, the deadline, the next try, the pause.
         self.take_over: tuple[socket.socket, float, float, float] | None = None
@@ -274,6 +280,28 @@ class Supervisor:
         self._give(list(res["leases"]))
         del self.resources[_ident(res)]
 
+    def _do_pause_guest(self, args: Mapping[str, Any]) -> None:
+        assert self.guest_pid is not None
+        os.kill(self.guest_pid, signal.SIGSTOP)
+
+    def _do_forfeit_leases(self, args: Mapping[str, Any]) -> None:
+        """Record the loss and let every lease go; a lease the backend cannot release is
+        reported and dropped all the same (it is lost already)."""
+        self.failure = {"reason": args["reason"], "policy": self.policy, "at": time.time()}
+        for res in list(self.resources.values()):
+            for lease in res["leases"]:
+                machine = self.leases.pop(lease["key"], None)
+                try:
+                    if machine is not None:
+                        machine.fire("release", lease=lease)
+                except LockFSMError as e:
+                    print(f"lockfsm-supervisor: letting {lease['key']} go: {e}", file=sys.stderr)
+        self.resources.clear()
+        self._end_take_over(control.error_reply(self._lost_error()))
+
+    def _lost_error(self) -> LeaseLost:
+        return LeaseLost(control.lost_message(self.info()))
+
     def _do_new_controller(self, args: Mapping[str, Any]) -> None:
         self.gen += 1
 
@@ -307,6 +335,8 @@ class Supervisor:
             "migration": self.migration,
             "status": self.status,
             "error": self.error,
+            "policy": self.policy,
+            "failure": self.failure,
             "since": time.time(),
         }
 
@@ -340,6 +370,13 @@ class Supervisor:
         self.listener = self._listen()
         self._record()
         try:
+            self.holder.watch(self._notify_argv())
+        except LockFSMError as e:
+            print(f"lockfsm-supervisor: {e}", file=sys.stderr)
+            self.fire("refuse", error=e)
+            self._close()
+            return EXIT_REFUSED
+        try:
             self.fire("reserve" if self.mode == "incoming" else "acquire_all")
         except LockFSMError as e:
             self.fire("refuse", error=e)
@@ -351,6 +388,8 @@ class Supervisor:
             control.point(self.run_dir, self.spec["uuid"], self.launch)
         self._loop()
         assert self.status is not None
+        if self.sm.state == "lost":
+            return EXIT_LEASE_LOST
         return 0 if self.sm.state in ("handed_off", "cancelled") else self.status
 
     def _loop(self) -> None:
@@ -366,10 +405,14 @@ class Supervisor:
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         self.sel.register(self.pidfd, selectors.EVENT_READ, "guest")
         while self.sm.state not in _tables.SUPERVISOR.terminal:
-            timers = [t for t in (self.kill_at, self.take_over and self.take_over[2]) if t]
+            self._watch_holder()
+            check = self.holder.next_check() if self.failure is None else None
+            timers = [t for t in (self.kill_at, self.take_over and self.take_over[2], check) if t]
             timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
             for key, _ in self.sel.select(timeout):
-                if key.data == "accept":
+                if key.data == "holder":
+                    self._poll_holder()
+                elif key.data == "accept":
                     self._accept()
                 elif key.data == "wake":
                     os.read(wake_r, 512)
@@ -380,9 +423,43 @@ class Supervisor:
                     self._readable(key.fileobj)  # type: ignore[arg-type]
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self._kill_guest()
+            if check is not None and time.monotonic() >= check:
+                self._poll_holder()
             if self.take_over is not None and time.monotonic() >= self.take_over[2]:
                 self._try_take_over()
         self._close()
+
+    def _watch_holder(self) -> None:
+        """Keep the selector watching exactly the backend's event fds (they may change)."""
+        fds = set(self.holder.event_fds())
+        for fd in self.watched - fds:
+            self.sel.unregister(fd)
+        for fd in fds - self.watched:
+            self.sel.register(fd, selectors.EVENT_READ, "holder")
+        self.watched = fds
+
+    def _poll_holder(self) -> None:
+        if self.failure is not None:
+            return
+        reason = self.holder.poll()
+        if reason is not None:
+            self.lose(reason)
+
+    def lose(self, reason: str) -> None:
+        """A lease is lost: apply the domain's lock-failure policy now (once)."""
+        event = f"lost_{self.policy}"
+        if self.sm.can(event):
+            self.fire(event, reason=reason)
+            print(f"lockfsm-supervisor: lease lost ({reason}): {self.policy}", file=sys.stderr)
+
+    def _notify_argv(self) -> list[str]:
+        """The command that reports a lease loss to this supervisor (sanlock's kill path)."""
+        program = sys.argv[0] if sys.argv else ""
+        if os.path.basename(program) == "lockfsm-supervisor" and os.path.isabs(program):
+            head = [program]
+        else:
+            head = [sys.executable, "-m", "lockfsm.supervisor"]
+        return [*head, "--lease-lost", control.socket_path(self.run_dir, self.launch)]
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True
@@ -529,6 +606,9 @@ class Supervisor:
     ) -> dict[str, Any] | None:
         if op in ("hello", "get_child"):
             return {"ok": True, **self.info()}
+        if op == "lease_lost":
+            self.lose(fields["reason"])
+            return {"ok": True, **self.info()}
         if op == "attach":
             self.fire("attach")
             # A take-over the superseded controller asked for ends now: its daemon is gone (or
@@ -547,6 +627,8 @@ class Supervisor:
                 f"(generation {self.gen}): it may no longer drive the supervisor of "
                 f"{self.spec.get('name')!r}"
             )
+        if self.failure is not None and op != "shutdown":
+            raise self._lost_error()
         if op == "acquire":
             self.fire("acquire", resource=fields["resource"])
             return {"ok": True, **self.info()}
@@ -579,13 +661,31 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lockfsm-supervisor``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--lease-lost"]:
+        return report_loss(args[1:])
     try:
-        spec, guest = parse_argv(sys.argv[1:] if argv is None else argv)
+        spec, guest = parse_argv(args)
         supervisor = Supervisor(spec, guest)
     except (ValueError, KeyError, TypeError, LockFSMError) as e:
         print(f"lockfsm-supervisor: {e}", file=sys.stderr)
         return EXIT_USAGE
     return supervisor.run()
+
+
+def report_loss(args: list[str]) -> int:
+    """``lockfsm-supervisor --lease-lost SOCKET [WHY...]``: tell the supervisor at SOCKET that
+    its leases are lost (run by the lock service, e.g. as sanlock's kill path)."""
+    if not args:
+        print("usage: lockfsm-supervisor --lease-lost SOCKET [WHY...]", file=sys.stderr)
+        return EXIT_USAGE
+    why = " ".join(args[1:]) or "the lock service revoked the leases"
+    try:
+        control.call(args[0], {"op": "lease_lost", "reason": why[:1024]}, 5.0)
+    except (OSError, LockFSMError) as e:
+        print(f"lockfsm-supervisor --lease-lost: {args[0]}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 /* GENERATED from specs/*.toml by `lockfsm spec model`: 3 hosts. Do not edit. */
+/* Lease loss (the lost_* events): left out beyond 2 hosts. */
 #define N 3
 
 /* domain manager states (daemon side) */
@@ -10,6 +11,7 @@
 #define D_done 5
 #define D_migrating_in 6
 #define D_cancelled 7
+#define D_failed 8
 
 /* supervisor states; S_gone: no supervisor process */
 #define S_starting 0
@@ -25,7 +27,11 @@
 #define S_incoming 10
 #define S_cancelling 11
 #define S_cancelled 12
-#define S_gone 13
+#define S_paused 13
+#define S_unprotected 14
+#define S_fencing 15
+#define S_lost 16
+#define S_gone 17
 
 /* how a manager was made, and how its supervisor was launched */
 #define M_START 0
@@ -46,7 +52,7 @@ inline release(h) {
     if :: gate == h -> gate = 0 :: else -> skip fi
 }
 
-#define executing(h) (guest[h] && (sup[h] == S_running || sup[h] == S_stopping || sup[h] == S_migrating_out || sup[h] == S_handing_off))
+#define executing(h) (guest[h] && (sup[h] == S_running || sup[h] == S_stopping || sup[h] == S_migrating_out || sup[h] == S_handing_off || sup[h] == S_unprotected))
 
 proctype host(byte h) {
     do
@@ -59,8 +65,8 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_idle && (mode[h] == M_START) && (true) && sup[h] == S_running && supmode[h] == mode[h] ->
          dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> started\n", h) }
-    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_running) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
+    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_running) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> started\n", h) }
     :: atomic { dm[h] == D_started ->
          dm[h] = D_started; mode[h] = M_START;
@@ -71,8 +77,8 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_started && (true) && ((sup[h] == S_running && (true))) ->
          if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain started --release_resource--> started\n", h) }
-    :: atomic { dm[h] == D_started && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true))) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_started && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain started --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_idle ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -90,13 +96,13 @@ proctype host(byte h) {
          if :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --complete_migrate_in--> started\n", h) }
     :: atomic { dm[h] == D_migrating_out && (true) && ((sup[h] == S_migrating_out && (true))) ->
-         if :: sup[h] == S_migrating_out && (true) -> guest[h] = false; sup[h] = S_handing_off :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi; dm[h] = D_done; mode[h] = M_START;
+         if :: sup[h] == S_migrating_out && (true) -> guest[h] = false; sup[h] = S_handing_off :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_done; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --complete_migrate_in--> done\n", h) }
-    :: atomic { dm[h] == D_migrating_out && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true))) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_out && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --shutdown--> stopped\n", h) }
-    :: atomic { dm[h] == D_done && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true))) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_done && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain done --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_migrating_out ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -104,8 +110,8 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_done ->
          dm[h] = D_freed; mode[h] = M_START;
          printf("STEP host %d: domain done --free--> freed\n", h) }
-    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_migrating_out) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: else -> assert(false) fi; dm[h] = D_migrating_out; mode[h] = M_START;
+    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_migrating_out) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_migrating_out; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> migrating_out\n", h) }
     :: atomic { dm[h] == D_idle && (mode[h] == M_MIGRATE) && (true) && (cookie != 0 && cookie != h) && sup[h] == S_incoming && supmode[h] == mode[h] ->
          dm[h] = D_migrating_in; mode[h] = M_START;
@@ -114,13 +120,13 @@ proctype host(byte h) {
          if :: sup[h] == S_incoming && (lease == 0 && (gate == 0 || gate == h)) -> lease = h; if :: gate == h -> gate = 0 :: else -> skip fi; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --complete_migrate_in--> started\n", h) }
     :: atomic { dm[h] == D_migrating_in && (true) && ((sup[h] == S_incoming && (true))) ->
-         if :: sup[h] == S_incoming && (true) -> guest[h] = false; sup[h] = S_cancelling :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi; dm[h] = D_cancelled; mode[h] = M_START;
+         if :: sup[h] == S_incoming && (true) -> guest[h] = false; sup[h] = S_cancelling :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_cancelled; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --complete_migrate_in--> cancelled\n", h) }
-    :: atomic { dm[h] == D_migrating_in && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true))) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_in && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --shutdown--> stopped\n", h) }
-    :: atomic { dm[h] == D_cancelled && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true))) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_cancelled && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain cancelled --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_migrating_in ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -128,9 +134,39 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_cancelled ->
          dm[h] = D_freed; mode[h] = M_START;
          printf("STEP host %d: domain cancelled --free--> freed\n", h) }
-    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_incoming) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: else -> assert(false) fi; dm[h] = D_migrating_in; mode[h] = M_START;
+    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_incoming) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_migrating_in; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> migrating_in\n", h) }
+    :: atomic { dm[h] == D_started && (!(sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_started; mode[h] = M_START;
+         printf("STEP host %d: domain started --check--> started\n", h) }
+    :: atomic { dm[h] == D_migrating_out && (!(sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_migrating_out; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_out --check--> migrating_out\n", h) }
+    :: atomic { dm[h] == D_migrating_in && (!(sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_migrating_in; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_in --check--> migrating_in\n", h) }
+    :: atomic { dm[h] == D_started && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain started --check--> failed\n", h) }
+    :: atomic { dm[h] == D_migrating_out && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_out --check--> failed\n", h) }
+    :: atomic { dm[h] == D_migrating_in && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_in --check--> failed\n", h) }
+    :: atomic { dm[h] == D_failed ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain failed --check--> failed\n", h) }
+    :: atomic { dm[h] == D_failed && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
+         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+         printf("STEP host %d: domain failed --shutdown--> stopped\n", h) }
+    :: atomic { dm[h] == D_failed ->
+         dm[h] = D_freed; mode[h] = M_START;
+         printf("STEP host %d: domain failed --free--> freed\n", h) }
+    :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing)) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain idle --get_child--> failed\n", h) }
     :: atomic { sup[h] == S_starting && supmode[h] == M_START && (lease == 0 && (gate == 0 || gate == h)) ->
          lease = h; if :: gate == h -> gate = 0 :: else -> skip fi; sup[h] = S_holding;
          printf("STEP host %d: supervisor starting --acquire_all--> holding\n", h) }
@@ -164,15 +200,24 @@ proctype host(byte h) {
     :: atomic { sup[h] == S_incoming && !guest[h] && (true) ->
          release(h); sup[h] = S_exited;
          printf("STEP host %d: supervisor incoming --guest_exited--> exited\n", h) }
+    :: atomic { sup[h] == S_paused && !guest[h] && (true) ->
+         release(h); sup[h] = S_lost;
+         printf("STEP host %d: supervisor paused --guest_exited--> lost\n", h) }
+    :: atomic { sup[h] == S_unprotected && !guest[h] && (true) ->
+         release(h); sup[h] = S_lost;
+         printf("STEP host %d: supervisor unprotected --guest_exited--> lost\n", h) }
+    :: atomic { sup[h] == S_fencing && !guest[h] && (true) ->
+         release(h); sup[h] = S_lost;
+         printf("STEP host %d: supervisor fencing --guest_exited--> lost\n", h) }
     /* the environment: what no table lists */
-    :: atomic { dm[h] == D_idle && mode[h] != M_ATTACH && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled)) &&
+    :: atomic { dm[h] == D_idle && mode[h] != M_ATTACH && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost)) &&
          (mode[h] != M_MIGRATE || (cookie != 0 && cookie != h)) ->
          sup[h] = S_starting; supmode[h] = mode[h]; guest[h] = false;
          printf("STEP host %d: daemon runs a supervisor (mode %d)\n", h, mode[h]) }
     :: atomic { dm[h] == D_idle && sup[h] == S_refused ->
          sup[h] = S_gone; supmode[h] = M_START;
          printf("STEP host %d: daemon reads the refusal\n", h) }
-    :: atomic { !(sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled)) -> release(h); guest[h] = false; sup[h] = S_gone;
+    :: atomic { !(sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost)) -> release(h); guest[h] = false; sup[h] = S_gone;
          supmode[h] = M_START;
          printf("STEP host %d: kill -9 of the supervisor (its guest dies)\n", h) }
     :: atomic { guest[h] -> guest[h] = false;
@@ -182,8 +227,8 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_freed || dm[h] == D_idle ->
          dm[h] = D_idle;
          /* a fresh start or a migration target only where no supervisor runs */
-         if :: mode[h] = M_ATTACH :: (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled)) -> mode[h] = M_START
-            :: (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled)) -> mode[h] = M_MIGRATE fi;
+         if :: mode[h] = M_ATTACH :: (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost)) -> mode[h] = M_START
+            :: (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost)) -> mode[h] = M_MIGRATE fi;
          printf("STEP host %d: the daemon makes a new manager (mode %d)\n",
                 h, mode[h]) }
     od

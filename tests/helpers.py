@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -45,23 +45,32 @@ def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") ->
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def read_proc_locks() -> str | None:
-    """/proc/locks as one consistent reading, or None.
+def read_proc_locks(keep: Callable[[str], bool] | None = None) -> str | None:
+    """/proc/locks as one consistent reading (only the lines ``keep`` accepts), or None.
 
     The kernel makes the table a page per read() and resumes the next read() by position, so a
     reading in several pieces that overlaps a lock change anywhere on the machine repeats or
     drops lines (measured here: about 1 reading in 70 while another process takes and drops
     ten locks in a loop).  One read() that returns less than a page is one pass under the
-    kernel's lock: complete and consistent.  A table of more than a page cannot be read so."""
+    kernel's lock: complete and consistent.  A longer table (other programs on the machine
+    hold many locks) is read whole until two readings in a row agree on the lines kept."""
+    last = None
     for _ in range(20):
         fd = os.open("/proc/locks", os.O_RDONLY)
         try:
             chunk = os.read(fd, 1 << 16)
+            if len(chunk) < PAGE - 256:  # room for another line: the table ended in this pass
+                text = chunk.decode()
+                return "\n".join(x for x in text.splitlines() if keep is None or keep(x))
+            while more := os.read(fd, 1 << 16):
+                chunk += more
         finally:
             os.close(fd)
-        if len(chunk) < PAGE - 256:  # room for another line: the table ended in this pass
-            return chunk.decode()
-        time.sleep(0.005)
+        kept = "\n".join(x for x in chunk.decode().splitlines() if keep is None or keep(x))
+        if kept == last:
+            return kept
+        last = kept
+        time.sleep(0.002)
     return None
 
 
@@ -74,19 +83,22 @@ def lock_bytes(start: str, end: str) -> range:
     return range(first, first + 1 if end == "EOF" else int(end) + 1)
 
 
-def locked_inodes() -> dict[int, list[str]]:
-    """inode -> lock kinds ("WRITE"/"READ") of the OFD and POSIX locks the kernel lists, from
-    one consistent reading of /proc/locks."""
-    text = read_proc_locks()
+def locked_inodes(inodes: Iterable[int] | None = None) -> dict[int, list[str]]:
+    """inode -> lock kinds ("WRITE"/"READ") of the OFD and POSIX locks the kernel lists (on
+    ``inodes`` only, if given), from one consistent reading of /proc/locks."""
+    wanted = None if inodes is None else {str(i) for i in inodes}
+
+    def keep(line: str) -> bool:
+        parts = line.split()
+        return parts[1] != "->" and (wanted is None or parts[5].rsplit(":", 1)[1] in wanted)
+
+    text = read_proc_locks(keep)
     if text is None:
-        raise AssertionError("/proc/locks is longer than a page: no consistent reading")
+        raise AssertionError("/proc/locks changes too fast for a consistent reading")
     found: dict[int, list[str]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if parts[1] == "->":  # a blocked waiter
-            continue
-        inode = int(parts[5].rsplit(":", 1)[1])
-        found.setdefault(inode, []).append(parts[3])
+        found.setdefault(int(parts[5].rsplit(":", 1)[1]), []).append(parts[3])
     return found
 
 
@@ -263,14 +275,12 @@ def leases_of(mgr: lockfsm.LockManager) -> Iterator[tuple[str, str]]:
 
 def lockspace_locks(lockspace: str) -> dict[str, list[str]]:
     """Lease file name -> kinds of the locks the kernel lists on it, for one lockspace only."""
-    kernel = locked_inodes()
-    found = {}
+    names = {}
     for name in sorted(os.listdir(lockspace)):
         with suppress(FileNotFoundError):
-            kinds = kernel.get(os.stat(os.path.join(lockspace, name)).st_ino)
-            if kinds:
-                found[name] = sorted(kinds)
-    return found
+            names[os.stat(os.path.join(lockspace, name)).st_ino] = name
+    kernel = locked_inodes(names)
+    return {name: sorted(kernel[ino]) for ino, name in sorted(names.items()) if ino in kernel}
 
 
 class HostPair:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from lockfsm import (
     ResourceType,
     Unsupported,
     _tables,
+    control,
 )
 from tests.helpers import Host, lockspace_locks, make_disks
 
@@ -272,7 +274,14 @@ def _calls(mgr: lockfsm.LockManager, disks: list[str]) -> dict[str, Callable[[],
         "free": mgr.free,
         "prepare_migrate": lambda: mgr.prepare_migrate("qemu://target/system"),
         "complete_migrate_in": mgr.complete_migrate_in,
+        "check": mgr.check,
     }
+
+
+def report_loss(mgr: lockfsm.LockManager, why: str = "test") -> None:
+    """Report a lost lease to the manager's supervisor as the lock service's kill path does."""
+    sock = control.socket_path(str(mgr._driver.config["run_dir"]), str(mgr._launch))
+    subprocess.run([mgr.supervisor_path, "--lease-lost", sock, why], check=True, timeout=10)
 
 
 @pytest.fixture
@@ -299,6 +308,9 @@ def in_state(
                 if state == "cancelled":
                     target.complete_migrate_in(cancel=True)
                 return target
+        if state == "failed":
+            report_loss(mgr)
+            mgr.check()
         if state == "stopped":
             mgr.shutdown()
         if state == "freed":

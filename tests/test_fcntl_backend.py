@@ -246,8 +246,8 @@ def lock_ranges(path: str) -> list[tuple[str, str, int, int]]:
     st = os.stat(path)
     ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     found = []
-    text = read_proc_locks()
-    assert text is not None, "/proc/locks is longer than a page: no consistent reading"
+    text = read_proc_locks(lambda line: line.split()[5] == ident)
+    assert text is not None, "/proc/locks changes too fast for a consistent reading"
     for line in text.splitlines():
         parts = line.split()
         if parts[1] == "->" or parts[5] != ident:

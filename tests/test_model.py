@@ -68,6 +68,16 @@ MUTATIONS = {
         "S3",
         "--complete_migrate_in--> started",
     ),
+    # On a lost lease (policy poweroff) the running guest is not killed: it runs on unprotected.
+    "lost lease, guest left running": (
+        "lock_failure.toml",
+        'from = ["running", "migrating_out"]\nevent = "lost_poweroff"\n'
+        'actions = ["kill_guest", "forfeit_leases"]\nto = "fencing"',
+        'from = ["running", "migrating_out"]\nevent = "lost_poweroff"\n'
+        'actions = ["forfeit_leases"]\nto = "unprotected"',
+        "S3",
+        "--lost_poweroff--> unprotected",
+    ),
 }
 
 

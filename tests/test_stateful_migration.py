@@ -352,10 +352,10 @@ class TwoHosts(RuleBasedStateMachine):
     def kernel_locks(self) -> Counter[Lock] | None:
         """Every lock the kernel lists on this lockspace's lease files (other tests lock other
         files on this machine: only ours count), or None if the table cannot be read whole."""
-        text = read_proc_locks()
+        files = self.lease_files()
+        text = read_proc_locks(lambda line: line.split()[5] in files)
         if text is None:
             return None
-        files = self.lease_files()
         found: Counter[Lock] = Counter()
         for line in text.splitlines():
             # 1: OFDLCK  ADVISORY  WRITE -1 fe:00:2164738 0 0

@@ -59,6 +59,23 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     ``{"version": int}`` (sanlock: the lease version; etcd: the key's revision, a fencing token)
     or ``{}``.  It travels in the cookie, and the target's ``acquire`` receives it in the lease.
 
+``Holder.watch(notify)``
+    Called once in the supervisor, after its control socket listens and before any lease is
+    taken.  ``notify`` is a command (argv) that reports a lease loss to this supervisor; a
+    backend whose lock service revokes leases and runs a program when it does (sanlock's kill
+    path) registers it, adding its own words saying why.  Raises BackendError if the lock
+    service cannot be told (the supervisor then starts nothing).
+
+``Holder.event_fds()``, ``Holder.next_check()`` and ``Holder.poll()``
+    How a backend reports a lost lease by itself.  The supervisor watches ``event_fds()`` for
+    readability (etcd: the connection to the host's lease agent; they may change after a lease
+    is taken) and calls ``poll()`` when one is readable and at the ``time.monotonic()`` instant
+    ``next_check()`` returns (None: no timer).  ``poll()`` never blocks and returns None while
+    every lease is safe, or why the leases are lost (or can no longer be proven held before
+    another holder could be granted them); once it has reported a loss it keeps reporting it.
+    The supervisor then applies the domain's lock-failure policy at once
+    (``specs/lock_failure.toml``).
+
 ``Holder.inheritable_fds()``
     The file descriptors the guest must inherit so that its leases outlive the supervisor until
     the guest itself is dead (fcntl: the lock's open file descriptions).  May be empty.
@@ -108,6 +125,14 @@ class Holder(Protocol):
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None: ...
+
+    def watch(self, notify: list[str]) -> None: ...
+
+    def event_fds(self) -> list[int]: ...
+
+    def next_check(self) -> float | None: ...
+
+    def poll(self) -> str | None: ...
 
     def revert(self, lease: Mapping[str, str]) -> None: ...
 

@@ -24,6 +24,7 @@ import fcntl
 import os
 import stat
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,7 @@ _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
 LEASE_BYTE = 0  # the lease, as libvirt's lockd locks it
 GATE_BYTE = 1  # lockfsm's migration gate (see FcntlHolder)
 _RETRIES = 8  # lease file replaced under us this many times in a row: give up
+CHECK_EVERY = 1.0  # seconds between checks that every held lease file is still in place
 
 
 def _lockspace(value: Any) -> str:
@@ -120,6 +122,9 @@ class FcntlHolder:
         self.dir = lockspace_dir
         self.fds: dict[str, int] = {}
         self.reserved: set[str] = set()
+        self.labels: dict[str, str] = {}  # key -> the resource it protects, for reports
+        self.lost: str | None = None
+        self.next_at: float | None = None
 
     def _open(self, path: str) -> int:
         try:
@@ -175,6 +180,7 @@ class FcntlHolder:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         self.fds[key] = self._locked_file(key, resource, [(fcntl.F_WRLCK, GATE_BYTE)])
         self.reserved.add(key)
+        self.labels[key] = resource
 
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
         key = lease["key"]
@@ -189,6 +195,7 @@ class FcntlHolder:
         fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
         self.fds[key] = fd
+        self.labels[key] = resource
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
         key = lease["key"]
@@ -221,6 +228,7 @@ class FcntlHolder:
     def release(self, lease: Mapping[str, str]) -> None:
         fd = self.fds.pop(lease["key"], None)
         self.reserved.discard(lease["key"])
+        self.labels.pop(lease["key"], None)
         if fd is None:
             raise BackendError(f"lease {lease['key']} is not held by this supervisor")
         try:
@@ -231,6 +239,32 @@ class FcntlHolder:
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         return {}  # no atomic handoff: the target's reservation covers the window
+
+    def watch(self, notify: list[str]) -> None:
+        self.next_at = time.monotonic() + CHECK_EVERY  # the kernel never revokes a lock
+
+    def event_fds(self) -> list[int]:
+        return []
+
+    def next_check(self) -> float | None:
+        return self.next_at if self.fds else None
+
+    def poll(self) -> str | None:
+        """A lease is lost when its file is deleted or replaced while held (by hand, or by a
+        foreign cleanup): the lock then protects an inode no other host can see, and another
+        host could create the file anew and lock it.  Checked every CHECK_EVERY seconds: a
+        detection, not a fence (the fcntl backend cannot fence; see specs/PROTOCOL.md)."""
+        self.next_at = time.monotonic() + CHECK_EVERY
+        if self.lost is None:
+            for key, fd in sorted(self.fds.items()):
+                path = os.path.join(self.dir, key)
+                if not self._still_there(fd, path):
+                    self.lost = (
+                        f"the lease file {path} of {self.labels.get(key, key)} was deleted or "
+                        "replaced while held"
+                    )
+                    break
+        return self.lost
 
     def inheritable_fds(self) -> list[int]:
         return list(self.fds.values())

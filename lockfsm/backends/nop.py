@@ -57,6 +57,18 @@ class NopHolder:
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         return {}  # no atomic handoff: the target's reservation covers the window
 
+    def watch(self, notify: list[str]) -> None:
+        pass  # nothing is held: nothing can be lost
+
+    def event_fds(self) -> list[int]:
+        return []
+
+    def next_check(self) -> float | None:
+        return None
+
+    def poll(self) -> str | None:
+        return None
+
     def inheritable_fds(self) -> list[int]:
         return []
 

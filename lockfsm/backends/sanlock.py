@@ -584,6 +584,32 @@ class SanlockHolder:
                 return {"version": int(res["version"])}
         raise BackendError(f"sanlock does not list lease {key} as held by this supervisor")
 
+    def watch(self, notify: list[str]) -> None:
+        """Register the kill path: when the daemon must take this process's leases back (the
+        lockspace's renewal failed, or it was removed), it runs ``notify`` instead of killing
+        the supervisor, and the supervisor applies the domain's lock-failure policy, letting
+        every lease go (sanlock kills it if that does not happen within its kill grace)."""
+        fd = self._connect()
+        program, args = notify[0], [*notify[1:], "sanlock", "revoked", "the", "leases"]
+        if len(program) >= 128 or len(" ".join(args)) >= 128:
+            raise BackendError(
+                f"the kill path {' '.join(notify)!r} is over sanlock's 128-byte limits: "
+                "shorten run_dir or install lockfsm-supervisor on a shorter path"
+            )
+        try:
+            self.sanlock.killpath(program, args, slkfd=fd)
+        except self.sanlock.SanlockException as e:
+            raise BackendError(f"sanlock killpath: {e}") from None
+
+    def event_fds(self) -> list[int]:
+        return []
+
+    def next_check(self) -> float | None:
+        return None
+
+    def poll(self) -> str | None:
+        return None  # the daemon tells us, through the kill path
+
     def inheritable_fds(self) -> list[int]:
         return [] if self.fd is None else [self.fd]
 

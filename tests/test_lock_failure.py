@@ -1,0 +1,206 @@
+"""Lock failure (specs/lock_failure.toml): a lease is lost while the guest runs, and the
+supervisor applies the domain's policy -- poweroff, pause or ignore -- and the manager moves to
+``failed`` saying why.
+
+On fcntl a lease is lost when its lease file is deleted or replaced while held (the lock then
+guards an inode no other host sees); the supervisor notices within CHECK_EVERY.  The lock service's
+own report (sanlock's kill path runs ``lockfsm-supervisor --lease-lost SOCKET WHY``) is driven here
+through that same command; tests/test_sanlock.py has the daemon revoke leases for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid as uuidlib
+from collections.abc import Callable
+
+import pytest
+
+import lockfsm
+from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType, control
+from lockfsm.backends.fcntl import CHECK_EVERY
+from lockfsm.supervisor import EXIT_LEASE_LOST
+from tests.helpers import Guest, Host, alive, lockspace_locks, make_disks, wait_until
+
+DISK = ResourceType.DISK
+
+
+@pytest.fixture
+def disks(workdir: str) -> list[str]:
+    return make_disks(workdir, "a.img", "b.img", "c.img")
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (R, S, T for stopped, Z...), or "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def start(host: Host, disks: list[str], policy: str | None) -> Guest:
+    uuid = str(uuidlib.uuid4())
+    mgr = host.manager("vm", uuid, disks)
+    if policy is not None:
+        mgr.set_parameter("lock_failure", policy)
+    proc = host.launch(mgr)
+    g = Guest(host, mgr, proc, "vm", uuid, list(disks))
+    g.pid = mgr.get_child(timeout=10)
+    return g
+
+
+def delete_lease_file(lockspace: str, disk: str) -> str:
+    """Delete the lease file of ``disk`` (libvirt's name for it) from under its holder."""
+    import hashlib
+
+    path = os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())
+    os.unlink(path)
+    return path
+
+
+def wait_failed(mgr: lockfsm.LockManager) -> None:
+    """Poll check() until the manager is failed (the supervisor checks every CHECK_EVERY s)."""
+    wait_until(lambda: mgr.check() is DomainState.FAILED, CHECK_EVERY * 5, "the lease loss")
+
+
+def test_poweroff_kills_the_guest_and_says_why(
+    host: Host, lockspace: str, disks: list[str]
+) -> None:
+    g = start(host, disks[:2], "poweroff")
+    assert g.pid is not None
+    path = delete_lease_file(lockspace, disks[0])
+    wait_failed(g.mgr)
+    assert not alive(g.pid), "S2: the guest outlived its lost lease"
+    assert g.proc.wait(10) == EXIT_LEASE_LOST
+    assert g.mgr.failure is not None and path in g.mgr.failure and "poweroff" in g.mgr.failure
+    assert lockspace_locks(lockspace) == {}, "every lease is let go"
+    assert [h.event for h in g.mgr.history][-1] == "check"
+    g.mgr.shutdown()  # the supervisor is gone: shutdown still succeeds
+    assert g.mgr.state is DomainState.STOPPED
+
+
+def test_pause_stops_the_guest_and_lets_every_lease_go(
+    host: Host, lockspace: str, disks: list[str]
+) -> None:
+    g = start(host, disks[:2], "pause")
+    assert g.pid is not None
+    delete_lease_file(lockspace, disks[1])
+    wait_failed(g.mgr)
+    assert proc_state(g.pid) == "T", "the paused guest is stopped (SIGSTOP)"
+    assert g.proc.poll() is None, "the supervisor stays, with its paused guest"
+    assert lockspace_locks(lockspace) == {}, "the leases are let go: another host may take them"
+    assert g.mgr.failure is not None and "pause" in g.mgr.failure
+    g.mgr.shutdown()
+    assert not alive(g.pid) and g.proc.wait(10) == EXIT_LEASE_LOST
+    assert g.mgr.state is DomainState.STOPPED
+
+
+def test_ignore_leaves_the_guest_running_without_its_leases(
+    host: Host, lockspace: str, disks: list[str]
+) -> None:
+    g = start(host, disks[:2], "ignore")
+    assert g.pid is not None
+    delete_lease_file(lockspace, disks[0])
+    wait_failed(g.mgr)
+    assert proc_state(g.pid) in ("S", "R"), "policy ignore: the guest runs on"
+    assert lockspace_locks(lockspace) == {}, "...without its leases"
+    assert g.mgr.failure is not None and "ignore" in g.mgr.failure
+    g.mgr.shutdown()
+    assert not alive(g.pid)
+
+
+def test_the_driver_default_policy_applies(
+    hosts: Callable[..., Host], lockspace: str, disks: list[str]
+) -> None:
+    host = hosts(lock_failure="pause")
+    g = start(host, disks[:1], None)
+    assert g.pid is not None
+    delete_lease_file(lockspace, disks[0])
+    wait_failed(g.mgr)
+    assert proc_state(g.pid) == "T"
+
+
+def report_loss(g: Guest, why: str) -> None:
+    """What sanlock's kill path runs: ``lockfsm-supervisor --lease-lost SOCKET WHY``."""
+    sock = control.socket_path(str(g.mgr._driver.config["run_dir"]), str(g.mgr._launch))
+    subprocess.run([g.mgr.supervisor_path, "--lease-lost", sock, *why.split()], check=True)
+
+
+def test_any_call_notices_the_loss_raises_lease_lost_and_changes_nothing_else(
+    host: Host, lockspace: str, disks: list[str]
+) -> None:
+    """A hot-plug, a prepare_migrate after the loss raise LeaseLost; the manager is failed;
+    nothing was taken; a second report (the kill path runs again) changes nothing."""
+    g = start(host, disks[:1], "pause")
+    report_loss(g, "the lockspace renewal failed")
+    with pytest.raises(LeaseLost, match="lockspace renewal failed"):
+        g.mgr.acquire_resource(DISK, disks[2])
+    assert g.mgr.state is DomainState.FAILED
+    assert "lockspace renewal failed" in (g.mgr.failure or "")
+    assert lockspace_locks(lockspace) == {}, "the refused hot-plug took nothing"
+    report_loss(g, "again")
+    assert "lockspace renewal failed" in (g.mgr.failure or "")
+    assert g.mgr.check() is DomainState.FAILED
+    with pytest.raises(lockfsm.IllegalTransition):
+        g.mgr.prepare_migrate("qemu://elsewhere/system")
+    g.mgr.shutdown()
+
+
+def test_attach_finds_a_failed_guest(host: Host, disks: list[str]) -> None:
+    """S4: a daemon restarted after the loss finds the manager failed, with the reason."""
+    g = start(host, disks[:1], "ignore")
+    report_loss(g, "lease revoked")
+    host.restart_daemon()
+    mgr = host.attach(g)
+    assert mgr.state is DomainState.FAILED
+    assert "lease revoked" in (mgr.failure or "") and "ignore" in (mgr.failure or "")
+    mgr.shutdown()
+    assert g.pid is not None and not alive(g.pid)
+
+
+def test_an_incoming_target_that_loses_a_reservation_is_killed(
+    hosts: Callable[..., Host], disks: list[str]
+) -> None:
+    """A migration target whose reservation is lost never runs: its pending take-over ends
+    with LeaseLost, its incoming guest is killed whatever the policy."""
+    source, target = hosts(), hosts()
+    g = start(source, disks[:1], None)
+    cookie = g.mgr.prepare_migrate("qemu://target/system")
+    mgr = target.manager("vm", g.uuid, disks[:1], flags=NewFlags.MIGRATE)
+    mgr.set_parameter("lock_failure", "pause")
+    mgr.set_parameter("migration_cookie", cookie)
+    proc = target.launch(mgr)
+    pid = mgr.get_child(timeout=10)
+    t = Guest(target, mgr, proc, "vm", g.uuid, disks[:1])
+    report_loss(t, "reservation lost")
+    with pytest.raises(LeaseLost):
+        mgr.complete_migrate_in()
+    assert mgr.state is DomainState.FAILED
+    wait_until(lambda: not alive(pid), what="the incoming guest to die")
+    assert proc.wait(10) == EXIT_LEASE_LOST
+    g.mgr.complete_migrate_in(cancel=True)  # the source never lost anything
+    assert g.mgr.state is DomainState.STARTED and g.pid is not None and alive(g.pid)
+
+
+@pytest.mark.parametrize("where", ["parameter", "config"])
+def test_restart_is_refused(host: Host, where: str, workdir: str) -> None:
+    if where == "parameter":
+        mgr = host.driver.new_manager()
+        with pytest.raises(InvalidArgument, match="'restart' is refused"):
+            mgr.set_parameter("lock_failure", "restart")
+        with pytest.raises(InvalidArgument, match="'reboot'"):
+            mgr.set_parameter("lock_failure", "reboot")
+        assert mgr.history == ()
+    else:
+        with pytest.raises(InvalidArgument, match=r"'lock_failure'.*'restart' is refused"):
+            lockfsm.load_driver("fcntl", {"lock_failure": "restart", "run_dir": workdir})
+
+
+def test_a_lease_loss_report_needs_the_socket(workdir: str) -> None:
+    """The kill path's command says what went wrong when the supervisor is not there."""
+    from lockfsm.supervisor import main
+
+    assert main(["--lease-lost", os.path.join(workdir, "nothing.sock"), "x"]) == 1
+    assert main(["--lease-lost"]) == 2
