@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
@@ -25,7 +26,7 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
-from lockfsm.supervisor import EXIT_REFUSED
+from lockfsm.supervisor import EXIT_LEASE_LOST, EXIT_REFUSED
 from lockfsm.values import MigrationCookie
 from tests.conftest import IN_CI, require
 from tests.helpers import Guest, Host, HostPair, alive, make_disks, short_tmpdir, wait_until
@@ -39,7 +40,7 @@ BINDING = "/usr/lib/python3/dist-packages/sanlock.cpython-311-*.so"
 class Daemon:
     """One simulated host's sanlock daemon."""
 
-    def __init__(self, base: str, host_id: int) -> None:
+    def __init__(self, base: str, host_id: int, grace: int = 3) -> None:
         self.host_id = host_id
         self.name = f"lfhost{host_id}"
         self.run_dir = os.path.join(base, f"r{host_id}")
@@ -49,7 +50,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [
                 *("sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root"),
-                *("-G", "root", "-e", self.name, "-g", "3"),
+                *("-G", "root", "-e", self.name, "-g", str(grace)),
             ],
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -140,11 +141,11 @@ def _stop_all(daemons: list[Daemon]) -> None:
         d.kill()
 
 
-def start_daemons(base: str, first_id: int, count: int) -> list[Daemon]:
+def start_daemons(base: str, first_id: int, count: int, grace: int = 3) -> list[Daemon]:
     daemons = []
     try:
         for i in range(first_id, first_id + count):
-            daemons.append(Daemon(base, i))
+            daemons.append(Daemon(base, i, grace))
         for d in daemons:
             d.wait_ready()
     except BaseException:
@@ -611,6 +612,94 @@ def test_a_stalled_hosts_lease_is_refused_at_once(
             assert took < 5  # supervisor start included; the acquire itself is timed above
             assert not os.path.exists(marker) and cluster.daemons[0].held() == {}
             assert g.pid is not None and alive(g.pid)  # no fencing without a watchdog
+        finally:
+            if worker is not None:
+                worker.close()
+            stalled.cleanup()
+    finally:
+        _stop_all(extra)
+
+
+# -- lock failure: the daemon revokes the leases --------------------------------------------------
+
+
+def proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def test_lease_loss_applies_each_domains_policy(
+    cluster: Cluster, sl_hosts: Callable[..., Host], workdir: str
+) -> None:
+    """A host's sanlock daemon stalls (SIGSTOP) past the renewal-failure time (8 x io_timeout):
+    when it runs again it finds its lockspace lease expired and revokes every lease of its
+    clients through their kill path (``lockfsm-supervisor --lease-lost``, registered by the
+    holder).  Three guests on that host, one per policy: poweroff kills its guest, pause stops
+    it (SIGSTOP), ignore leaves it running; every lease is let go, each manager moves to
+    failed saying why, and another host's acquire of a fenced guest's disk succeeds only after
+    that guest was stopped (timestamps).  The daemon's kill grace (10 s here) is what sanlock
+    allows before it would SIGKILL a client that keeps its leases."""
+    disks = make_disks(workdir, "p.img", "q.img", "r.img")
+    policies = ("poweroff", "pause", "ignore")
+    extra = start_daemons(cluster.base, HOSTS + 3, 1, grace=10)
+    try:
+        join_all(cluster, extra)
+        stalled = Host("sanlock", cluster.lease_dir, **cluster.config(extra[0]))
+        worker: Worker | None = None
+        try:
+            guests = {}
+            for policy, disk in zip(policies, disks, strict=True):
+                mgr = stalled.manager(f"vm-{policy}", str(uuidlib.uuid4()), [disk])
+                mgr.set_parameter("lock_failure", policy)
+                proc = stalled.launch(mgr)
+                g = Guest(stalled, mgr, proc, f"vm-{policy}", "", [disk])
+                g.pid = mgr.get_child(timeout=10)
+                guests[policy] = g
+            other = sl_hosts(0)
+            worker = Worker(other.driver.config)
+            watched = {p: guests[p].pid for p in ("poweroff", "pause")}
+            stopped_at: dict[str, float] = {}
+            os.kill(extra[0].proc.pid, signal.SIGSTOP)
+            time.sleep(8 * IO_TIMEOUT + 1.0)
+            os.kill(extra[0].proc.pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            acquired_at: dict[str, float] = {}
+            while len(acquired_at) < len(policies) and time.monotonic() - resumed < 20:
+                for p, pid in watched.items():
+                    if p not in stopped_at and proc_state(pid or 0) in ("T", "Z", ""):
+                        stopped_at[p] = time.monotonic()
+                for policy, disk in zip(policies, disks, strict=True):
+                    if policy not in acquired_at:
+                        lease = {"key": key_of(other, disk), "mode": "exclusive"}
+                        if worker.try_do("acquire", lease)[2] is None:
+                            acquired_at[policy] = time.monotonic()
+                time.sleep(0.01)
+            print(
+                "\nsanlock lease loss, seconds after the daemon resumed: "
+                + ", ".join(f"{p} stopped {t - resumed:.2f}" for p, t in stopped_at.items())
+                + "; "
+                + ", ".join(
+                    f"{p} acquired elsewhere {t - resumed:.2f}" for p, t in acquired_at.items()
+                )
+            )
+            assert set(acquired_at) == set(policies), "every lease is let go"
+            for p in ("poweroff", "pause"):
+                assert stopped_at[p] <= acquired_at[p], (
+                    f"S2: {p}: acquired before the guest stopped"
+                )
+            for policy, g in guests.items():
+                assert g.mgr.check() is DomainState.FAILED, policy
+                assert g.mgr.failure is not None and f"policy {policy}" in g.mgr.failure
+                assert "sanlock revoked the leases" in g.mgr.failure
+            assert guests["poweroff"].proc.wait(10) == EXIT_LEASE_LOST
+            assert proc_state(guests["pause"].pid or 0) == "T"
+            assert proc_state(guests["ignore"].pid or 0) in ("S", "R")
+            for g in guests.values():
+                g.mgr.shutdown()
+                assert g.pid is not None and not alive(g.pid)
         finally:
             if worker is not None:
                 worker.close()
