@@ -97,8 +97,8 @@ class Host:
     """The virt daemon of one simulated host.
 
     ``config`` is the lock driver's configuration (``run_dir`` defaults to ``state_dir/run``);
-    each guest's ``lock_failure`` policy goes to its supervisor as that key of the driver's
-    configuration.  Raises InvalidArgument for a bad backend name or configuration.
+    each guest's ``lock_failure`` policy is its manager's parameter of that name.  Raises
+    InvalidArgument for a bad backend name or configuration.
     """
 
     def __init__(
@@ -115,22 +115,14 @@ class Host:
         self.qemu = qemu
         os.makedirs(os.path.join(state_dir, "domains"), mode=0o700, exist_ok=True)
         self.config: dict[str, Any] = {"run_dir": os.path.join(state_dir, "run"), **(config or {})}
-        self._drivers: dict[str, lockfsm.LockDriver] = {}
+        self.driver = lockfsm.load_driver(backend, self.config)
         self._domains: dict[str, Domain] = {}
         self._lock = threading.Lock()
         self._loop = EventLoop()
-        self.driver(self.config.get("lock_failure", "poweroff"))  # a bad configuration fails now
 
     @property
     def run_dir(self) -> str:
-        return str(self.config["run_dir"])
-
-    def driver(self, lock_failure: str) -> lockfsm.LockDriver:
-        """The lock driver whose supervisors apply ``lock_failure``.  Raises InvalidArgument."""
-        if lock_failure not in self._drivers:
-            conf = {**self.config, "lock_failure": lock_failure}
-            self._drivers[lock_failure] = lockfsm.load_driver(self.backend, conf)
-        return self._drivers[lock_failure]
+        return str(self.driver.config["run_dir"])
 
     # -- what the daemon knows ---------------------------------------------------------------
 
@@ -258,7 +250,7 @@ class Host:
         """
         self._not_here(name)
         guest = self._record(name)
-        mgr = self.driver(guest.lock_failure).new_manager(NewFlags.ATTACH)
+        mgr = self.driver.new_manager(NewFlags.ATTACH)
         for key, value in (("name", guest.name), ("uuid", guest.uuid), ("id", guest.id)):
             mgr.set_parameter(key, value)
         pid = mgr.get_child(timeout)
@@ -280,6 +272,8 @@ class Host:
             dom.monitor.close()
             with contextlib.suppress(LockFSMError):
                 dom.mgr.free()
+        with contextlib.suppress(LockFSMError):
+            self.driver.unload(force=True)
         self._loop.close()
 
     # -- live migration, step by step ----------------------------------------------------------
@@ -438,10 +432,11 @@ class Host:
         return dom
 
     def _manager(self, guest: Guest, flags: NewFlags) -> lockfsm.LockManager:
-        mgr = self.driver(guest.lock_failure).new_manager(flags)
+        mgr = self.driver.new_manager(flags)
         mgr.set_parameter("name", guest.name)
         mgr.set_parameter("uuid", guest.uuid)
         mgr.set_parameter("id", guest.id)
+        mgr.set_parameter("lock_failure", guest.lock_failure)
         for disk in guest.disks:
             mgr.register_resource(ResourceType.DISK, disk.path, disk.flags)
         return mgr

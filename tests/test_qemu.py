@@ -1,21 +1,19 @@
-"""Layer 4: lockfsm against a real hypervisor.
+"""Layer 4: lockfsm against a real hypervisor, on every backend.
 
 Each simulated host is a virt daemon (the reference embedding, ``lockfsm.host.Host``) in its own
-Python process, with its own run directory and QMP connections, driven over a pipe; the hosts
-share a lockspace and the disk images, as hosts share storage.  Guests are real
-``qemu-system-x86_64`` (TCG) processes run by real supervisors; migrations are real QEMU live
-migrations over a Unix socket.  What the tests judge they read from the kernel (locks, processes)
-and from QEMU, not from the daemons' word.
+Python process (tests/qemu_daemon.py), with its own run directory and QMP connections; the hosts
+share the disk images and the lock service, as hosts share storage: an fcntl lockspace, a
+sanlock lockspace (one sanlock daemon per host) or an etcd key space (one lease agent per host).
+Guests are real ``qemu-system-x86_64`` (TCG) processes run by real supervisors; migrations are
+real QEMU live migrations over a Unix socket.  Who holds a lease is read from the kernel's locks,
+the sanlock daemons or etcd, and what runs from the kernel and QEMU, never from lockfsm's records.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -24,7 +22,6 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
@@ -32,99 +29,17 @@ import pytest
 import lockfsm
 from lockfsm import DomainState, status
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
-from lockfsm.host import Disk, Guest, Host, migrate
+from lockfsm.host import Disk, Guest, migrate
 from lockfsm.supervisor import EXIT_REFUSED
 from tests.conftest import require
 from tests.helpers import alive, lock_ranges, locked_inodes, short_tmpdir, wait_until
+from tests.qemu_daemon import Daemon
+from tests.test_etcd import db, etcd1, shared_sites  # noqa: F401  (etcd and the hosts' agents)
+from tests.test_etcd import held as etcd_keys
 from tests.test_sanlock import cluster  # noqa: F401  (the sanlock daemons, once a session)
 
 QEMU = "qemu-system-x86_64"
 SLOW_LINK = 1000  # bytes/s: a migration this slow is still active when it is cancelled
-
-
-class RemoteError(Exception):
-    """An error of a daemon process that does not cross a pipe as itself."""
-
-
-def _portable(e: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return RemoteError(f"{type(e).__name__}: {e}")
-
-
-def _serve(conn: Connection, name: str, state_dir: str, backend: str, config: dict) -> None:
-    """A daemon process: one Host, whose methods the test calls over ``conn``."""
-    try:
-        host = Host(name, state_dir, backend, config)
-    except BaseException as e:
-        conn.send(("err", _portable(e)))
-        return
-    conn.send(("ok", None))
-    while True:
-        try:
-            request = conn.recv()
-        except EOFError:
-            break
-        if request is None:
-            break
-        method, args, kwargs = request
-        try:
-            conn.send(("ok", getattr(host, method)(*args, **kwargs)))
-        except Exception as e:
-            conn.send(("err", _portable(e)))
-    host.close()
-    conn.send(("ok", None))
-
-
-class Daemon:
-    """One simulated host's virt daemon, in its own process.  ``daemon.method(...)`` runs
-    ``Host.method`` there and returns its result or raises its error."""
-
-    def __init__(self, name: str, state_dir: str, backend: str, config: dict[str, Any]) -> None:
-        self.name, self.state_dir = name, state_dir
-        self.run_dir = str(config.get("run_dir", os.path.join(state_dir, "run")))
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_serve, args=(theirs, name, state_dir, backend, config), daemon=True
-        )
-        self.proc.start()
-        theirs.close()
-        self.lock = threading.Lock()
-        self._answer()
-
-    def _answer(self) -> Any:
-        kind, value = self.conn.recv()
-        if kind == "err":
-            raise value
-        return value
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
-            self.conn.send((method, args, kwargs))
-            return self._answer()
-
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return functools.partial(self.call, method)
-
-    def kill(self) -> None:
-        """kill -9 of the daemon: its guests and their supervisors go on."""
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.join(10)
-
-    def stop(self) -> None:
-        if self.proc.is_alive():
-            with suppress(OSError, EOFError):
-                self.conn.send(None)
-                self.conn.recv()
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.kill()
-        self.conn.close()
 
 
 # -- what the kernel, the lock services and QEMU say --------------------------------------------
@@ -206,6 +121,34 @@ class Sanlock(Storage):
         return not self._holders(disk)
 
 
+class Etcd(Storage):
+    """An etcd lockspace under the shared hosts' key prefix, one lease agent per host: ``x`` the
+    exclusive holder, ``r`` a migration target's reservation, each naming its supervisor."""
+
+    backend = "etcd"
+
+    def __init__(self, sites: list[Any], client: Any) -> None:
+        self.sites, self.db = sites, client
+        self.prefix = sites[0].config["prefix"]
+
+    def config(self, index: int) -> dict[str, Any]:
+        return {**self.sites[index].config, "shutdown_grace": 2.0}
+
+    def _keys(self, disk: str) -> dict[str, dict[str, Any]]:
+        key = hashlib.sha256(os.path.realpath(disk).encode()).hexdigest()
+        return dict(etcd_keys(self.db, self.prefix).get(key, {}))
+
+    def holds(self, pid: int, disk: str) -> bool:
+        return self._keys(disk).get("x", {}).get("pid") == pid
+
+    def reserves(self, pid: int, disk: str) -> bool:
+        keys = self._keys(disk)
+        return keys.get("r", {}).get("pid") == pid and keys.get("x", {}).get("pid") != pid
+
+    def free(self, disk: str) -> bool:
+        return not self._keys(disk)
+
+
 def supervisors(run_dir: str, name: str) -> list[dict[str, Any]]:
     """The live supervisors of guest ``name`` in ``run_dir``."""
     return [r for r in status.supervisors(run_dir) if r["name"] == name and r["alive"]]
@@ -252,10 +195,12 @@ def top() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(params=["fcntl", "sanlock"])
+@pytest.fixture(params=["fcntl", "sanlock", "etcd"])
 def storage(request: pytest.FixtureRequest, top: str) -> Storage:
     if request.param == "sanlock":
         return Sanlock(request.getfixturevalue("cluster"))
+    if request.param == "etcd":
+        return Etcd(request.getfixturevalue("shared_sites"), request.getfixturevalue("db"))
     return Fcntl(top)
 
 
@@ -310,7 +255,7 @@ def test_a_guest_is_a_real_qemu_run_by_its_supervisor_with_both_locks(
     assert storage.holds(sup, disk) and image_locked_by(pid, disk)
     with open(f"/proc/{sup}/cmdline") as f:
         argv = f.read().split("\0")
-    assert json.loads(argv[argv.index("--launch") + 1])["config"]["lock_failure"] == "pause"
+    assert json.loads(argv[argv.index("--launch") + 1])["lock_failure"] == "pause"
     a.shutdown("vm")
     assert not alive(pid) and storage.free(disk)
 
