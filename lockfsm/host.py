@@ -189,8 +189,10 @@ class Host:
         device.  Returns the disk as placed (with its slot).
 
         Raises LeaseConflict if the disk is held elsewhere (QEMU never opens it),
-        InvalidArgument for an unknown guest or a disk it has, HypervisorError if QEMU refuses
-        (the lease is then given back), IllegalTransition during a migration.
+        InvalidArgument for an unknown guest, one that is migrating, or a disk it has already,
+        HypervisorError if QEMU refuses (the lease is then given back, unless QEMU could not
+        drop what it had opened: then the lease stays held), BackendError if the supervisor is
+        gone.
         """
         dom = self._role(name, "running")
         guest = dom.guest.with_disk(disk)
@@ -203,11 +205,10 @@ class Host:
                 added.append(node["node-name"])
             dom.monitor.execute("device_add", placed.device())
         except HypervisorError:
-            try:
-                for node_name in reversed(added):
-                    dom.monitor.execute("blockdev-del", {"node-name": node_name})
-            except HypervisorError:
-                raise  # QEMU may still have the image open: the lease stays held
+            # Undo in QEMU first; if that fails, QEMU may still have the image open and the
+            # error propagates with the lease held.
+            for node_name in reversed(added):
+                dom.monitor.execute("blockdev-del", {"node-name": node_name})
             dom.mgr.release_resource(ResourceType.DISK, placed.path, placed.flags)
             raise
         dom.guest = guest
@@ -218,9 +219,9 @@ class Host:
         """Remove the disk at ``path`` from the running guest: the device, then QEMU's block
         nodes (QEMU closes the image), and only then its lease.
 
-        Raises InvalidArgument for an unknown guest or disk, HypervisorError if QEMU does not
-        remove the device or close the image (the lease then stays held), IllegalTransition
-        during a migration.
+        Raises InvalidArgument for an unknown guest or disk or a guest that is migrating,
+        HypervisorError if QEMU does not remove the device or close the image (the lease then
+        stays held), BackendError if the supervisor is gone.
         """
         dom = self._role(name, "running")
         disk = dom.guest.disk(path)
