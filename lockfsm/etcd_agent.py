@@ -68,6 +68,11 @@ def log(message: str) -> None:
     print(f"{stamp} lockfsm-etcd-agent[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
+def _short(error: BaseException) -> str:
+    """The first line of an error, at most 200 characters (gRPC's are long)."""
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+
+
 def _json(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -200,7 +205,7 @@ class Agent:
             try:
                 lease_id, granted = await self.etcd.grant(self.ttl, self.budget)
             except EtcdError as e:
-                log(f"cannot get an etcd lease yet: {e}")
+                log(f"cannot get an etcd lease yet: {_short(e)}")
                 await asyncio.sleep(_RETRY)
                 continue
             # etcd may raise a short TTL to its minimum, never lower it: ours is the bound.
@@ -235,40 +240,51 @@ class Agent:
                 await asyncio.sleep(self.ttl / 3)
 
     async def keepalive(self) -> None:
-        """Keep the host's lease alive every TTL/3, and fence at the local deadline."""
+        """Keep the host's lease alive every TTL/3 (after a failure, every 0.1 s on the next
+        member), and give it up at the local deadline."""
         interval = self.ttl / 3
-        failed = False
+        failures = 0
+        retry_at = 0.0
         while not self.stopping.is_set():
             lease = self.lease
             if lease is None:
                 await self._grant()
-                failed = False
+                failures = 0
                 continue
             now = time.monotonic()
             if now >= lease.valid_until:
                 self._lose(lease, "no keepalive succeeded before the local deadline")
                 continue
-            due = now + _RETRY if failed else lease.sent + interval
+            due = retry_at if failures else lease.sent + interval
             if now < due:
                 await asyncio.sleep(min(due, lease.valid_until) - now)
                 continue
             sent = time.monotonic()
+            # Room for several tries before the deadline: a member that hangs (it lost its
+            # leader, or stopped) costs one try, then the next member is asked.
+            limit = min(self.try_timeout, max(0.05, (lease.valid_until - sent) / 3))
             try:
-                ttl = await self.etcd.keepalive(lease.id, lease.valid_until - sent)
+                ttl = await self.etcd.keepalive(lease.id, min(limit, 0.3) if failures else limit)
             except EtcdError as e:
-                if not failed:
-                    log(f"keepalive of {lease.id:x} failed: {e}")
-                failed = True
+                if not failures:
+                    log(f"keepalive of {lease.id:x} failed, retrying: {_short(e)}")
+                failures += 1
+                retry_at = time.monotonic() + _RETRY
                 continue
+            if lease.lost is not None:
+                continue  # given up meanwhile (etcd no longer knew it): never renewed again
             if time.monotonic() >= lease.valid_until:  # too late: never resume on it
                 self._lose(lease, "the keepalive answer came after the local deadline")
                 continue
             if ttl <= 0:
                 self._lose(lease, "etcd says the lease has expired")
                 continue
-            if failed:
-                log(f"keepalive of {lease.id:x} succeeds again via {self.etcd.endpoint}")
-            failed = False
+            if failures:
+                log(
+                    f"keepalive of {lease.id:x} succeeds again via {self.etcd.endpoint} after "
+                    f"{failures} failed tries, {sent - lease.sent:.2f} s after the last success"
+                )
+            failures = 0
             lease.sent = sent
             lease.valid_until = sent + min(ttl, self.ttl) - self.margin
             self._push_all({"push": "valid", "lease": lease.id, "valid_until": lease.valid_until})
@@ -574,9 +590,12 @@ class Agent:
 
     async def op_release(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         key = req.get("key")
-        owned = conn.owned.pop(key, None) if isinstance(key, str) else None
+        owned = conn.owned.get(key) if isinstance(key, str) else None
         if owned is not None:
+            # Forgotten only once etcd did it: a key left behind is retried when the
+            # connection closes, rather than held for as long as this agent lives.
             await self._release(conn, str(key), owned)
+            conn.owned.pop(str(key), None)
         return {}
 
     async def _release(
@@ -695,7 +714,9 @@ class Agent:
         finally:
             self.conns.discard(conn)
             writer.close()
-            if conn.owned:
+            # Not when this agent is stopping: then the connection closed on our side, its
+            # supervisor and guest may live a moment more, and the keys go with the lease.
+            if conn.owned and not self.stopping.is_set():
                 self._spawn(self._cleanup(conn))
 
     async def _request(self, conn: Conn, line: bytes) -> None:
@@ -718,16 +739,27 @@ class Agent:
             conn.send({**reply, "id": rid})
 
     async def _cleanup(self, conn: Conn) -> None:
-        """The supervisor and its guest are dead: release all they had, at once."""
-        results = await asyncio.gather(
-            *(self._release(conn, k, o, self.ttl) for k, o in conn.owned.items()),
-            return_exceptions=True,
-        )
-        failed = [r for r in results if isinstance(r, BaseException)]
-        log(
-            f"supervisor pid {conn.pid} gone: released {len(results) - len(failed)} lease(s)"
-            + (f", {len(failed)} left to the lease's expiry: {failed[0]}" if failed else "")
-        )
+        """The supervisor and its guest are dead: release all they had, at once.  What etcd
+        does not take now is tried again while the lease it lives on is this host's (else it
+        goes with that lease)."""
+        left = dict(conn.owned)
+        released = 0
+        while left:
+            items = list(left.items())
+            results = await asyncio.gather(
+                *(self._release(conn, k, o, self.budget) for k, o in items),
+                return_exceptions=True,
+            )
+            for (key, _), result in zip(items, results, strict=True):
+                if not isinstance(result, BaseException):
+                    released += 1
+                    del left[key]
+            current = self.lease.id if self.lease else None
+            left = {k: o for k, o in left.items() if o.lease == current}
+            if left:
+                log(f"supervisor pid {conn.pid} gone: {len(left)} lease(s) not released yet")
+                await asyncio.sleep(self.ttl / 3)
+        log(f"supervisor pid {conn.pid} gone: released {released} lease(s)")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -186,13 +186,16 @@ class Etcd:
             return await asyncio.wait_for(fn(client), max(0.001, timeout))
         except TimeoutError:
             self._rotate(index)
-            raise TimeoutError(f"etcd member {self.endpoints[index]} did not answer") from None
+            host, port = self.endpoints[index]
+            raise TimeoutError(f"etcd member {host}:{port} did not answer in time") from None
         except (rpc.AioRpcError, aetcd.ClientError) as e:
             ours = _classify(e.__cause__ if isinstance(e, aetcd.ClientError) else e)
             if ours is not None:
                 raise ours from None
             self._rotate(index)
-            raise ConnectionError(f"etcd member {self.endpoints[index]}: {e}") from None
+            detail = e.details() if isinstance(e, rpc.AioRpcError) else str(e)
+            host, port = self.endpoints[index]
+            raise ConnectionError(f"etcd member {host}:{port}: {detail}") from None
 
     async def read(self, fn: Callable[[aetcd.Client], Awaitable[T]], budget: float) -> T:
         """An idempotent request, tried member after member until ``budget`` seconds pass.

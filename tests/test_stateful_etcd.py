@@ -1,0 +1,416 @@
+"""The two-host hypothesis stateful test of tests/test_stateful_migration.py, on etcd: the same
+rules (any daemon call on any of hosts A, B and the rogue C, crashes, restarts, illegal calls,
+runs of enabled moves), the same invariants (S1-S5, L1), judged from etcd's key space and the
+processes instead of the kernel's lock table.
+
+Three hosts, each with a real ``lockfsm-etcd-agent`` on one real etcd member, started once for
+the module; every example has disks (so keys) of its own.  What etcd says (``Entry``): for each
+disk, ``x`` (the exclusive key, naming its holder's supervisor pid), ``s`` (a shared holder),
+``r`` (an incoming target's reservation) and ``m`` (an exclusive key handed off to the
+reserving target: "handed off to" that target's pid).
+
+Where etcd differs from fcntl, the model says so (and nothing else changes):
+
+* a lease given up while a target reserves it is handed off to that target (``m``), where
+  fcntl leaves it free behind the target's gate; either way only that target can take it;
+* the target's take-over needs every exclusive key handed off to it *at the create revision
+  the cookie carries*: an exclusive key that is gone, or was freed and taken anew since the
+  cookie was made (a stale cookie), fails the take-over for good and at once (LeaseConflict,
+  nothing changed), where fcntl would take the free lease.  The model tracks each exclusive
+  key's incarnation (a new one at each fresh acquire) for that;
+* a killed supervisor's keys outlive it until its guest is dead (the guest inherits the agent
+  connection, hot-plugged keys included); then the agent lets them go (hands them off if
+  reserved), a moment later: the test waits for it.
+
+Profiles from tests/conftest.py; this file runs a third of the examples the fcntl one does
+(each step starts real processes on both sides of an agent)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import Phase, event, settings
+
+from lockfsm import DomainState, LeaseConflict
+from lockfsm.etcd_client import SyncEtcd
+from tests import test_stateful_migration as base
+from tests.conftest import require
+from tests.etcd_cluster import Agent, Cluster, keys_under
+from tests.helpers import Host, alive, make_disks, short_tmpdir, wait_until
+
+Entry = tuple[str, str, int]  # (disk, "x" | "s" | "r" | "m", supervisor pid it names)
+
+TTL = 4
+PREFIX = "/lockfsm-stateful/"
+EXCL = base.EXCLUSIVE
+
+
+class World:
+    """The module's etcd member, its three agents and a client."""
+
+    def __init__(self) -> None:
+        self.cluster = Cluster(1)
+        self.dirs = {n: short_tmpdir("lfa") for n in "ABC"}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.agents: list[Agent] = []
+        for name, d in self.dirs.items():
+            self.configs[name] = {
+                "endpoints": self.cluster.endpoints,
+                "ttl": TTL,
+                "host_name": f"host{name}",
+                "prefix": PREFIX,
+                "agent_socket": os.path.join(d, "agent.sock"),
+            }
+            self.agents.append(Agent({"run_dir": d, **self.configs[name]}))
+        self.db = self.cluster.client()
+
+    def host(self, name: str) -> Host:
+        return Host(
+            "etcd", self.dirs[name], handoff_timeout=base.HANDOFF_TIMEOUT, **self.configs[name]
+        )
+
+    def close(self) -> None:
+        self.db.close()
+        for agent in self.agents:
+            agent.stop()
+        self.cluster.stop()
+        for d in self.dirs.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+WORLD: World | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world() -> Iterator[World]:
+    global WORLD
+    require("etcd")
+    WORLD = World()
+    try:
+        yield WORLD
+    finally:
+        WORLD.close()
+        WORLD = None
+
+
+def socket_inodes(pid: int | None) -> set[str]:
+    """The sockets process ``pid`` has open ("socket:[inode]")."""
+    found = set()
+    if pid is None:
+        return found
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:"):
+                found.add(link)
+    except OSError:
+        pass
+    return found
+
+
+class EtcdTwoHosts(base.TwoHosts):
+    def __init__(self) -> None:  # not the fcntl world: the same sides on etcd
+        base.RuleBasedStateMachine.__init__(self)
+        assert WORLD is not None
+        self.world = WORLD
+        self.db: SyncEtcd = WORLD.db
+        self.work = os.path.realpath(short_tmpdir("lfw"))
+        make_disks(self.work, *base.FLAGS)
+        self.lockspace = self.work
+        self.sides = {name: base.Side(name, WORLD.host(name)) for name in "ABC"}
+        backend = self.sides["A"].host.driver.backend
+        self.keys = {
+            backend.leases("disk", self.path(d), self.path(d), False)[0]["key"]: d
+            for d in base.FLAGS
+        }
+        self.base = {}
+        self.cookie = None
+        self.migrations = 0
+        self.completed = []
+        self.pending = None
+        # etcd's side of the model: each exclusive disk's key, and its incarnation.
+        self.xkey: dict[str, tuple[str, str, int] | None] = dict.fromkeys(base.FLAGS)
+        self.incarnation: Counter[str] = Counter()
+        self.versions: dict[int, dict[str, int]] = {}  # migration number -> incarnations
+
+    def teardown(self) -> None:
+        for side in self.sides.values():
+            side.host.cleanup()
+        if self.pending is not None and self.pending.thread is not None:
+            self.pending.thread.join(30)
+        # The agents let the killed supervisors' keys go: wait, so the next example starts clean.
+        wait_until(lambda: not self.etcd_entries(), 10, "the example's keys to go")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- etcd as the judge ------------------------------------------------------------------------
+
+    def etcd_entries(self) -> Counter[Entry]:
+        """Every key of this example's disks, as etcd has it now."""
+        found: Counter[Entry] = Counter()
+        for key, kind, data in keys_under(self.db, PREFIX):
+            disk = self.keys.get(key)
+            if disk is None:
+                continue
+            if kind == "x" and "handed_off_to" in data:
+                found[(disk, "m", int(data["handed_off_to"]["pid"]))] += 1
+            else:
+                found[(disk, kind, int(data["pid"]))] += 1
+        return found
+
+    def kernel_locks(self) -> Counter[Entry]:  # type: ignore[override]
+        return self.etcd_entries()
+
+    def held_by(  # type: ignore[override]
+        self, pid: int | None, inodes: Any = None
+    ) -> frozenset[Entry]:
+        """The keys that name supervisor ``pid`` as their holder (x, s) or reserver (r)."""
+        if pid is None:
+            return frozenset()
+        return frozenset(e for e in self.etcd_entries() if e[2] == pid and e[1] != "m")
+
+    def inodes(self) -> dict[int, str]:
+        return {}
+
+    def side_locks(  # type: ignore[override]
+        self, side: base.Side, disks: Iterable[str] | None = None
+    ) -> frozenset[Entry]:
+        """The keys the model says ``side``'s live supervisor holds (or reserves)."""
+        if side.sup is base.Sup.NONE or side.proc is None:
+            return frozenset()
+        names = side.disks if disks is None else disks
+        pid = side.proc.pid
+        if side.sup is base.Sup.IN:
+            return frozenset((d, "r", pid) for d in names)
+        return frozenset((d, "s" if base.FLAGS[d] else "x", pid) for d in names)
+
+    def expected_locks(self) -> Counter[Entry]:  # type: ignore[override]
+        self.reconcile()
+        want: Counter[Entry] = Counter()
+        for side in self.live():
+            want.update(self.side_locks(side))
+        for disk, x in self.xkey.items():
+            if x is not None and x[0] == "marker":
+                want[(disk, "m", x[2])] += 1
+        return want
+
+    # -- the exclusive keys' history ------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Bring the model of each exclusive key up to the sides' states: a fresh acquire makes
+        a new incarnation; a take-over keeps it; a release while a target reserves hands the key
+        off to that target; a target that goes takes its handed-off keys with it."""
+        for disk, flags in base.FLAGS.items():
+            if flags is not EXCL:
+                continue
+            was = self.xkey[disk]
+            holders = [s for s in self.live() if s.sup in base.EXECUTING and disk in s.disks]
+            if holders:
+                side = holders[0]
+                assert side.proc is not None
+                now = ("held", side.name, side.proc.pid)
+                if was != now:
+                    m = side.migration
+                    took_over = was is not None and (
+                        was == ("marker", side.name, side.proc.pid)
+                        or (m is not None and m.target == side.name and m.target_proc is side.proc)
+                    )
+                    if not took_over:  # a fresh acquire: a new incarnation of the key
+                        self.incarnation[disk] += 1
+                    self.xkey[disk] = now
+                continue
+            target = next(
+                (s for s in self.live() if s.sup is base.Sup.IN and disk in s.disks), None
+            )
+            if was is not None and was[0] == "held":
+                if target is not None and target.proc is not None:
+                    self.xkey[disk] = ("marker", target.name, target.proc.pid)
+                else:
+                    self.xkey[disk] = None
+            elif (
+                was is not None
+                and was[0] == "marker"
+                and (target is None or target.proc is None or target.proc.pid != was[2])
+            ):
+                self.xkey[disk] = None  # the target went, and took the handed-off key along
+
+    def takeover_final(self, target: base.Side) -> bool:
+        """Whether the target's take-over must fail for good: an exclusive key of its cookie
+        is gone, or is another incarnation than the cookie's."""
+        self.reconcile()
+        m = target.migration
+        assert m is not None
+        versions = self.versions[m.number]
+        for disk, flags in m.disks.items():
+            if flags is not EXCL:
+                continue
+            if self.xkey[disk] is None or self.incarnation[disk] != versions.get(disk):
+                return True
+        return False
+
+    def do_prepare(self, side: base.Side) -> None:
+        self.reconcile()
+        before = self.migrations
+        super().do_prepare(side)
+        if self.migrations != before:
+            self.versions[self.migrations] = {
+                d: self.incarnation[d] for d, f in side.disks.items() if f is EXCL
+            }
+
+    def do_complete(self, side: base.Side, cancel: bool, background: bool) -> None:
+        if (
+            side.state is base.IN
+            and side.sup is base.Sup.IN
+            and not cancel
+            and self.takeover_final(side)
+        ):
+            started = time.monotonic()
+            err = self.refused(
+                LeaseConflict,
+                lambda: side.mgr.complete_migrate_in(),  # type: ignore[union-attr]
+                f"S3: the target {side.name}'s take-over of a lease that changed hands",
+            )
+            assert time.monotonic() - started < base.HANDOFF_TIMEOUT + 2, "not refused at once"
+            assert "changed hands" in str(err) or "no longer holds" in str(err), err
+            event("take-over refused for good: the lease changed hands or vanished")
+            return
+        super().do_complete(side, cancel, background)
+
+    def check_l1(self, m: base.Migration) -> None:
+        assert m.target is not None
+        target = self.sides[m.target]
+        proc = target.proc
+        if target.sup is base.Sup.RUNNING and proc is not None and proc is m.target_proc:
+            want = frozenset((d, "s" if f else "x", proc.pid) for d, f in target.disks.items())
+            got = self.held_by(proc.pid)
+            assert got == want, f"L1: after the handoff the target holds {sorted(got)}, not {want}"
+        assert m.source_proc.poll() == 0, f"L1: the source supervisor: {m.source_proc.poll()}"
+        assert not base.living(m.source_guest), "L1: the source's guest lives after the handoff"
+        assert not self.held_by(m.source_proc.pid), "L1: the source still holds leases"
+        back = any(t == m.source for _, t in self.completed)
+        self.completed.append((m.source, m.target))
+        event("L1: a migration completed on both sides" + (", migrating back" if back else ""))
+
+    def kill(self, side: base.Side, what: str) -> None:
+        """kill -9 a supervisor: every key it holds (hot-plugged ones too) outlives it while its
+        guest executes (the guest holds the agent connection); once the guest is dead the agent
+        lets them go.  kill -9 a guest: its supervisor releases and exits."""
+        assert side.proc is not None and side.guest is not None
+        guest, sup = side.guest, side.proc.pid
+        if what == "supervisor":
+            want = self.side_locks(side)
+            os.kill(sup, signal.SIGKILL)
+            assert side.proc.wait(10) == -signal.SIGKILL
+            got = self.held_by(sup)
+            if base.executing(guest):
+                assert want <= got, (
+                    f"S2: {sorted(want - got)} went while {side.name}'s guest executes"
+                )
+                event("kill -9 supervisor: its keys checked while the guest executes")
+            wait_until(lambda: not alive(guest), what="the guest to die (PDEATHSIG)")
+            wait_until(lambda: not self.held_by(sup), 10, "the agent to let the keys go")
+        else:
+            os.kill(guest, signal.SIGKILL)
+            assert side.proc.wait(10) == base.SIGKILLED, "the supervisor exits with its status"
+        side.sup = base.Sup.NONE
+        event(f"kill -9 {what} of a {side.state.value if side.state else 'orphan'} host")
+        self.after_release()
+
+    def hand_off(self, side: base.Side) -> None:
+        """As on fcntl, with etcd's keys watched: they name the source while its guest runs."""
+        mgr, proc, guest, m = side.mgr, side.proc, side.guest, side.migration
+        assert mgr is not None and proc is not None and m is not None
+        want = self.side_locks(side)
+        stop, seen = threading.Event(), []
+
+        def watch() -> None:
+            while not stop.is_set():
+                got = self.held_by(proc.pid)  # the keys first, then the guest
+                if not want <= got and base.executing(guest):
+                    seen.append(sorted(want - got))
+                    return
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            self.expect_ok(mgr.complete_migrate_in, f"model: the source {side.name} completes")
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert not seen, f"S3: the source {side.name} let {seen[0]} go while its guest executed"
+        assert not base.executing(guest), "S3: the source's completion returned, its guest runs"
+        assert proc.wait(10) == 0, f"L1: the handed-off supervisor exited {proc.returncode}"
+        side.state, side.sup, m.source_done = DomainState.DONE, base.Sup.NONE, True
+        event("source completed (handoff)")
+        if m.target is not None:
+            self.check_l1(m)
+
+    def s1_one_writer(self) -> None:
+        """S1: among executing guests no disk is used by two unless all hold it shared, and
+        etcd agrees: an exclusive key names one holder, never beside a shared one."""
+        users: dict[str, list[tuple[str, bool]]] = {}
+        for side in self.live():
+            if side.sup in base.EXECUTING:
+                for disk in side.disks:
+                    users.setdefault(disk, []).append((side.name, bool(base.FLAGS[disk])))
+        for disk, who in users.items():
+            assert len(who) == 1 or all(shared for _, shared in who), f"S1: {disk} used by {who}"
+        kinds: dict[str, list[str]] = {}
+        for disk, kind, _ in self.etcd_entries():
+            if kind in ("x", "s", "m"):
+                kinds.setdefault(disk, []).append(kind)
+        for disk, found in kinds.items():
+            assert found.count("x") + found.count("m") <= 1 and (
+                "s" not in found or "x" not in found
+            ), f"S1: etcd has {found} for {disk}"
+
+    def s2_executing_guests_hold_their_leases(self) -> None:
+        """S2: etcd names the supervisor of every executing guest as the holder of exactly its
+        disks' keys, and the guest holds the supervisor's agent connection (so the keys outlive
+        a killed supervisor until the guest is dead)."""
+        for side in self.live():
+            if side.sup not in base.EXECUTING:
+                continue
+            assert side.proc is not None
+            got, want = self.held_by(side.proc.pid), self.side_locks(side)
+            assert got == want, (
+                f"S2: etcd has {sorted(got)} for {side.name}'s executing guest, its disks need "
+                f"{sorted(want)}"
+            )
+            shared = socket_inodes(side.proc.pid) & socket_inodes(side.guest)
+            assert shared, f"S2: {side.name}'s guest does not hold the agent connection"
+
+    def s3_targets_only_reserve(self) -> None:
+        """S3: an incoming target holds exactly the reservations of its leases and no lease."""
+        for side in self.live():
+            if side.sup is not base.Sup.IN:
+                continue
+            assert side.proc is not None
+            got, want = self.held_by(side.proc.pid), self.side_locks(side)
+            assert got == want, (
+                f"S3: the incoming target {side.name} has {sorted(got - want)} and lacks "
+                f"{sorted(want - got)}: before its take-over it must only reserve"
+            )
+        for side in self.sides.values():
+            if side.state is DomainState.DONE:
+                assert not base.living(side.guest), f"S3: {side.name} handed off, its guest lives"
+
+
+# Rules like the fcntl test's, fewer examples: every step starts processes against an agent.
+EtcdTwoHosts.TestCase.settings = settings(
+    max_examples=max(1, settings().max_examples // 3),
+    deadline=None,
+    phases=[p for p in Phase if p is not Phase.explain],
+)
+TestEtcdTwoHosts = EtcdTwoHosts.TestCase
