@@ -29,7 +29,7 @@ import pytest
 import lockfsm
 from lockfsm import DomainState, status
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
-from lockfsm.host import Disk, Guest, migrate
+from lockfsm.host import Disk, Guest, HypervisorError, migrate
 from lockfsm.supervisor import EXIT_REFUSED
 from tests.conftest import require
 from tests.helpers import alive, lock_ranges, locked_inodes, short_tmpdir, wait_until
@@ -167,7 +167,8 @@ def image_locked_by(pid: int, image: str) -> bool:
 
 def devices(host: Daemon, name: str) -> set[str]:
     """The ids of the devices the guest's QEMU has."""
-    return {p["name"] for p in host.qmp(name, "qom-list", {"path": "/machine/peripheral"})}
+    found = host.qmp(name, "qom-list", {"path": "/machine/peripheral"})
+    return {p["name"] for p in found if p["type"].startswith("child<")}
 
 
 def qemu_exe(pid: int) -> str:
@@ -182,8 +183,8 @@ def parent(pid: int) -> int:
 # -- fixtures -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _qemu() -> None:
+@pytest.fixture(scope="module")
+def qemu() -> None:
     require(QEMU)
     require("qemu-img")
 
@@ -205,7 +206,7 @@ def storage(request: pytest.FixtureRequest, top: str) -> Storage:
 
 
 @pytest.fixture
-def hosts(top: str, storage: Storage) -> Iterator[Callable[[str], Daemon]]:
+def hosts(qemu: None, top: str, storage: Storage) -> Iterator[Callable[[str], Daemon]]:
     """``make(name)``: a daemon process on the shared storage; ``make(name)`` again for a name
     made before is that host's daemon restarted (same state directory, same lock service).  At
     the end every daemon stops and every supervisor its hosts ran is killed."""
@@ -238,6 +239,39 @@ def guest(name: str, *disks: str, **kw: Any) -> Guest:
 
 
 # -- the tests ------------------------------------------------------------------------------------
+
+
+def test_a_guest_definition_places_its_disks_and_makes_qemus_command_line() -> None:
+    """Slots are SCSI ids, kept across hot-plug and unplug so a target started from the live
+    definition has the source's devices; CPUs start stopped; a target waits for its stream."""
+    g = guest("vm", "/img/a", "/img/b")
+    assert [d.slot for d in g.disks] == [0, 1]
+    g = g.without_disk("/img/a").with_disk(Disk("/img/c")).with_disk(Disk("/img/d"))
+    assert [(d.path, d.slot) for d in g.disks] == [("/img/b", 1), ("/img/c", 0), ("/img/d", 2)]
+    assert Guest.from_dict(json.loads(json.dumps(g.to_dict()))) == g
+    argv = g.argv(QEMU, "/run/q.sock")
+    assert argv[0] == QEMU and argv[-1] == "-S" and "-incoming" not in argv
+    assert g.argv(QEMU, "/run/q.sock", incoming=True)[-3:] == ["-S", "-incoming", "defer"]
+    devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
+    assert [(d["driver"], d.get("scsi-id")) for d in devices] == [
+        ("virtio-scsi-pci", None),
+        ("scsi-hd", 1),
+        ("scsi-hd", 0),
+        ("scsi-hd", 2),
+    ]
+    shared = guest("vm", "/img/s").with_disk(Disk("/img/r", readonly=True, shared=True))
+    assert (
+        shared.disk("/img/r").flags == lockfsm.ResourceFlags.SHARED | lockfsm.ResourceFlags.READONLY
+    )
+    for bad in (
+        lambda: g.with_disk(Disk("/img/b")),  # twice
+        lambda: Disk("relative.qcow2"),
+        lambda: Disk("/img/x", format="vmdk"),
+        lambda: guest("vm", lock_failure="restart"),
+        lambda: g.argv(QEMU, "/run/a,b.sock"),
+    ):
+        with pytest.raises(lockfsm.InvalidArgument):
+            bad()
 
 
 def test_a_guest_is_a_real_qemu_run_by_its_supervisor_with_both_locks(
@@ -303,6 +337,11 @@ def test_hotplug_takes_the_lease_first_and_unplug_gives_it_back_last(
     nodes = a.qmp("vm", "query-named-block-nodes")
     assert sorted(n["node-name"] for n in nodes) == ["d0", "f0"]
     assert not image_locked_by(pid, theirs)
+    # A disk QEMU refuses (a raw file called qcow2): its lease is taken, then given back.
+    bad = image(top, "bad.raw", "raw")
+    with pytest.raises(HypervisorError, match="qcow2"):
+        a.hotplug("vm", Disk(bad))
+    assert storage.free(bad) and devices(a, "vm") == {"scsi0", "disk0"}
     # A free disk: the supervisor holds its lease, QEMU has it open as a SCSI disk.
     placed = a.hotplug("vm", Disk(extra))
     assert placed.slot == 1 and "disk1" in devices(a, "vm")
