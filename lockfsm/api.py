@@ -60,11 +60,11 @@ PARAMETERS = {
     "lock_failure": _lock_failure,
 }
 
-_POLL = (0.001, 0.05)
+#: First and longest wait between attempts to reach a supervisor that is starting (a start takes
+#: ~70 ms: a longer wait would be noticed late).
+_POLL = (0.001, 0.004)
 _NO_FLAGS = NewFlags(0)
-_NO_RESOURCE_FLAGS = ResourceFlags(
-    0
-)  # first and longest wait between attempts to reach a supervisor
+_NO_RESOURCE_FLAGS = ResourceFlags(0)
 
 
 def load_driver(

@@ -25,6 +25,9 @@ JOIN_NAMES = ("migration_source", "migration_target", "lock_failure")
 CAPABILITIES = ("hotplug", "migration")
 
 GENERATED = Path(__file__).with_name("_tables.py")
+#: The tables alone, without the state enums: what the supervisor imports (it runs once per guest,
+#: and the enum classes cost it half a megabyte).
+GENERATED_MACHINES = Path(__file__).with_name("_machines.py")
 
 
 def default_specs_dir() -> Path:
@@ -236,7 +239,8 @@ def _enum_name(table: str) -> str:
 
 
 def generate(specs: dict[str, Spec]) -> str:
-    """The text of ``lockfsm/_tables.py`` for these tables (byte-stable)."""
+    """The text of ``lockfsm/_tables.py`` for these tables (byte-stable): the state enums, and the
+    tables of ``lockfsm/_machines.py`` re-exported."""
     out = [
         '"""GENERATED from specs/*.toml by `lockfsm spec gen`: do not edit by hand."""',
         "",
@@ -245,7 +249,8 @@ def generate(specs: dict[str, Spec]) -> str:
         "",
         "import enum",
         "",
-        "from lockfsm.engine import Move, Table",
+        "from lockfsm._machines import TABLES as TABLES",
+        *(f"from lockfsm._machines import {n.upper()} as {n.upper()}" for n in specs),
         "",
     ]
     for name, spec in specs.items():
@@ -257,6 +262,20 @@ def generate(specs: dict[str, Spec]) -> str:
         ]
         out += [f"    {s.upper()} = {s!r}" for s in spec.states]
         out.append("")
+    return "\n".join(out)
+
+
+def generate_machines(specs: dict[str, Spec]) -> str:
+    """The text of ``lockfsm/_machines.py`` for these tables (byte-stable)."""
+    out = [
+        '"""GENERATED from specs/*.toml by `lockfsm spec gen`: do not edit by hand."""',
+        "",
+        "# ruff: noqa",
+        "from __future__ import annotations",
+        "",
+        "from lockfsm.engine import Move, Table",
+        "",
+    ]
     for name, spec in specs.items():
         requires = {
             e.name: e.attrs["requires"] for e in spec.events.values() if "requires" in e.attrs
@@ -286,7 +305,8 @@ def write_generated(specs_dir: Path | None = None) -> list[Path]:
     d = specs_dir or default_specs_dir()
     specs = load_all(d)
     GENERATED.write_text(generate(specs))
-    written = [GENERATED]
+    GENERATED_MACHINES.write_text(generate_machines(specs))
+    written = [GENERATED, GENERATED_MACHINES]
     for hosts in modelcheck.HOSTS:
         path = modelcheck.model_path(d, hosts)
         path.write_text(model.generate(specs, hosts))

@@ -16,7 +16,6 @@ parent *thread* exits.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
@@ -28,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lockfsm import _tables, control
+from lockfsm import _machines, control
 from lockfsm.backends import make_holder
 from lockfsm.engine import Instance
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
@@ -95,7 +94,7 @@ class Supervisor:
         self.guest_pid: int | None = None
         self.status: int | None = None
         self.error: dict[str, Any] | None = None
-        self.sm = Instance(_tables.SUPERVISOR, self._guard, self._act)
+        self.sm = Instance(_machines.SUPERVISOR, self._guard, self._act)
         self.mode: str = spec.get("mode", "start")
         if self.mode not in ("start", "incoming"):
             raise ValueError(f"launch mode {self.mode!r} is unknown")
@@ -110,7 +109,7 @@ class Supervisor:
         self.take_over: tuple[socket.socket, float, float, float] | None = None
         self.waiters: list[socket.socket] = []
         self.buffers: dict[socket.socket, bytes] = {}
-        for action in {a for m in _tables.SUPERVISOR.moves for a in m.actions}:
+        for action in {a for m in _machines.SUPERVISOR.moves for a in m.actions}:
             getattr(self, f"_do_{action}")  # every action of the table exists, or fail now
 
     # -- the machine's callbacks ----------------------------------------------------------------
@@ -140,7 +139,7 @@ class Supervisor:
             for lease, res in wanted:
                 if lease["key"] in self.leases:
                     raise InvalidArgument(f"{res['path']}: lease {lease['key']} is already held")
-                machine = Instance(_tables.LEASE, self._guard, self._lease_act)
+                machine = Instance(_machines.LEASE, self._guard, self._lease_act)
                 self._fire_lease(machine, event, lease, res)
                 self.leases[lease["key"]] = machine
                 taken.append(lease)
@@ -250,6 +249,8 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the guest-to-be
             try:
+                import ctypes  # here only: the supervisor itself never needs it
+
                 libc = ctypes.CDLL(None, use_errno=True)
                 libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
                 if os.getppid() != parent:  # the supervisor died before prctl took effect
@@ -404,7 +405,7 @@ class Supervisor:
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         self.sel.register(self.pidfd, selectors.EVENT_READ, "guest")
-        while self.sm.state not in _tables.SUPERVISOR.terminal:
+        while self.sm.state not in _machines.SUPERVISOR.terminal:
             self._watch_holder()
             check = self.holder.next_check() if self.failure is None else None
             timers = [t for t in (self.kill_at, self.take_over and self.take_over[2], check) if t]
@@ -476,7 +477,7 @@ class Supervisor:
                 self._end_take_over(control.error_reply(e))
                 return
             if now < deadline:
-                pause = min(pause * 2, 0.02)
+                pause = min(pause * 2, 0.002)  # a probe is a cheap query per lease
                 self.take_over = (conn, deadline, min(now + pause, deadline), pause)
                 return
             self._end_take_over(

@@ -23,14 +23,19 @@ ENUMS: dict[str, type[enum.Enum]] = {
 
 
 def test_generated_tables_are_fresh() -> None:
-    """lockfsm/_tables.py is what `lockfsm spec gen` makes of specs/ now."""
-    assert spec.GENERATED.read_text() == spec.generate(spec.load_all()), (
+    """lockfsm/_tables.py and lockfsm/_machines.py are what `lockfsm spec gen` makes of specs/."""
+    specs = spec.load_all()
+    assert spec.GENERATED.read_text() == spec.generate(specs), (
         "lockfsm/_tables.py is stale: run `lockfsm spec gen`"
+    )
+    assert spec.GENERATED_MACHINES.read_text() == spec.generate_machines(specs), (
+        "lockfsm/_machines.py is stale: run `lockfsm spec gen`"
     )
 
 
 def test_generation_is_byte_stable() -> None:
     assert spec.generate(spec.load_all()) == spec.generate(spec.load_all())
+    assert spec.generate_machines(spec.load_all()) == spec.generate_machines(spec.load_all())
 
 
 @pytest.mark.parametrize("name", spec.TABLE_NAMES)
