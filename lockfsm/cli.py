@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,21 +46,9 @@ def _diagrams(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lockfsm import config, status
+    from lockfsm import status
 
-    run_dir = args.run_dir or config.COMMON_KEYS["run_dir"].default()
-    rows = status.leases(run_dir)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print(f"no lease held by a supervisor of {run_dir}")
-    for r in rows:
-        print(
-            f"{r['resource']}  {r['mode']}  domain {r['domain']} ({r['uuid']})  "
-            f"supervisor {r['supervisor_pid']}  guest {r['guest_pid']}"
-        )
-    return 0
+    return status.main(args.driver, args.config, args.run_dir, args.json)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,8 +78,16 @@ def parser() -> argparse.ArgumentParser:
     dg.add_argument("--out", help="the output directory (default: the source tree's diagrams/)")
     dg.add_argument("--record", action="store_true", help="record a new migration run first")
     dg.set_defaults(func=_diagrams)
-    st = sub.add_parser("status", help="list the leases held by this host's supervisors")
-    st.add_argument("--run-dir", help="the supervisors' run directory (default: the driver's)")
+    st = sub.add_parser(
+        "status", help="list the leases of a lockspace: resource, mode, holder, since"
+    )
+    st.add_argument(
+        "--driver", default="fcntl", help="the backend: fcntl (default), sanlock, etcd, nop"
+    )
+    st.add_argument("--config", help="the driver's configuration file (TOML)")
+    st.add_argument(
+        "--run-dir", help="this host's supervisors' run directory (default: the driver's)"
+    )
     st.add_argument("--json", action="store_true", help="print JSON for machines")
     st.set_defaults(func=_status)
     return p

@@ -104,8 +104,9 @@ class Stage:
         for host, row in sorted(rows, key=lambda x: (x[1]["resource"], x[0])):
             name = os.path.basename(row["resource"])
             self.say(
-                f"   lease {name}: {row['held']} by {row['domain']} on {host} ({row['mode']}, "
-                f"supervisor pid {row['supervisor_pid']}, guest pid {row['guest_pid']})"
+                f"   lease {name}: {row['held']} by {row['holder']['domain']} on {host} "
+                f"({row['mode']}, supervisor pid {row['holder']['supervisor_pid']}, "
+                f"guest pid {row['holder']['guest_pid']})"
             )
 
     def cleanup(self) -> None:
