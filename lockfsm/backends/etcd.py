@@ -321,7 +321,12 @@ class _Lease:
 class EtcdHolder:
     """The holding half (supervisor side): one connection to this host's lease agent, which
     the guest inherits (so the agent frees the keys only once supervisor and guest are dead).
-    Plain sockets and JSON lines; no etcd client, no event loop."""
+    Plain sockets and JSON lines; no etcd client, no event loop.
+
+    Each method keeps the contract of lockfsm/backends/__init__.py.  Besides what it names
+    there, every call that talks to the agent raises BackendError when no agent answers or etcd
+    does not answer it in time, and LeaseLost when the fencing deadline passes during the
+    call (the supervisor is then told by :meth:`poll`)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.path = agent_socket(config)
@@ -390,6 +395,10 @@ class EtcdHolder:
                 self._gone("the lockfsm-etcd-agent closed the connection (it died or restarted)")
                 break
             self.buf += chunk
+            if len(self.buf) > 2 * control.MAX_MESSAGE and b"\n" not in self.buf:
+                self.buf = b""
+                self._gone("the lockfsm-etcd-agent sent a message over the size limit")
+                break
         messages = []
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
@@ -514,15 +523,23 @@ class EtcdHolder:
     # -- the contract ---------------------------------------------------------------------------
 
     def reserve(self, lease: Mapping[str, Any], resource: str) -> None:
+        """Put this migration's reservation ``r`` (the cookie's version is kept for the
+        take-over).  Raises LeaseConflict if another target reserves the lease."""
         key = lease["key"]
         if key in self.leases:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         self._connect()
         version = lease.get("version")
         self._call({"op": "reserve", "key": key, "mode": lease["mode"], "resource": resource})
-        self.leases[key] = _Lease(lease["mode"], "reserved", int(version) if version else None)
+        self.leases[key] = _Lease(
+            lease["mode"], "reserved", int(version) if version is not None else None
+        )
 
     def acquire(self, lease: Mapping[str, Any], resource: str) -> None:
+        """Take the lease in one transaction; on a reserved lease, take over *every* reserved
+        lease in one transaction (later calls of the same attempt then return at once).
+        Raises LeaseConflict naming the holder (``final`` when a take-over can never succeed:
+        the lease changed hands or vanished since the cookie was made)."""
         key = lease["key"]
         mine = self.leases.get(key)
         if mine is not None and mine.state == "taken":
@@ -565,6 +582,8 @@ class EtcdHolder:
         return
 
     def revert(self, lease: Mapping[str, str]) -> None:
+        """Put back, in one transaction, everything this attempt's take-over moved: reserved
+        again, handed off to us again.  Raises BackendError if they are no longer ours."""
         taken = [k for k, le in self.leases.items() if le.state == "taken"]
         if lease["key"] not in taken:
             if lease["key"] in self.leases and self.leases[lease["key"]].state == "reserved":
@@ -580,6 +599,9 @@ class EtcdHolder:
             entry.state = "held"  # the reservation went in the take-over transaction
 
     def release(self, lease: Mapping[str, str]) -> None:
+        """Give the lease (or the reservation) back; a lease given up while a migration target
+        reserves it is handed off to that target.  Raises BackendError for a lease this holder
+        does not have; never for one it has (a failure is reported and left to the agent)."""
         key = lease["key"]
         if self.leases.pop(key, None) is None:
             raise BackendError(f"lease {key} is not held by this supervisor")
