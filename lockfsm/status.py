@@ -183,6 +183,9 @@ def sanlock_holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     from lockfsm.backends import sanlock
 
     lease_dir = config["lease_dir"]
+    # The binding reads through a daemon: this host's, unless this process already chose one
+    # (any daemon of the lockspace reads the same records).
+    os.environ.setdefault("SANLOCK_RUN_DIR", config["sanlock_run_dir"])
     binding = sanlock._binding(os.path.join(config["run_dir"], ".sanlock-py"))
     space = str(config["lockspace"]).encode()
     rows = []

@@ -620,6 +620,26 @@ def test_a_stalled_hosts_lease_is_refused_at_once(
         _stop_all(extra)
 
 
+def test_status_shows_other_hosts_owners(
+    cluster: Cluster, sl_hosts: Callable[..., Host], disks: list[str]
+) -> None:
+    """``lockfsm status`` on host 2 lists host 1's lease by key, with its owner's host_id and
+    name from the lockspace; host 1's own status names the disk and the domain."""
+    from lockfsm import status
+
+    a, b = sl_hosts(0), sl_hosts(1)
+    g = a.start("vm", disks[:1])
+    key = key_of(a, disks[0])
+    seen_from_b = status.survey("sanlock", b.driver.config)
+    row = [r for r in seen_from_b if key in r["keys"]]
+    assert len(row) == 1 and row[0]["resource"] is None, seen_from_b
+    assert row[0]["holder"]["host_id"] == 1 and row[0]["holder"]["host"] == "lfhost1"
+    mine = [r for r in status.survey("sanlock", a.driver.config) if key in r["keys"]]
+    assert [(r["resource"], r["holder"].get("domain")) for r in mine] == [(disks[0], "vm")]
+    g.mgr.shutdown()
+    assert not [r for r in status.survey("sanlock", b.driver.config) if key in r["keys"]]
+
+
 # -- lock failure: the daemon revokes the leases --------------------------------------------------
 
 
