@@ -196,7 +196,8 @@ class LockManager:
         :meth:`register_resource`.
 
         Raises IllegalTransition unless the manager is idle and made for a fresh start,
-        InvalidArgument while uuid, name or id is unset.
+        InvalidArgument while uuid, name or id is unset, or when the driver requires a lease
+        for disks (``require_lease_for_disks``) and the guest has disks but none.
         """
         with self._lock:
             if self._fsm is not DomainState.IDLE or self._flags & NewFlags.ATTACH:
@@ -205,6 +206,7 @@ class LockManager:
                 reason = self._guard(guard, {})
                 if reason:
                     raise InvalidArgument(reason)
+            self._check_required_leases()
             if self._launch is None:
                 self._launch = secrets.token_hex(8)
             cookie = self._params.get("migration_cookie")
@@ -489,6 +491,22 @@ class LockManager:
             for le in leases
         ]
 
+    def _check_required_leases(self) -> None:
+        """require_lease_for_disks: a guest with disks needs some lease."""
+        conf = self._driver.config
+        require = conf["require_lease_for_disks"]
+        if require is None:
+            require = not conf["auto_disk_leases"]
+        if not require or not self._driver.capabilities.per_disk:
+            return
+        disks = [r for r, _ in self._resources.values() if r.type is ResourceType.DISK]
+        if disks and not any(leases for _, leases in self._resources.values()):
+            raise InvalidArgument(
+                f"require_lease_for_disks: {self.label!r} has disks ({disks[0].path}"
+                f"{', ...' if len(disks) > 1 else ''}) but no lease: register a "
+                "ResourceType.LEASE, or turn auto_disk_leases on"
+            )
+
     def _cookie_mismatch(self) -> str | None:
         """Why the migration cookie does not fit this manager, or None."""
         cookie: MigrationCookie | None = self._params.get("migration_cookie")
@@ -524,10 +542,15 @@ class LockManager:
     def _do_store_parameter(self, args: Mapping[str, Any]) -> None:
         self._params[args["key"]] = args["value"]
 
+    def _leases_of(self, res: Resource) -> list[dict[str, str]]:
+        """The leases the backend names for ``res`` (none for a disk with auto_disk_leases off)."""
+        if res.type is ResourceType.DISK and not self._driver.config["auto_disk_leases"]:
+            return []
+        return self._driver.backend.leases(res.type.value, res.path, res.canonical, res.shared)
+
     def _do_store_resource(self, args: Mapping[str, Any]) -> None:
         res: Resource = args["resource"]
-        leases = self._driver.backend.leases(res.type.value, res.path, res.canonical, res.shared)
-        self._resources[res.ident] = (res, leases)
+        self._resources[res.ident] = (res, self._leases_of(res))
 
     @property
     def _run_dir(self) -> str:
@@ -641,7 +664,7 @@ class LockManager:
 
     def _do_supervisor_acquire(self, args: Mapping[str, Any]) -> None:
         res: Resource = args["resource"]
-        leases = self._driver.backend.leases(res.type.value, res.path, res.canonical, res.shared)
+        leases = self._leases_of(res)
         assert self._launch is not None
         self._call(
             self._launch, {"op": "acquire", "gen": self._gen, "resource": res.to_wire(leases)}, 30.0

@@ -51,6 +51,22 @@ def _status(args: argparse.Namespace) -> int:
     return status.main(args.driver, args.config, args.run_dir, args.json)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from lockfsm import config
+    from lockfsm.errors import LockFSMError
+
+    try:
+        if args.check:
+            config.load_for(args.driver, args.check)
+            print(f"{args.check}: a valid configuration of the {args.driver} driver")
+        else:
+            print(config.example(args.driver))
+    except LockFSMError as e:
+        print(f"lockfsm config: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lockfsm", description="Disk leases for virtual machines, as explicit state machines."
@@ -78,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
     dg.add_argument("--out", help="the output directory (default: the source tree's diagrams/)")
     dg.add_argument("--record", action="store_true", help="record a new migration run first")
     dg.set_defaults(func=_diagrams)
+    cf = sub.add_parser(
+        "config", help="print a driver's documented configuration file, or check one"
+    )
+    cf.add_argument("driver", help="fcntl, sanlock, etcd or nop")
+    cf.add_argument("--check", metavar="FILE", help="check FILE instead of printing the example")
+    cf.set_defaults(func=_config)
     st = sub.add_parser(
         "status", help="list the leases of a lockspace: resource, mode, holder, since"
     )

@@ -46,6 +46,16 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return None if value is None else _bool(value)
+
+
 COMMON_KEYS: Mapping[str, ConfigKey] = {
     "run_dir": ConfigKey(
         _run_dir, default_run_dir, "where supervisors' control sockets and records live"
@@ -63,7 +73,67 @@ COMMON_KEYS: Mapping[str, ConfigKey] = {
     "shutdown_grace": ConfigKey(
         _seconds, lambda: 10.0, "seconds between SIGTERM and SIGKILL when shutdown() stops a guest"
     ),
+    "auto_disk_leases": ConfigKey(
+        _bool,
+        lambda: True,
+        "take a lease for every disk (false: only explicit ResourceType.LEASE resources)",
+    ),
+    "require_lease_for_disks": ConfigKey(
+        _optional_bool,
+        lambda: None,
+        "refuse a guest with disks but no lease at all (default: when auto_disk_leases is off)",
+    ),
 }
+
+
+def load_for(driver: str, conf: object) -> dict[str, Any]:
+    """The checked configuration of ``driver`` without loading it (nothing is created or
+    joined beyond what the keys' own checks do).  Raises InvalidArgument."""
+    from lockfsm import backends
+
+    return load({**COMMON_KEYS, **backends.module(driver).BACKEND.config_keys}, conf)
+
+
+def example(driver: str) -> str:
+    """A documented configuration file for ``driver`` (every key, its default commented out),
+    in the manner of libvirt's qemu-lockd.conf.  Raises InvalidArgument for an unknown driver."""
+    from lockfsm import backends
+
+    cls = backends.module(driver).BACKEND
+    return _example(driver, cls.config_keys)
+
+
+def _example(driver: str, keys_of_driver: Mapping[str, ConfigKey]) -> str:
+    lines = [
+        f"# lockfsm: configuration of the {driver} driver",
+        f'# lockfsm.load_driver("{driver}", "/etc/lockfsm/{driver}.toml")',
+        "#",
+        "# Every key is optional unless marked required; the value shown is the default (this file",
+        "# was made as root: other users' default directories are per user).  An unknown key, or a",
+        "# bad value, is refused with an error naming the key and this file.",
+    ]
+    for title, keys in (("common to every driver", COMMON_KEYS), (driver, keys_of_driver)):
+        lines += ["", f"# -- {title} " + "-" * (80 - len(title)), ""]
+        for key, spec in keys.items():
+            lines.append(f"# {spec.doc}")
+            try:
+                value = spec.default()
+            except ValueError:
+                lines += [f"# {key} = ...    (required)", ""]
+                continue
+            shown = _toml(value) if value is not None else "<unset>"
+            lines += [f"# {key} = {shown}", ""]
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
 
 
 def load(keys: Mapping[str, ConfigKey], config: object) -> dict[str, Any]:
