@@ -1,9 +1,12 @@
 """The control socket's wire format, both ends (light: the supervisor imports it).
 
-One message is one JSON object on one line, at most :data:`MAX_MESSAGE` bytes with its newline.
-A request is ``{"op": <op>, ...}`` with exactly the fields :data:`REQUESTS` lists for the op; a
-reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": <class name>, "message": <text>}``.
-Anything else is refused with an error reply that says why, and changes nothing.
+One message is one JSON object on one line.  A request is at most :data:`MAX_MESSAGE` bytes with
+its newline, ``{"op": <op>, ...}`` with exactly the fields :data:`REQUESTS` lists for the op, each
+name once; a reply (and a record) at most :data:`MAX_REPLY` bytes, ``{"ok": true, ...}`` or
+``{"ok": false, "error": <class name>, "message": <text>}``.  Anything else is refused with an
+error reply that says why, and changes nothing.  Every error message is short
+(:data:`MAX_ERROR` characters at most, a bad value shown cut), so that refusing a request of any
+size is an answer, never an oversized reply.
 
 The files beside the socket, in the run directory (one set per launch, named by its launch id, so
 that a new launch never talks to an earlier supervisor or its stale socket):
@@ -27,9 +30,15 @@ from typing import Any
 from lockfsm.errors import BY_NAME, BackendError, InvalidArgument, LeaseConflict, LockFSMError
 
 MAX_MESSAGE = 64 * 1024
+# A reply carries the supervisor's whole state (every resource, with paths of up to 4 KiB each):
+# its own, larger bound.  The launch spec travels in one argv string (128 KiB at most on Linux).
+MAX_REPLY = 1024 * 1024
+MAX_ERROR = 2048
+MAX_PATH = 4096  # bytes, as PATH_MAX
 PROTOCOL = 1
 LAUNCH = re.compile(r"[0-9a-f]{16}")
 LEASE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (NEL, CSI...)
 
 #: op -> {field: type}; "gen" (the controller generation) is required where listed.
 REQUESTS: dict[str, dict[str, type]] = {
@@ -48,19 +57,42 @@ REQUESTS: dict[str, dict[str, type]] = {
 }
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: what an error message shows of a value
+    that may be as long as a whole message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return f"<an int of {value.bit_length()} bits>"
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def encode(message: Mapping[str, Any], limit: int = MAX_REPLY) -> bytes:
+    """One line of JSON.  Raises InvalidArgument when it would be over ``limit`` bytes."""
     data = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
-    if len(data) > MAX_MESSAGE:
-        raise InvalidArgument(f"message of {len(data)} bytes is over the {MAX_MESSAGE} limit")
+    if len(data) > limit:
+        raise InvalidArgument(f"message of {len(data)} bytes is over the {limit} limit")
     return data
 
 
-def decode(line: bytes) -> dict[str, Any]:
-    """One message, from one line (with or without its newline).  Raises InvalidArgument."""
-    if len(line) > MAX_MESSAGE:
-        raise InvalidArgument(f"message of {len(line)} bytes is over the {MAX_MESSAGE} limit")
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [k for k, _ in pairs]
+        twice = sorted({k for k in names if names.count(k) > 1})
+        raise ValueError(f"field {show(twice[0], 40)} appears more than once")
+    return obj
+
+
+def decode(line: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+    """One message, from one line (with or without its newline) of at most ``limit`` bytes with
+    its newline.  A field named twice is refused (a message reads one way only).  Raises
+    InvalidArgument."""
+    size = len(line) + (not line.endswith(b"\n"))
+    if size > limit:
+        raise InvalidArgument(f"message of {size} bytes is over the {limit} limit")
     try:
-        obj = json.loads(line.decode("utf-8"))
+        obj = json.loads(line.decode("utf-8"), object_pairs_hook=_unique)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidArgument(f"message is not JSON text: {str(e)[:80]}") from None
     if not isinstance(obj, dict):
@@ -68,20 +100,33 @@ def decode(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def _path_ok(value: Any) -> bool:
+    """A path as lockfsm's values accept one: a non-empty string of at most MAX_PATH bytes, no
+    NUL or control character (a path ends up in log lines and error messages)."""
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        return False
+    return len(value.encode("utf-8", "surrogatepass")) <= MAX_PATH
+
+
 def check_resource(res: Any) -> dict[str, Any]:
     """A resource as it crosses the socket: type, path, canonical, flags, leases."""
     if not isinstance(res, dict) or set(res) != {"type", "path", "canonical", "flags", "leases"}:
-        raise InvalidArgument(f"resource must have type, path, canonical, flags, leases: {res!r}")
+        raise InvalidArgument(
+            f"resource must have type, path, canonical, flags, leases: {show(res)}"
+        )
     if res["type"] not in ("disk", "lease"):
-        raise InvalidArgument(f"resource type {res['type']!r} is unknown")
+        raise InvalidArgument(f"resource type {show(res['type'])} is unknown")
     for k in ("path", "canonical"):
-        if not isinstance(res[k], str) or not res[k] or "\x00" in res[k] or len(res[k]) > 4096:
-            raise InvalidArgument(f"resource {k} {res[k]!r} is not a usable path")
+        if not _path_ok(res[k]):
+            raise InvalidArgument(
+                f"resource {k} {show(res[k])} is not a usable path (1 to {MAX_PATH} bytes, "
+                "no control character)"
+            )
     if isinstance(res["flags"], bool) or not isinstance(res["flags"], int) or res["flags"] & ~3:
-        raise InvalidArgument(f"resource flags {res['flags']!r} are unknown")
+        raise InvalidArgument(f"resource flags {show(res['flags'])} are unknown")
     leases = res["leases"]
     if not isinstance(leases, list) or len(leases) > 8:
-        raise InvalidArgument(f"resource leases {leases!r} must be a list of at most 8")
+        raise InvalidArgument(f"resource leases {show(leases)} must be a list of at most 8")
     for lease in leases:
         if (
             not isinstance(lease, dict)
@@ -92,7 +137,7 @@ def check_resource(res: Any) -> dict[str, Any]:
             or not _version_ok(lease.get("version", 0))
         ):
             raise InvalidArgument(
-                f"lease {lease!r} must be {{key, mode[, version]}} with a plain key"
+                f"lease {show(lease)} must be {{key, mode[, version]}} with a plain key"
             )
     return res
 
@@ -102,28 +147,35 @@ def _version_ok(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: out of every range anyway
+        return float("inf") if value > 0 else float("-inf")
+
+
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """(op, fields) of a well-formed request.  Raises InvalidArgument naming what is wrong."""
     msg = decode(line)
     op = msg.pop("op", None)
     if not isinstance(op, str) or op not in REQUESTS:
-        raise InvalidArgument(f"unknown op {op!r}")
+        raise InvalidArgument(f"unknown op {show(op)} (known: {', '.join(REQUESTS)})")
     want = REQUESTS[op]
     if set(msg) != set(want):
-        raise InvalidArgument(f"op {op} takes fields {sorted(want)}, got {sorted(msg)}")
+        raise InvalidArgument(f"op {op} takes fields {sorted(want)}, got {show(sorted(msg))}")
     for name, kind in want.items():
         value = msg[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = msg[name] = float(value)
+            value = msg[name] = _as_float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise InvalidArgument(f"field {name} of op {op} must be {kind.__name__}: {value!r}")
+            raise InvalidArgument(f"field {name} of op {op} must be {kind.__name__}: {show(value)}")
     if "resource" in msg:
         check_resource(msg["resource"])
     for key in ("grace", "timeout"):
         if key in msg and not 0.0 <= msg[key] <= 3600.0:
-            raise InvalidArgument(f"{key} {msg[key]!r} must be 0 to 3600 seconds")
+            raise InvalidArgument(f"{key} {show(msg[key])} must be 0 to 3600 seconds")
     if "migration" in msg and not LAUNCH.fullmatch(msg["migration"]):
-        raise InvalidArgument(f"migration id {msg['migration']!r} must be 16 hex digits")
+        raise InvalidArgument(f"migration id {show(msg['migration'])} must be 16 hex digits")
     if "hosturi" in msg:
         check_text(msg["hosturi"], "hosturi", 1024)
     if "reason" in msg:
@@ -134,9 +186,11 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
 def check_text(value: Any, what: str, limit: int) -> str:
     """A printable, non-empty string of at most ``limit`` characters."""
     if not isinstance(value, str) or not value or len(value) > limit:
-        raise InvalidArgument(f"{what} {value!r} must be a non-empty string of at most {limit}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidArgument(f"{what} {value!r} contains a control character")
+        raise InvalidArgument(
+            f"{what} {show(value)} must be a non-empty string of at most {limit} characters"
+        )
+    if _CONTROL.search(value):
+        raise InvalidArgument(f"{what} {show(value)} contains a control character")
     return value
 
 
@@ -149,11 +203,16 @@ def lost_message(info: Mapping[str, Any]) -> str:
     )
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."
+
+
 def error_reply(err: BaseException) -> dict[str, Any]:
-    reply: dict[str, Any] = {"ok": False, "error": type(err).__name__, "message": str(err)}
+    """The reply that reports ``err``: always small enough to send, whatever ``err`` says."""
+    reply: dict[str, Any] = {"ok": False, "error": type(err).__name__, "message": _cut(str(err))}
     if isinstance(err, LeaseConflict):
-        reply["resource"] = err.resource
-        reply["holder"] = err.holder
+        reply["resource"] = _cut(err.resource)
+        reply["holder"] = _cut(err.holder)
     if type(err).__name__ not in BY_NAME:
         reply["error"] = "BackendError"
     return reply
@@ -180,8 +239,8 @@ def recv_line(sock: socket.socket) -> bytes:
         if not chunk:
             return b""
         buf += chunk
-        if len(buf) > MAX_MESSAGE:
-            raise BackendError(f"reply over {MAX_MESSAGE} bytes")
+        if len(buf) > MAX_REPLY:
+            raise BackendError(f"reply over {MAX_REPLY} bytes")
     return buf.split(b"\n", 1)[0]
 
 
@@ -194,12 +253,12 @@ def call(path: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(encode(request))
+        s.sendall(encode(request, MAX_MESSAGE))
         line = recv_line(s)
     if not line:
         raise ConnectionResetError(f"supervisor at {path} closed the connection")
     try:
-        reply = decode(line)
+        reply = decode(line, MAX_REPLY)
     except InvalidArgument as e:
         raise BackendError(f"garbled reply from supervisor at {path}: {e}") from None
     raise_reply(reply)
@@ -225,7 +284,7 @@ def write_record(run_dir: str, launch: str, record: Mapping[str, Any]) -> None:
     """Replace the record atomically (write a temporary file, then rename)."""
     path = record_path(run_dir, launch)
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, separators=(",", ":"))
     os.replace(tmp, path)
@@ -234,8 +293,8 @@ def write_record(run_dir: str, launch: str, record: Mapping[str, Any]) -> None:
 def read_record(run_dir: str, launch: str) -> dict[str, Any] | None:
     try:
         with open(record_path(run_dir, launch), "rb") as f:
-            data = f.read(MAX_MESSAGE + 1)
-        return decode(data)
+            data = f.read(MAX_REPLY + 1)
+        return decode(data, MAX_REPLY)
     except (FileNotFoundError, InvalidArgument):
         return None
 
