@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from lockfsm.control import show
 from lockfsm.errors import InvalidArgument
 from lockfsm.flags import ResourceFlags, ResourceType, check_flags
 
@@ -20,17 +21,26 @@ MAX_PATH = 4096
 MAX_NAME = 255
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LEASE_PART = re.compile(r"[A-Za-z0-9._-]{1,48}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (NEL, CSI...)
 
 
-def _text(value: object, what: str, limit: int) -> str:
+def _text(value: object, what: str, limit: int, errors: str = "strict") -> str:
+    """A string without NUL or control characters, of at most ``limit`` bytes once encoded
+    (UTF-8, with ``errors``: ``surrogateescape`` for a file name, whose undecodable bytes Python
+    shows as lone surrogates; text must be real Unicode)."""
     if not isinstance(value, str):
-        raise InvalidArgument(f"{what} must be a string, not {value!r}")
+        raise InvalidArgument(f"{what} must be a string, not {show(value)}")
     if "\x00" in value:
-        raise InvalidArgument(f"{what} {value!r} contains a NUL byte")
+        raise InvalidArgument(f"{what} {show(value)} contains a NUL byte")
     if _CONTROL.search(value):
-        raise InvalidArgument(f"{what} {value!r} contains a control character")
-    if len(value.encode("utf-8", "surrogateescape")) > limit:
+        raise InvalidArgument(f"{what} {show(value)} contains a control character")
+    try:
+        size = len(value.encode("utf-8", errors))
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(
+            f"{what} {show(value)} is not valid text ({e.reason} at {e.start})"
+        ) from None
+    if size > limit:
         raise InvalidArgument(f"{what} {value[:40]!r}... is longer than {limit} bytes")
     return value
 
@@ -46,9 +56,9 @@ def check_uuid(value: object) -> str:
 def check_id(value: object) -> int:
     """A domain id: an int from 0 to 2**31 - 1."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"id must be an int, not {value!r}")
+        raise InvalidArgument(f"id must be an int, not {show(value)}")
     if not 0 <= value < 2**31:
-        raise InvalidArgument(f"id {value!r} is out of range (0 to 2**31 - 1)")
+        raise InvalidArgument(f"id {show(value)} is out of range (0 to 2**31 - 1)")
     return value
 
 
@@ -63,17 +73,25 @@ def check_name(value: object) -> str:
 def _disk_paths(value: object) -> tuple[str, str]:
     """The path as given and its canonical form, for an existing non-directory file."""
     if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    path = _text(value, "disk path", MAX_PATH)
+        try:
+            value = os.fspath(value)
+        except TypeError as e:
+            raise InvalidArgument(f"disk path {show(value)} is not a path: {e}") from None
+    path = _text(value, "disk path", MAX_PATH, "surrogateescape")
     if not os.path.isabs(path):
-        raise InvalidArgument(f"disk path {path!r} is not absolute")
+        raise InvalidArgument(f"disk path {show(path)} is not absolute")
     canonical = os.path.realpath(path)
     try:
-        st = os.stat(canonical)
+        # The path as given, as the kernel (and QEMU) will resolve it: realpath alone would
+        # accept '/x/missing/../a.img' or 'a.img/', which name no file.
+        st = os.stat(path)
+        same = os.stat(canonical)
     except OSError as e:
-        raise InvalidArgument(f"disk path {path!r} cannot be used: {e.strerror}") from None
+        raise InvalidArgument(f"disk path {show(path)} cannot be used: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InvalidArgument(f"disk path {path!r} is a directory")
+        raise InvalidArgument(f"disk path {show(path)} is a directory")
+    if (st.st_dev, st.st_ino) != (same.st_dev, same.st_ino):
+        raise InvalidArgument(f"disk path {show(path)} changed while it was looked up")
     return path, canonical
 
 
@@ -103,7 +121,7 @@ class Resource:
     def make(cls, type: object, path: object, flags: object = 0) -> Resource:
         """Validate and build.  Raises InvalidArgument naming the bad value."""
         if not isinstance(type, ResourceType):
-            raise InvalidArgument(f"resource type must be a ResourceType, not {type!r}")
+            raise InvalidArgument(f"resource type must be a ResourceType, not {show(type)}")
         bits = check_flags(ResourceFlags, flags, "resource flags")
         given, canonical = _disk_paths(path) if type is ResourceType.DISK else _lease_name(path)
         return cls(type, given, bits, canonical)
@@ -192,8 +210,8 @@ class MigrationCookie:
         body = text[len(COOKIE_PREFIX) :]
         try:
             raw = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except (binascii.Error, ValueError) as e:
-            raise InvalidArgument(f"migration_cookie is garbled: {e}") from None
+        except (binascii.Error, ValueError, RecursionError) as e:
+            raise InvalidArgument(f"migration_cookie is garbled: {str(e)[:80]}") from None
         fields = {f.name for f in attrs.fields(cls)}
         if not isinstance(raw, dict) or set(raw) != fields:
             raise InvalidArgument(f"migration_cookie must carry exactly {sorted(fields)}")
