@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import struct
 import time
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lockfsm.backends import Capabilities, ConfigKey
-from lockfsm.errors import BackendError, LeaseConflict
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict
 from lockfsm.paths import default_state_dir, safe_dir
 
 CAPABILITIES = Capabilities(
@@ -108,6 +109,22 @@ def _holder_of(fd: int, kind: int, start: int = LEASE_BYTE) -> str:
     return "another lockfsm supervisor (OFD lock)"
 
 
+def _foreign(st: os.stat_result) -> str | None:
+    """Why a file is not a lease file, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"belongs to uid {st.st_uid}, not to us or root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    if st.st_size:
+        return f"holds {st.st_size} bytes (lease files are empty)"
+    return None
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
 class FcntlHolder:
     """The holding half (supervisor side): one open file description per lease.
 
@@ -127,13 +144,21 @@ class FcntlHolder:
         self.next_at: float | None = None
 
     def _open(self, path: str) -> int:
+        """Open (create, 0600) a lease file, refusing anything that is not one: a lease file is
+        an empty regular file of ours or root's, writable by no one else (as lockfsm and
+        libvirt's lockd make them).  Anything else is reported and left exactly as it is: a
+        symlink is not followed, a FIFO or device is opened without blocking or becoming a
+        terminal, and nothing is ever written."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, flags, 0o600)
         except OSError as e:
             raise BackendError(f"lease file {path} cannot be opened: {e.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        why = _foreign(st)
+        if why:
             os.close(fd)
-            raise BackendError(f"lease file {path} is not a regular file: foreign file, not used")
+            raise BackendError(f"lease file {path} {why}: a foreign or corrupt file, not used")
         return fd
 
     @staticmethod
@@ -160,6 +185,8 @@ class FcntlHolder:
     def _locked_file(self, key: str, resource: str, steps: list[tuple[int, int]]) -> int:
         """Open the lease file and take ``steps`` ((kind, byte) locks) on it, again from the
         start if the file was replaced meanwhile.  On a raise nothing is held."""
+        if not _KEY.fullmatch(key):  # the lease file's name: never another file in the dir
+            raise InvalidArgument(f"lease key {key[:80]!r} of {resource} is not a SHA-256 hex name")
         path = os.path.join(self.dir, key)
         for _ in range(_RETRIES):
             fd = self._open(path)
