@@ -41,7 +41,8 @@ from lockfsm.values import (
     check_uuid,
 )
 
-log = logging.getLogger("lockfsm.core")
+log = logging.getLogger("lockfsm.core")  # one line per move of a domain machine
+log_control = logging.getLogger("lockfsm.control")  # one line per request to a supervisor
 
 
 def _lock_failure(value: Any) -> str:
@@ -332,8 +333,9 @@ class LockManager:
         Source: its guest is killed (it executes no more), then every lease is given up.
         Target: returns once it holds every lease, waiting up to the ``handoff_timeout``
         setting for the source's completion; only then may the daemon let the guest run.
-        ``cancel=True``: the target's incoming guest is killed (it held nothing); the source
-        goes back to started, having kept every lease.
+        ``cancel=True``: the target's incoming guest is killed (it held nothing; a target whose
+        incoming guest already exited cancels too); the source goes back to started, having
+        kept every lease.
 
         Raises Unsupported if the backend cannot migrate; IllegalTransition unless migrating;
         LeaseConflict on the target if a lease did not come free in time (the manager stays
@@ -584,7 +586,7 @@ class LockManager:
         delay = _POLL[0]
         while True:
             try:
-                return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+                return self._send(launch, request, timeout)
             except (FileNotFoundError, ConnectionError, TimeoutError):
                 record = control.read_record(self._run_dir, launch)
                 if record and record.get("state") in _tables.SUPERVISOR.terminal:
@@ -612,10 +614,29 @@ class LockManager:
             "its leases are released"
         )
 
+    def _send(self, launch: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """control.call to this launch's supervisor, logged (one line per request)."""
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+        except BaseException as e:
+            outcome = type(e).__name__
+            raise
+        finally:
+            log_control.debug(
+                "request domain=%s op=%s launch=%s result=%s duration_ms=%.3f",
+                self.label,
+                request.get("op"),
+                launch,
+                outcome,
+                (time.monotonic() - started) * 1000,
+            )
+
     def _call(self, launch: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """One request to a supervisor that must be running."""
         try:
-            return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+            return self._send(launch, request, timeout)
         except (FileNotFoundError, ConnectionError) as e:
             record = control.read_record(self._run_dir, launch)
             if record is not None and record.get("failure"):
@@ -686,7 +707,7 @@ class LockManager:
         grace = float(self._driver.config["shutdown_grace"])
         request = {"op": "shutdown", "gen": self._gen, "grace": grace}
         try:
-            control.call(control.socket_path(self._run_dir, launch), request, grace + 30.0)
+            self._send(launch, request, grace + 30.0)
         except (FileNotFoundError, ConnectionError):
             record = control.read_record(self._run_dir, launch)
             if record is not None and control.supervisor_alive(record, launch):
@@ -737,7 +758,16 @@ class LockManager:
         self._request("take_over", timeout + 30.0, timeout=timeout)
 
     def _do_supervisor_cancel(self, args: Mapping[str, Any]) -> None:
-        self._request("cancel", 60.0)
+        try:
+            self._request("cancel", 60.0)
+        except BackendError:
+            # An incoming guest may end before the daemon cancels (QEMU exits when its
+            # migration stream breaks): its supervisor then let every reservation go and exited.
+            # The cancel has nothing left to undo.
+            assert self._launch is not None
+            record = control.read_record(self._run_dir, self._launch)
+            if record is None or control.supervisor_alive(record, self._launch):
+                raise
         self._forget_launch()
 
     def _forget_launch(self) -> None:

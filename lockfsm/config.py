@@ -46,6 +46,12 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _supervisor_log(value: Any) -> str:
+    if value not in ("errors", "moves"):
+        raise ValueError(f"{value!r} is not errors or moves")
+    return str(value)
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")
@@ -72,6 +78,11 @@ COMMON_KEYS: Mapping[str, ConfigKey] = {
     ),
     "shutdown_grace": ConfigKey(
         _seconds, lambda: 10.0, "seconds between SIGTERM and SIGKILL when shutdown() stops a guest"
+    ),
+    "supervisor_log": ConfigKey(
+        _supervisor_log,
+        lambda: "errors",
+        "what a supervisor writes to its stderr: errors, or moves (one line per state move too)",
     ),
     "auto_disk_leases": ConfigKey(
         _bool,

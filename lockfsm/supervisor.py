@@ -345,8 +345,18 @@ class Supervisor:
         control.write_record(self.run_dir, self.launch, self.info())
 
     def fire(self, event: str, **args: Any) -> None:
-        self.sm.fire(event, **args)
+        started = time.monotonic()
+        source, dest = self.sm.fire(event, **args)
         self._record()
+        if self.config.get("supervisor_log") == "moves":
+            # The daemon's own move lines (logger lockfsm.core) have the same shape.
+            print(
+                f"lockfsm-supervisor: move machine=supervisor domain={self.spec.get('name')} "
+                f"from={source} event={event} to={dest} "
+                f"duration_ms={(time.monotonic() - started) * 1000:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _listen(self) -> socket.socket:
         path = control.socket_path(self.run_dir, self.launch)

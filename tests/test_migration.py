@@ -297,6 +297,19 @@ def test_a_take_over_attempt_takes_nothing_while_another_lease_is_held(
         pair.cleanup()
 
 
+def test_a_target_whose_incoming_guest_exited_can_cancel(pair: HostPair, disks: list[str]) -> None:
+    """QEMU exits when its incoming stream breaks: the target supervisor lets its reservations go
+    and exits before the daemon cancels.  The cancel succeeds; the source resumes."""
+    src = pair.start("vm", disks[:2])
+    pair.prepare()
+    tgt = pair.incoming_start(["sh", "-c", "sleep 0.3; exit 1"])
+    assert tgt.proc.wait(10) == 1
+    tgt.mgr.complete_migrate_in(cancel=True)
+    assert tgt.mgr.state is DomainState.CANCELLED
+    src.mgr.complete_migrate_in(cancel=True)
+    assert src.mgr.state is DomainState.STARTED
+
+
 def test_source_supervisor_crash_mid_migration(
     pair: HostPair, disks: list[str], lockspace: str, third: Host
 ) -> None:
