@@ -10,7 +10,7 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> int:
     from lockfsm import demo
 
-    return demo.main(stand_in=args.stand_in)
+    return demo.main(stand_in=args.stand_in, pause=args.pause)
 
 
 def _spec_gen(args: argparse.Namespace) -> int:
@@ -77,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
         "--stand-in",
         action="store_true",
         help="run stand-in guest processes even where QEMU is installed",
+    )
+    d.add_argument(
+        "--pause",
+        action="store_true",
+        help="stop after the hot-plug until Enter, to look at the lockspace with `lockfsm status`",
     )
     d.set_defaults(func=_demo)
     s = sub.add_parser("spec", help="work with the protocol tables in specs/")

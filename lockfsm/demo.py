@@ -70,6 +70,7 @@ class Stage:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        self.pause = False
         self.lock = threading.Lock()
         self.top = tempfile.mkdtemp(prefix="lfdemo")
         self.lockspace = os.path.join(self.top, "lockspace")
@@ -108,6 +109,19 @@ class Stage:
                 f"({row['mode']}, supervisor pid {row['holder']['supervisor_pid']}, "
                 f"guest pid {row['holder']['guest_pid']})"
             )
+
+    def pause_here(self) -> None:
+        """With --pause: write host-a's settings as a configuration file, say how to look at the
+        lockspace with `lockfsm status`, and wait for a line on stdin."""
+        if not self.pause:
+            return
+        conf = os.path.join(self.top, "host-a.toml")
+        with open(conf, "w") as f:
+            f.write(f'lockspace_dir = "{self.lockspace}"\nrun_dir = "{self.run_dirs()[0][1]}"\n')
+        self.say("\n   paused: look at the lockspace from another terminal with")
+        self.say(f"      lockfsm status --config {conf}")
+        self.say("   then press Enter to go on")
+        sys.stdin.readline()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.top, ignore_errors=True)
@@ -174,6 +188,7 @@ class StandInDemo(Stage):
         mgr.acquire_resource(ResourceType.DISK, self.disks["c.img"])
         say("   the lease is held: the daemon may now add the device to the guest")
         self.holders()
+        self.pause_here()
 
         step(4, "host-a's daemon restarts: its managers are gone, the guest and its leases stay")
         del mgr
@@ -298,6 +313,7 @@ class QemuDemo(Stage):
         placed = a.hotplug("vm-a", self.host.Disk(self.disks["c.img"], format="raw"))
         say(f"   the lease is held, then QEMU added SCSI disk {placed.device_id} (c.img)")
         self.holders()
+        self.pause_here()
 
         step(4, "host-a's daemon restarts: its managers are gone, the guest and its leases stay")
         a.close()
@@ -375,11 +391,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def main(out: TextIO = sys.stdout, stand_in: bool = False) -> int:
-    """Run the demo; real QEMU guests unless ``stand_in`` or QEMU is missing.  Returns the exit
-    status."""
+def main(out: TextIO = sys.stdout, stand_in: bool = False, pause: bool = False) -> int:
+    """Run the demo; real QEMU guests unless ``stand_in`` or QEMU is missing; with ``pause``,
+    wait after the hot-plug for a line on stdin (time to run `lockfsm status`).  Returns the
+    exit status."""
     why = "asked for" if stand_in else _without_qemu()
     demo: Stage = StandInDemo(out, why) if why else QemuDemo(out)
+    demo.pause = pause
     logger = logging.getLogger("lockfsm.core")
     handler = _MoveLines(out, demo.lock)
     logger.addHandler(handler)
