@@ -64,6 +64,8 @@ PARAMETERS = {
 #: First and longest wait between attempts to reach a supervisor that is starting (a start takes
 #: ~70 ms: a longer wait would be noticed late).
 _POLL = (0.001, 0.004)
+#: The lockspace of the guests' own leases (``domain_lease``): ``lockfsm-domains:<uuid>``.
+DOMAIN_LOCKSPACE = "lockfsm-domains"
 _NO_FLAGS = NewFlags(0)
 _NO_RESOURCE_FLAGS = ResourceFlags(0)
 
@@ -224,7 +226,7 @@ class LockManager:
                 "migration": {"id": cookie.migration, "from": cookie.source} if cookie else None,
                 "resources": [
                     r.to_wire(self._with_handoff(leases, cookie))
-                    for r, leases in self._resources.values()
+                    for r, leases in self._all_resources()
                 ],
             }
             prefix = _supervisor_command()[1]
@@ -257,12 +259,22 @@ class LockManager:
     ) -> None:
         """Register a resource the guest needs from its start.
 
-        Raises InvalidArgument for a bad type, path or flags, or a resource registered twice
-        (two paths naming one file are one resource); IllegalTransition unless idle.
+        Raises InvalidArgument for a bad type, path or flags, a resource registered twice
+        (two paths naming one file are one resource), or a lease in the lockspace lockfsm keeps
+        for the guests' own leases; IllegalTransition unless idle.
         """
         with self._lock:
             self._legal("register_resource")
-            self._fire("register_resource", resource=Resource.make(type, path, flags))
+            self._fire("register_resource", resource=self._user_resource(type, path, flags))
+
+    def _user_resource(self, type: object, path: object, flags: object) -> Resource:
+        res = Resource.make(type, path, flags)
+        if self._is_domain_lease(res.type, res.path):
+            raise InvalidArgument(
+                f"lease {res.path!r}: the lockspace {DOMAIN_LOCKSPACE!r} is lockfsm's own "
+                "(each guest's lease on its uuid)"
+            )
+        return res
 
     def get_child(self, timeout: float = 30.0) -> int:
         """The guest's pid, once its supervisor holds every lease (``virLockManagerGetChild``).
@@ -298,7 +310,7 @@ class LockManager:
         """
         with self._lock:
             self._legal("acquire_resource")
-            self._fire("acquire_resource", resource=Resource.make(type, path, flags))
+            self._fire("acquire_resource", resource=self._user_resource(type, path, flags))
 
     def release_resource(
         self, type: ResourceType, path: str, flags: ResourceFlags | int = _NO_RESOURCE_FLAGS
@@ -509,6 +521,25 @@ class LockManager:
                 "ResourceType.LEASE, or turn auto_disk_leases on"
             )
 
+    @staticmethod
+    def _is_domain_lease(type: object, path: object) -> bool:
+        kind = type.value if isinstance(type, ResourceType) else type
+        return kind == "lease" and str(path).startswith(f"{DOMAIN_LOCKSPACE}:")
+
+    def _domain_lease(self) -> list[tuple[Resource, list[dict[str, str]]]]:
+        """The guest's own exclusive lease, on its uuid (``domain_lease``): whatever its disks,
+        the guest runs on one host at a time, and a migration target takes over only once the
+        source has handed off (a guest with shared disks only has nothing else exclusive)."""
+        if not self._driver.config["domain_lease"] or "uuid" not in self._params:
+            return []
+        res = Resource.make(ResourceType.LEASE, f"{DOMAIN_LOCKSPACE}:{self._params['uuid']}")
+        leases = self._driver.backend.leases(res.type.value, res.path, res.canonical, False)
+        return [(res, leases)] if leases else []
+
+    def _all_resources(self) -> list[tuple[Resource, list[dict[str, str]]]]:
+        """What the supervisor holds: the registered resources and the domain lease."""
+        return [*self._resources.values(), *self._domain_lease()]
+
     def _cookie_mismatch(self) -> str | None:
         """Why the migration cookie does not fit this manager, or None."""
         cookie: MigrationCookie | None = self._params.get("migration_cookie")
@@ -520,7 +551,7 @@ class LockManager:
             return (
                 f"the migration_cookie is for the {cookie.driver} driver, not {self._driver.name}"
             )
-        ours = {(le["key"], le["mode"]) for _, leases in self._resources.values() for le in leases}
+        ours = {(le["key"], le["mode"]) for _, leases in self._all_resources() for le in leases}
         if ours != cookie.leases():
             names = sorted(r["path"] for r in cookie.resources)
             mine = sorted(r.path for r in self.resources)
@@ -566,7 +597,7 @@ class LockManager:
         launch = self._launch
         try:
             info = self._reach(launch, {"op": "get_child"}, args["timeout"])
-            want = sorted(r.to_wire(le)["canonical"] for r, le in self._resources.values())
+            want = sorted(r.to_wire(le)["canonical"] for r, le in self._all_resources())
             got = sorted(r["canonical"] for r in info["resources"])
             if want != got:
                 self._call(launch, {"op": "shutdown", "gen": self._gen, "grace": 0.0}, 30.0)
@@ -658,7 +689,11 @@ class LockManager:
                     f"{key} {self._params[key]!r} does not match the running supervisor's "
                     f"{hello.get(key)!r}"
                 )
-        theirs = {(ResourceType(r["type"]), r["canonical"]) for r in hello["resources"]}
+        theirs = {
+            (ResourceType(r["type"]), r["canonical"])
+            for r in hello["resources"]
+            if not self._is_domain_lease(r["type"], r["path"])
+        }
         if self._resources and theirs != set(self._resources):
             raise InvalidArgument(
                 f"registered resources {sorted(c for _, c in self._resources)} do not match the "
@@ -672,6 +707,7 @@ class LockManager:
         self._resources = {
             (ResourceType(r["type"]), r["canonical"]): (Resource.from_wire(r), list(r["leases"]))
             for r in info["resources"]
+            if not self._is_domain_lease(r["type"], r["path"])
         }
         self._launch, self._gen, self._child = launch, int(info["gen"]), int(info["guest_pid"])
 

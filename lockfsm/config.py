@@ -84,6 +84,11 @@ COMMON_KEYS: Mapping[str, ConfigKey] = {
         lambda: "errors",
         "what a supervisor writes to its stderr: errors, or moves (one line per state move too)",
     ),
+    "domain_lease": ConfigKey(
+        _bool,
+        lambda: True,
+        "take an exclusive lease on the guest's uuid too: one host runs a guest, whatever disks",
+    ),
     "auto_disk_leases": ConfigKey(
         _bool,
         lambda: True,

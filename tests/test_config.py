@@ -77,7 +77,7 @@ def test_without_auto_disk_leases_only_explicit_leases_are_taken(
 ) -> None:
     """auto_disk_leases off: a disk takes no lease, an explicit lease does; and
     require_lease_for_disks (on by default then) refuses a guest with disks and no lease."""
-    host = hosts(auto_disk_leases=False)  # type: ignore[call-arg]
+    host = hosts(auto_disk_leases=False, domain_lease=False)  # type: ignore[call-arg]
     disks = make_disks(workdir, "a.img")
     bare = host.manager("vm", "6c1f9a3e-0d3b-4b8e-9f55-2f4a1c0de001", disks)
     with pytest.raises(InvalidArgument, match="require_lease_for_disks: 'vm' has disks"):
@@ -93,9 +93,31 @@ def test_without_auto_disk_leases_only_explicit_leases_are_taken(
 def test_require_lease_for_disks_can_be_turned_off(
     hosts: type[Host], workdir: str, lockspace: str
 ) -> None:
-    host = hosts(auto_disk_leases=False, require_lease_for_disks=False)  # type: ignore[call-arg]
+    host = hosts(  # type: ignore[call-arg]
+        auto_disk_leases=False, require_lease_for_disks=False, domain_lease=False
+    )
     mgr = host.manager("vm", "6c1f9a3e-0d3b-4b8e-9f55-2f4a1c0de001", make_disks(workdir, "a.img"))
     host.launch(mgr)
     mgr.get_child(timeout=10)
     assert lockspace_locks(lockspace) == {}
     mgr.shutdown()
+
+
+def test_the_domain_lease_keeps_a_guest_on_one_host(
+    hosts: type[Host], workdir: str, lockspace: str
+) -> None:
+    """domain_lease (on by default): a guest whose disks are all shared still runs on one host
+    at a time -- its uuid's lease refuses a second start -- and the lease is lockfsm's own
+    (a daemon cannot register it)."""
+    a, b = hosts(), hosts()  # type: ignore[call-arg]
+    shared = make_disks(workdir, "s.img")
+    g = a.start("vm", shared=shared)
+    mgr = b.manager("vm", g.uuid, shared=shared)
+    b.launch(mgr)
+    with pytest.raises(lockfsm.LeaseConflict, match="lockfsm-domains:" + g.uuid):
+        mgr.get_child(timeout=10)
+    other = b.start("vm2", shared=shared)  # another guest shares the disk
+    assert other.pid is not None
+    bad = b.driver.new_manager()
+    with pytest.raises(InvalidArgument, match="'lockfsm-domains' is lockfsm's own"):
+        bad.register_resource(ResourceType.LEASE, f"lockfsm-domains:{g.uuid}")

@@ -310,6 +310,34 @@ def test_a_target_whose_incoming_guest_exited_can_cancel(pair: HostPair, disks: 
     assert src.mgr.state is DomainState.STARTED
 
 
+@pytest.mark.parametrize("domain_lease", [True, False])
+def test_a_guest_with_shared_disks_only_runs_on_one_side(
+    lockspace: str, disks: list[str], domain_lease: bool
+) -> None:
+    """S3 for a guest whose disks are all shared: no disk lease is exclusive, so only the
+    guest's own lease on its uuid (domain_lease, on by default) makes the target's take-over
+    wait for the source's handoff.  Without it the target would take over while the source's
+    guest still runs -- shown here, so that this test fails if the domain lease stops working."""
+    pair = HostPair(lockspace, domain_lease=domain_lease, handoff_timeout=0.3)
+    try:
+        src = pair.start("vm", shared=disks[2:3])
+        pair.prepare()
+        tgt = pair.incoming_start()
+        if domain_lease:
+            with pytest.raises(lockfsm.LeaseConflict, match="lockfsm-domains"):
+                tgt.mgr.complete_migrate_in()
+            assert src.pid is not None and alive(src.pid)
+            src.mgr.complete_migrate_in()
+            tgt.mgr.complete_migrate_in()
+        else:
+            tgt.mgr.complete_migrate_in()  # at once: the source's guest still runs
+            assert src.pid is not None and alive(src.pid)
+            src.mgr.complete_migrate_in()
+        assert (src.mgr.state, tgt.mgr.state) == (DomainState.DONE, DomainState.STARTED)
+    finally:
+        pair.cleanup()
+
+
 def test_source_supervisor_crash_mid_migration(
     pair: HostPair, disks: list[str], lockspace: str, third: Host
 ) -> None:

@@ -262,7 +262,7 @@ class TwoHosts(RuleBasedStateMachine):
     def launchable(self) -> list[Side]:
         """Hosts whose daemon may make a new manager for the guest: none of theirs is active,
         and no orphan supervisor of theirs would end up beside a second one."""
-        blockers = self.blockers(self.base, asker=None)
+        blockers = self.blockers(self.base, asker=None, whole_guest=True)
         return [
             s
             for s in self.sides.values()
@@ -272,12 +272,19 @@ class TwoHosts(RuleBasedStateMachine):
     def pick(self, data: st.DataObject, sides: list[Side], label: str) -> Side:
         return self.sides[choose(data, [s.name for s in sides], label)]
 
-    def blockers(self, disks: Iterable[str], asker: Side | None) -> dict[str, str]:
+    def blockers(
+        self, disks: Iterable[str], asker: Side | None, whole_guest: bool = False
+    ) -> dict[str, str]:
         """Live supervisors (other than ``asker``'s) that refuse a fresh acquire of ``disks``:
-        host -> "holds" (byte 0, not shared) or "reserves" (gate: an incoming target)."""
+        host -> "holds" (byte 0, not shared) or "reserves" (gate: an incoming target).  With
+        ``whole_guest`` (a start), every live supervisor of the guest refuses it: each holds or
+        reserves the guest's own lease on its uuid (domain_lease), whatever its disks."""
         found: dict[str, str] = {}
         for other in self.live():
             if other is asker:
+                continue
+            if whole_guest:
+                found[other.name] = "reserves" if other.sup is Sup.IN else "holds"
                 continue
             for disk in disks:
                 if disk in other.disks and other.sup is Sup.IN:
@@ -287,18 +294,15 @@ class TwoHosts(RuleBasedStateMachine):
         return found
 
     def gate_blockers(self, disks: Iterable[str]) -> list[str]:
-        """Incoming targets that reserve one of ``disks``: a second target is refused."""
-        return [o.name for o in self.live() if o.sup is Sup.IN and set(o.disks) & set(disks)]
+        """Incoming targets of the guest: a second target is refused (each reserves the guest's
+        own lease, whatever ``disks``)."""
+        return [o.name for o in self.live() if o.sup is Sup.IN]
 
     def takeover_blockers(self, target: Side) -> list[str]:
-        """Executing supervisors whose leases the target's take-over cannot have yet."""
-        return [
-            o.name
-            for o in self.live()
-            if o is not target
-            and o.sup in EXECUTING
-            and any(d in o.disks and not FLAGS[d] for d in target.disks)
-        ]
+        """Executing supervisors whose leases the target's take-over cannot have yet: every one
+        of the guest's, since each holds the guest's own exclusive lease (domain_lease), even
+        where the disks are all shared."""
+        return [o.name for o in self.live() if o is not target and o.sup in EXECUTING]
 
     @staticmethod
     def why(blockers: dict[str, str], what: str) -> str:
@@ -460,7 +464,7 @@ class TwoHosts(RuleBasedStateMachine):
 
     def do_start(self, side: Side) -> None:
         mgr = self.new_manager(side, NewFlags(0), self.base)
-        blockers = self.blockers(self.base, asker=None)
+        blockers = self.blockers(self.base, asker=None, whole_guest=True)
         if blockers:
             why = self.why(blockers, f"a start on {side.name}")
             self.refused(LeaseConflict, self.launch_refused(side, mgr), why, [mgr])
@@ -925,12 +929,17 @@ class TwoHosts(RuleBasedStateMachine):
             if self.pending is not None and self.pending.side == name:
                 continue  # its daemon is busy in that call
             if side.state not in ACTIVE:
-                if side.sup is Sup.NONE and not self.blockers(self.base, asker=None):
+                if side.sup is Sup.NONE and not self.blockers(
+                    self.base, asker=None, whole_guest=True
+                ):
                     moves.append(("start", name))
                 elif side in self.launchable() and migrating:
                     # A third host, refused; twice as likely while a target only reserves the
                     # leases (in the window between the source's completion and the take-over).
-                    reserved = "reserves" in self.blockers(self.base, asker=None).values()
+                    reserved = (
+                        "reserves"
+                        in self.blockers(self.base, asker=None, whole_guest=True).values()
+                    )
                     moves += [("start", name)] * (2 if reserved else 1)
                 if side in self.incoming_hosts() and not self.gate_blockers(self.cookie.disks):  # type: ignore[union-attr]
                     moves += [("incoming", name)] * 3

@@ -162,7 +162,7 @@ def test_start_holds_leases_before_guest(host: Host, workdir: str) -> None:
     wait_until(lambda: comm(g.pid or 0) == "sleep", TIMEOUT, "the guest's exec of sleep")
 
     inodes = lease_inodes(g)
-    assert len(inodes) == 2
+    assert len(inodes) == 3  # the two disks' and the guest's own lease on its uuid
     with open(seen) as f:
         granted = [line.split() for line in f if "->" not in line]
     at_start = {int(parts[5].rsplit(":", 1)[1]): parts[3] for parts in granted}
@@ -294,7 +294,7 @@ def test_daemon_crash_then_attach(host: Host, other_host: Host, workdir: str) ->
         assert started, f"the daemon failed (status {daemon.wait(TIMEOUT)})"
         sup, guest = started["supervisor"], started["guest"]
         held = fd_locks(sup)
-        assert len(held) == 1
+        assert len(held) == 2  # the disk's lease and the guest's own (domain_lease)
 
         samples: list[set[int]] = []
         done = threading.Event()
@@ -319,7 +319,7 @@ def test_daemon_crash_then_attach(host: Host, other_host: Host, workdir: str) ->
         assert [r.path for r in mgr.resources] == [disk]
 
         mgr.acquire_resource(DISK, extra)
-        assert len(fd_locks(sup)) == 2
+        assert len(fd_locks(sup)) == 3
         with pytest.raises(LeaseConflict):
             other_host.start("thief", [extra])
         mgr.release_resource(DISK, extra)
