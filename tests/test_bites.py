@@ -33,6 +33,11 @@ BREAKAGES = {
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),
 }
+#: the same, for the etcd variant of the stateful test (its breakages patch the lease agent)
+ETCD_BREAKAGES = {
+    "etcd-takeover-skips-handoff": ("S1", "S2", "S3"),
+}
+ETCD_STATEFUL = "tests/test_stateful_etcd.py"
 
 STATISTICS = re.compile(
     r"during generate phase.*?(\d+) passing, (\d+) failing, and (\d+) invalid", re.S
@@ -41,7 +46,9 @@ CAUGHT_BY = re.compile(r"AssertionError: (S\d|L\d|model|kernel)\b")
 PROGRAM = re.compile(r"Failing test case: <state machine>\n(.*?state\.teardown\(\))", re.S)
 
 
-def run_broken(breakage: str, database: str) -> subprocess.CompletedProcess[str]:
+def run_broken(
+    breakage: str, database: str, stateful: str = STATEFUL
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "LOCKFSM_BREAK": breakage,
@@ -52,7 +59,7 @@ def run_broken(breakage: str, database: str) -> subprocess.CompletedProcess[str]
     check = [sys.executable, "-c", "import sitecustomize; print(sitecustomize.APPLIED)"]
     applied = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
     assert applied.stdout.strip() == breakage, f"breakage not in force: {applied}"
-    command = [sys.executable, "-m", "pytest", STATEFUL, "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", stateful, "-q", "-p", "no:cacheprovider"]
     command += ["--hypothesis-show-statistics", "-x"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
 
@@ -66,10 +73,14 @@ def failing_programs(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
-def test_the_stateful_migration_test_bites(breakage: str) -> None:
+@pytest.mark.parametrize(
+    ("breakage", "stateful"),
+    [(b, STATEFUL) for b in sorted(BREAKAGES)] + [(b, ETCD_STATEFUL) for b in ETCD_BREAKAGES],
+)
+def test_the_stateful_migration_test_bites(breakage: str, stateful: str) -> None:
+    expected = {**BREAKAGES, **ETCD_BREAKAGES}[breakage]
     with tempfile.TemporaryDirectory(prefix="lfbite") as database:
-        out = run_broken(breakage, database)
+        out = run_broken(breakage, database, stateful)
     output = out.stdout + out.stderr
     assert out.returncode == 1, f"{breakage}: the stateful test did not fail:\n{output[-3000:]}"
     stats = STATISTICS.search(output)
@@ -82,6 +93,6 @@ def test_the_stateful_migration_test_bites(breakage: str) -> None:
     for program in failing_programs(output):
         print(f"shrunk program:\n{program}")
     assert caught, f"{breakage}: failed, but not on an invariant:\n{output[-3000:]}"
-    assert set(caught) & set(BREAKAGES[breakage]), (
-        f"{breakage}: caught by {caught}, expected one of {BREAKAGES[breakage]}"
+    assert set(caught) & set(expected), (
+        f"{breakage}: caught by {caught}, expected one of {expected}"
     )

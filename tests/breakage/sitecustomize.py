@@ -92,11 +92,60 @@ def acquire_skips_gate() -> None:
     backend.FcntlHolder._locked_file = locked_file  # type: ignore[method-assign]
 
 
+def _after_import(name: str, patch: Callable[[Any], None]) -> None:
+    """Run ``patch(module)`` right after module ``name`` is first imported in this process
+    (the etcd agent imports gRPC: only the agent's process should pay for it)."""
+    import importlib.abc
+    import importlib.machinery
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            original = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                original(module)
+                patch(module)
+
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def etcd_takeover_skips_handoff() -> None:
+    """(e) etcd: the target's take-over transaction does not check that the source handed the
+    exclusive keys off (the marker): it takes them while the source's guest still runs."""
+
+    def patch(agent: Any) -> None:
+        from aetcd import rpc
+
+        original = agent.value
+
+        def value(key: bytes, data: bytes) -> Any:
+            if key.endswith(b"/x") and data.startswith(b'{"handed_off_to":'):
+                always = rpc.Compare(key=key, target=rpc.Compare.VERSION)
+                always.result = rpc.Compare.GREATER
+                always.version = -1
+                return always
+            return original(key, data)
+
+        agent.value = value
+
+    _after_import("lockfsm.etcd_agent", patch)
+
+
 BREAKAGES: dict[str, Callable[[], None]] = {
     "target-ignores-conflicts": target_ignores_conflicts,
     "resume-drops-leases": resume_drops_leases,
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
+    "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
 }
 
 _wanted = os.environ.get("LOCKFSM_BREAK")
