@@ -338,6 +338,10 @@ def test_keys_name_their_holder_and_live_on_the_host_lease(
     assert exclusive["resource"] == f"disk {disks[0]}"
     shared = held(db, prefix)[key_of(a, disks[2])]
     assert set(shared) == {"s"} and shared["s"]["mode"] == "shared"
+    status = {r["key"]: r for r in a.driver.backend.holders()}  # the daemon's view, via the agent
+    assert status[key_of(a, disks[0])]["kind"] == "exclusive"
+    assert status[key_of(a, disks[0])]["holder"]["pid"] == g.supervisor_pid
+    assert status[key_of(a, disks[2])]["kind"] == "shared"
     lease = shared_sites[0].agent.status()["lease"]
     rows = db.prefix(f"{prefix}L/{key_of(a, disks[0])}/".encode())
     assert [kv.lease for kv in rows] == [lease]
@@ -836,17 +840,23 @@ def _ms(values: list[float]) -> str:
     )
 
 
+@pytest.mark.parametrize("members", [1, 3])
 def test_latency_against_a_bare_transaction(
-    etcd1: Cluster, shared_sites: list[Site], db: SyncEtcd
+    request: pytest.FixtureRequest, sites: Callable[..., Site], members: int
 ) -> None:
     """Not a timed assertion: prints acquire, release and handoff latency through lockfsm
-    (holder -> agent -> one etcd transaction, as a supervisor sees it) next to one bare etcd
-    transaction of the same shape, in the same run, on the same single member."""
-    a, b = shared_sites[0].holder(), shared_sites[1].holder()
+    (holder -> agent -> etcd, as a supervisor sees it) next to bare etcd transactions of the
+    same shapes, in the same run, on the same cluster (each client talks to the first
+    member, as the agent does).  A handoff is the source's release of a reserved key (a
+    transaction that finds the reservation, then the marker's) plus the target's take-over."""
+    cluster: Cluster = request.getfixturevalue("etcd1" if members == 1 else "etcd3")
+    a, b = sites(cluster, "hostA").holder(), sites(cluster, "hostB").holder()
     a.watch([])
     b.watch([])
     rounds = 40
-    figures: dict[str, list[float]] = {k: [] for k in ("acq", "rel", "hand", "bacq", "brel")}
+    figures: dict[str, list[float]] = {
+        k: [] for k in ("acq", "rel", "hand", "bacq", "brel", "bhand")
+    }
     lease = {"key": f"bench{os.getpid()}", "mode": "exclusive"}
     for _ in range(rounds):
         t = time.perf_counter()
@@ -869,22 +879,34 @@ def test_latency_against_a_bare_transaction(
     (b if rounds % 2 else a).release(lease)
 
     async def bare(etcd: Any) -> None:
-        key = f"/bench{os.getpid()}/x".encode()
-        base = key[:-1]
+        base = f"/bench{os.getpid()}/{members}/".encode()
+        x, r = base + b"x", base + b"r"
         for _ in range(rounds):
             t = time.perf_counter()
-            await etcd.txn(
-                [create(base, 0, prefix_end(base))], [put(key, b"v"), get(key)], [get(base)]
-            )
+            await etcd.txn([create(base, 0, prefix_end(base))], [put(x, b"v"), get(x)], [get(base)])
             figures["bacq"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            await etcd.txn([value(key, b"v")], [delete(key)], [])
+            await etcd.txn([value(x, b"v"), create(r, 0)], [delete(x)], [get(x), get(r)])
             figures["brel"].append(time.perf_counter() - t)
+        await etcd.txn([], [put(x, b"v"), put(r, b"r")])
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await etcd.txn([value(x, b"v"), create(r, 0)], [delete(x)], [get(x), get(r)])
+            await etcd.txn([value(x, b"v"), value(r, b"r")], [put(x, b"m")], [])
+            await etcd.txn(
+                [value(r, b"r"), value(x, b"m")], [put(x, b"v"), delete(r), get(x)], [get(base)]
+            )
+            figures["bhand"].append(time.perf_counter() - t)
+            await etcd.txn([], [put(r, b"r")])
+        await etcd.txn([], [delete(x), delete(r)])
 
-    db.run(bare)
-    print(f"\netcd latency, {rounds} rounds, one member on loopback:")
-    print(f"  bare txn, acquire shape        {_ms(figures['bacq'])}")
-    print(f"  bare txn, release shape        {_ms(figures['brel'])}")
-    print(f"  lockfsm acquire                {_ms(figures['acq'])}")
-    print(f"  lockfsm release                {_ms(figures['rel'])}")
-    print(f"  lockfsm handoff (hand off + take over) {_ms(figures['hand'])}")
+    with cluster.client() as client:
+        client.run(bare)
+    where = "one member" if members == 1 else "three members"
+    print(f"\netcd latency, {rounds} rounds, {where} on loopback (lockfsm | bare etcd):")
+    for label, ours, theirs in (
+        ("acquire", "acq", "bacq"),
+        ("release", "rel", "brel"),
+        ("handoff (hand off + take over)", "hand", "bhand"),
+    ):
+        print(f"  {label:31s} {_ms(figures[ours])} | {_ms(figures[theirs])}")
