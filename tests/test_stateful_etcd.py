@@ -47,6 +47,7 @@ from tests.etcd_cluster import Agent, Cluster, keys_under
 from tests.helpers import Host, alive, make_disks, short_tmpdir, wait_until
 
 Entry = tuple[str, str, int]  # (disk, "x" | "s" | "r" | "m", supervisor pid it names)
+GUEST_LEASE = "@guest"  # the guest's own exclusive lease on its uuid (domain_lease), as a disk
 
 TTL = 4
 PREFIX = "/lockfsm-stateful/"
@@ -134,13 +135,17 @@ class EtcdTwoHosts(base.TwoHosts):
             backend.leases("disk", self.path(d), self.path(d), False)[0]["key"]: d
             for d in base.FLAGS
         }
+        guest = f"lockfsm-domains:{base.UUID}"
+        self.keys[backend.leases("lease", guest, guest, False)[0]["key"]] = GUEST_LEASE
         self.base = {}
         self.cookie = None
         self.migrations = 0
         self.completed = []
         self.pending = None
         # etcd's side of the model: each exclusive disk's key, and its incarnation.
-        self.xkey: dict[str, tuple[str, str, int] | None] = dict.fromkeys(base.FLAGS)
+        self.xkey: dict[str, tuple[str, str, int] | None] = {
+            d: None for d in [*base.FLAGS, GUEST_LEASE] if d == GUEST_LEASE or base.FLAGS[d] is EXCL
+        }
         self.incarnation: Counter[str] = Counter()
         self.versions: dict[int, dict[str, int]] = {}  # migration number -> incarnations
 
@@ -149,7 +154,8 @@ class EtcdTwoHosts(base.TwoHosts):
             side.host.cleanup()
         if self.pending is not None and self.pending.thread is not None:
             self.pending.thread.join(30)
-        # The agents let the killed supervisors' keys go: wait, so the next example starts clean.
+        # The agents let the killed supervisors' keys go: wait, so the next example starts clean
+        # (the guest's own lease is on the same uuid in every example).
         wait_until(lambda: not self.etcd_entries(), 10, "the example's keys to go")
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -188,11 +194,11 @@ class EtcdTwoHosts(base.TwoHosts):
         """The keys the model says ``side``'s live supervisor holds (or reserves)."""
         if side.sup is base.Sup.NONE or side.proc is None:
             return frozenset()
-        names = side.disks if disks is None else disks
+        names = [*(side.disks if disks is None else disks), GUEST_LEASE]
         pid = side.proc.pid
         if side.sup is base.Sup.IN:
             return frozenset((d, "r", pid) for d in names)
-        return frozenset((d, "s" if base.FLAGS[d] else "x", pid) for d in names)
+        return frozenset((d, "s" if base.FLAGS.get(d) else "x", pid) for d in names)
 
     def expected_locks(self) -> Counter[Entry]:  # type: ignore[override]
         self.reconcile()
@@ -210,11 +216,9 @@ class EtcdTwoHosts(base.TwoHosts):
         """Bring the model of each exclusive key up to the sides' states: a fresh acquire makes
         a new incarnation; a take-over keeps it; a release while a target reserves hands the key
         off to that target; a target that goes takes its handed-off keys with it."""
-        for disk, flags in base.FLAGS.items():
-            if flags is not EXCL:
-                continue
+        for disk in self.xkey:
             was = self.xkey[disk]
-            holders = [s for s in self.live() if s.sup in base.EXECUTING and disk in s.disks]
+            holders = [s for s in self.live() if s.sup in base.EXECUTING and self.has(s, disk)]
             if holders:
                 side = holders[0]
                 assert side.proc is not None
@@ -230,7 +234,7 @@ class EtcdTwoHosts(base.TwoHosts):
                     self.xkey[disk] = now
                 continue
             target = next(
-                (s for s in self.live() if s.sup is base.Sup.IN and disk in s.disks), None
+                (s for s in self.live() if s.sup is base.Sup.IN and self.has(s, disk)), None
             )
             if was is not None and was[0] == "held":
                 if target is not None and target.proc is not None:
@@ -244,6 +248,10 @@ class EtcdTwoHosts(base.TwoHosts):
             ):
                 self.xkey[disk] = None  # the target went, and took the handed-off key along
 
+    def has(self, side: base.Side, disk: str) -> bool:
+        """Whether ``side``'s supervisor holds or reserves the lease of ``disk``."""
+        return disk == GUEST_LEASE or disk in side.disks
+
     def takeover_final(self, target: base.Side) -> bool:
         """Whether the target's take-over must fail for good: an exclusive key of its cookie
         is gone, or is another incarnation than the cookie's."""
@@ -251,9 +259,7 @@ class EtcdTwoHosts(base.TwoHosts):
         m = target.migration
         assert m is not None
         versions = self.versions[m.number]
-        for disk, flags in m.disks.items():
-            if flags is not EXCL:
-                continue
+        for disk in [*(d for d, f in m.disks.items() if f is EXCL), GUEST_LEASE]:
             if self.xkey[disk] is None or self.incarnation[disk] != versions.get(disk):
                 return True
         return False
@@ -264,7 +270,8 @@ class EtcdTwoHosts(base.TwoHosts):
         super().do_prepare(side)
         if self.migrations != before:
             self.versions[self.migrations] = {
-                d: self.incarnation[d] for d, f in side.disks.items() if f is EXCL
+                d: self.incarnation[d]
+                for d in [*(d for d, f in side.disks.items() if f is EXCL), GUEST_LEASE]
             }
 
     def do_complete(self, side: base.Side, cancel: bool, background: bool) -> None:
@@ -291,7 +298,7 @@ class EtcdTwoHosts(base.TwoHosts):
         target = self.sides[m.target]
         proc = target.proc
         if target.sup is base.Sup.RUNNING and proc is not None and proc is m.target_proc:
-            want = frozenset((d, "s" if f else "x", proc.pid) for d, f in target.disks.items())
+            want = self.side_locks(target)
             got = self.held_by(proc.pid)
             assert got == want, f"L1: after the handoff the target holds {sorted(got)}, not {want}"
         assert m.source_proc.poll() == 0, f"L1: the source supervisor: {m.source_proc.poll()}"
