@@ -806,6 +806,7 @@ class Agent:
         """Stop: every supervisor hears its connection close (and stops its guest); the lease is
         revoked once the validity promised to them has passed."""
         holding = any(c.owned for c in self.conns)
+        log(f"stopping: {len(self.conns)} supervisor(s) lose their connection")
         for conn in list(self.conns):
             conn.writer.close()
         lease = self.lease
