@@ -207,7 +207,11 @@ class Agent:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(self.ready, 15, f"the lease agent of {self.config['host_name']}")
+        try:
+            wait_until(self.ready, 15, f"the lease agent of {self.config['host_name']}")
+        except BaseException:
+            self.kill()
+            raise
 
     def ready(self) -> bool:
         assert self.proc is not None
