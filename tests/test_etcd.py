@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import shutil
 import signal
 import statistics
 import threading
@@ -96,6 +97,7 @@ class Site:
         for host in self.hosts:
             host.cleanup()
         self.agent.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +111,7 @@ def shared_sites(etcd1: Cluster) -> Iterator[list[Site]]:
         yield sites
     finally:
         for site in sites:
-            site.agent.stop()
+            site.close()
 
 
 @pytest.fixture
