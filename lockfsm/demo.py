@@ -99,7 +99,12 @@ class Stage:
         raise NotImplementedError
 
     def holders(self) -> None:
-        rows = [(h, r) for h, run_dir in self.run_dirs() for r in status.leases(run_dir)]
+        rows = [
+            (h, r)
+            for h, run_dir in self.run_dirs()
+            for r in status.leases(run_dir)
+            if r["type"] == "disk"  # the guest's own lease (on its uuid) follows its disks'
+        ]
         if not rows:
             self.say("   leases: none held")
         for host, row in sorted(rows, key=lambda x: (x[1]["resource"], x[0])):

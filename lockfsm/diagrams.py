@@ -129,13 +129,17 @@ def record(out: Path) -> Path:
             rows = []
             for host in drivers:
                 for row in status.leases(os.path.join(top, host)):
+                    if row["type"] != "disk":
+                        continue  # the guest's own lease on its uuid: a new one each recording
                     rows.append(f"{os.path.basename(row['resource'])}: {row['held']} on {host}")
             return sorted(rows)
 
         def snapshot(note: str) -> None:
             moves = sorted(
                 (
-                    (h.at, host, h)
+                    # ordered by when each call began: two daemons' concurrent calls (the
+                    # target's waits for the source's) end in either order, they begin in one
+                    (h.at - h.seconds, host, h)
                     for host, m in managers
                     for h in m.history
                     if h.event not in NOISE and id(h) not in seen
