@@ -37,15 +37,6 @@ TRIED: Counter[str] = Counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report_counts(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and TRIED:
-        counts = ", ".join(f"{name} {n}" for name, n in sorted(TRIED.items()))
-        reporter.write_line(f"\nfuzz inputs tried: {counts} (total {sum(TRIED.values())})")
-
-
 # -- strategies -------------------------------------------------------------------------------
 
 _text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
@@ -214,6 +205,28 @@ def test_error_replies_are_always_small() -> None:
         assert len(control.encode(control.error_reply(err.value), control.MAX_MESSAGE)) < 8192
 
 
+# -- atheris (optional) -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.environ.get("LOCKFSM_ATHERIS") != "1", reason="LOCKFSM_ATHERIS=1 runs it")
+def test_atheris_fuzz_of_the_parser() -> None:
+    """tools/fuzz_control.py under atheris for LOCKFSM_ATHERIS_RUNS inputs (default 50000)."""
+    pytest.importorskip("atheris")
+    runs = int(os.environ.get("LOCKFSM_ATHERIS_RUNS", "50000"))
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "fuzz_control.py"), f"-runs={runs}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = re.search(r"Done (\d+) runs", out.stderr)
+    assert done, out.stderr[-3000:]
+    TRIED["atheris"] += int(done.group(1))
+
+
 # -- a live supervisor ------------------------------------------------------------------------
 
 
@@ -304,23 +317,9 @@ def test_live_supervisor_survives_and_changes_nothing(live: Guest, inputs: list[
     assert _state(live) == before
 
 
-# -- atheris (optional) -----------------------------------------------------------------------
-
-
-@pytest.mark.skipif(os.environ.get("LOCKFSM_ATHERIS") != "1", reason="LOCKFSM_ATHERIS=1 runs it")
-def test_atheris_fuzz_of_the_parser() -> None:
-    """tools/fuzz_control.py under atheris for LOCKFSM_ATHERIS_RUNS inputs (default 50000)."""
-    pytest.importorskip("atheris")
-    runs = int(os.environ.get("LOCKFSM_ATHERIS_RUNS", "50000"))
-    out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "fuzz_control.py"), f"-runs={runs}"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    done = re.search(r"Done (\d+) runs", out.stderr)
-    assert done, out.stderr[-3000:]
-    TRIED["atheris"] += int(done.group(1))
+def test_zz_inputs_tried(capsys: pytest.CaptureFixture[str]) -> None:
+    """Last in the module: say how many inputs the tests above tried (shown even when pytest
+    captures output)."""
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(TRIED.items()))
+    with capsys.disabled():
+        print(f"\nfuzz inputs tried: {counts or 'none'} (total {sum(TRIED.values())})")
