@@ -3,17 +3,22 @@ supervisor applies the domain's policy -- poweroff, pause or ignore -- and the m
 ``failed`` saying why.
 
 On fcntl a lease is lost when its lease file is deleted or replaced while held (the lock then
-guards an inode no other host sees); the supervisor notices within CHECK_EVERY.  The lock service's
-own report (sanlock's kill path runs ``lockfsm-supervisor --lease-lost SOCKET WHY``) is driven here
-through that same command; tests/test_sanlock.py has the daemon revoke leases for real.
+guards an inode no other host sees) and a rival locked the file now at the path first; the
+supervisor notices within CHECK_EVERY.  A file no one took is locked again: nothing is lost.  The
+lock service's own report (sanlock's kill path runs ``lockfsm-supervisor --lease-lost SOCKET
+WHY``) is driven here through that same command; tests/test_sanlock.py has the daemon revoke
+leases for real.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import struct
 import subprocess
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,7 +26,7 @@ import lockfsm
 from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType, control
 from lockfsm.backends.fcntl import CHECK_EVERY
 from lockfsm.supervisor import EXIT_LEASE_LOST
-from tests.helpers import Guest, Host, alive, lockspace_locks, make_disks, wait_until
+from tests.helpers import Guest, Host, alive, fd_locks, lockspace_locks, make_disks, wait_until
 
 DISK = ResourceType.DISK
 
@@ -51,13 +56,34 @@ def start(host: Host, disks: list[str], policy: str | None) -> Guest:
     return g
 
 
-def delete_lease_file(lockspace: str, disk: str) -> str:
-    """Delete the lease file of ``disk`` (libvirt's name for it) from under its holder."""
-    import hashlib
+def lease_file(lockspace: str, disk: str) -> str:
+    """The lease file of ``disk`` (libvirt's name for it)."""
+    return os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())
 
-    path = os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())
-    os.unlink(path)
-    return path
+
+@pytest.fixture
+def steal(lockspace: str) -> Iterator[Callable[[str], str]]:
+    """``steal(disk)`` replaces the lease file of ``disk`` under its holder with a file a rival
+    (this test process, until the test ends) has write-locked already, so that the holder cannot
+    take it again: the lease is lost.  Returns the lease file's path."""
+    rivals: list[int] = []
+
+    def steal(disk: str) -> str:
+        path = lease_file(lockspace, disk)
+        fd = os.open(path + ".new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        rivals.append(fd)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0))
+        os.rename(path + ".new", path)
+        return path
+
+    yield steal
+    for fd in rivals:
+        os.close(fd)
+
+
+def only_the_rival(lockspace: str, path: str) -> dict[str, list[str]]:
+    """The lockspace's locks once the loser let every lease go: the rival's alone."""
+    return {os.path.basename(path): ["WRITE"]}
 
 
 def wait_failed(mgr: lockfsm.LockManager) -> None:
@@ -66,31 +92,32 @@ def wait_failed(mgr: lockfsm.LockManager) -> None:
 
 
 def test_poweroff_kills_the_guest_and_says_why(
-    host: Host, lockspace: str, disks: list[str]
+    host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
     g = start(host, disks[:2], "poweroff")
     assert g.pid is not None
-    path = delete_lease_file(lockspace, disks[0])
+    path = steal(disks[0])
     wait_failed(g.mgr)
     assert not alive(g.pid), "S2: the guest outlived its lost lease"
     assert g.proc.wait(10) == EXIT_LEASE_LOST
     assert g.mgr.failure is not None and path in g.mgr.failure and "poweroff" in g.mgr.failure
-    assert lockspace_locks(lockspace) == {}, "every lease is let go"
+    assert "locked by another lockfsm supervisor" in g.mgr.failure  # the rival's OFD lock
+    assert lockspace_locks(lockspace) == only_the_rival(lockspace, path), "every lease let go"
     assert [h.event for h in g.mgr.history][-1] == "check"
     g.mgr.shutdown()  # the supervisor is gone: shutdown still succeeds
     assert g.mgr.state is DomainState.STOPPED
 
 
 def test_pause_stops_the_guest_and_lets_every_lease_go(
-    host: Host, lockspace: str, disks: list[str]
+    host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
     g = start(host, disks[:2], "pause")
     assert g.pid is not None
-    delete_lease_file(lockspace, disks[1])
+    path = steal(disks[1])
     wait_failed(g.mgr)
     assert proc_state(g.pid) == "T", "the paused guest is stopped (SIGSTOP)"
     assert g.proc.poll() is None, "the supervisor stays, with its paused guest"
-    assert lockspace_locks(lockspace) == {}, "the leases are let go: another host may take them"
+    assert lockspace_locks(lockspace) == only_the_rival(lockspace, path), "the leases are let go"
     assert g.mgr.failure is not None and "pause" in g.mgr.failure
     g.mgr.shutdown()
     assert not alive(g.pid) and g.proc.wait(10) == EXIT_LEASE_LOST
@@ -98,28 +125,70 @@ def test_pause_stops_the_guest_and_lets_every_lease_go(
 
 
 def test_ignore_leaves_the_guest_running_without_its_leases(
-    host: Host, lockspace: str, disks: list[str]
+    host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
     g = start(host, disks[:2], "ignore")
     assert g.pid is not None
-    delete_lease_file(lockspace, disks[0])
+    path = steal(disks[0])
     wait_failed(g.mgr)
     assert proc_state(g.pid) in ("S", "R"), "policy ignore: the guest runs on"
-    assert lockspace_locks(lockspace) == {}, "...without its leases"
+    assert lockspace_locks(lockspace) == only_the_rival(lockspace, path), "...without its leases"
     assert g.mgr.failure is not None and "ignore" in g.mgr.failure
     g.mgr.shutdown()
     assert not alive(g.pid)
 
 
 def test_the_driver_default_policy_applies(
-    hosts: Callable[..., Host], lockspace: str, disks: list[str]
+    hosts: Callable[..., Host], disks: list[str], steal: Callable[[str], str]
 ) -> None:
     host = hosts(lock_failure="pause")
     g = start(host, disks[:1], None)
     assert g.pid is not None
-    delete_lease_file(lockspace, disks[0])
+    steal(disks[0])
     wait_failed(g.mgr)
     assert proc_state(g.pid) == "T"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "deleted, shared"])
+def test_a_lease_file_no_rival_took_is_taken_again_and_nothing_is_lost(
+    host: Host, lockspace: str, disks: list[str], how: str
+) -> None:
+    """A lease file deleted (as a foreign cleanup would) or replaced by an unlocked file while
+    held: the supervisor locks the file now at the path at its next check; the guest runs on,
+    the manager is not failed, and the lease guards the name again.  The old inode, which the
+    guest inherited, is left unlocked."""
+    uuid = str(uuidlib.uuid4())
+    shared = how.endswith("shared")
+    mgr = host.manager("vm", uuid, disks[1:2], shared=disks[:1] if shared else ())
+    if not shared:
+        mgr.register_resource(DISK, disks[0])
+    mgr.set_parameter("lock_failure", "poweroff")
+    proc = host.launch(mgr)
+    pid = mgr.get_child(timeout=10)
+    path = lease_file(lockspace, disks[0])
+    old = os.stat(path).st_ino
+    assert old in fd_locks(pid) and old in fd_locks(proc.pid)
+    if how == "replaced":
+        with open(path + ".new", "w"):
+            pass
+        os.rename(path + ".new", path)
+    else:
+        os.unlink(path)
+    wait_until(lambda: os.path.exists(path) and os.stat(path).st_ino in fd_locks(proc.pid))
+    new = os.stat(path).st_ino
+    assert new != old and alive(pid) and mgr.check() is DomainState.STARTED
+    assert old not in fd_locks(pid) and old not in fd_locks(proc.pid), "the old inode let go"
+    kinds = lockspace_locks(lockspace)
+    assert kinds[os.path.basename(path)] == ["READ" if shared else "WRITE"]
+    other = Host("fcntl", lockspace)
+    try:
+        with pytest.raises(lockfsm.LeaseConflict):
+            other.start("rival", disks[:1])  # the name is guarded again
+    finally:
+        other.cleanup()
+    mgr.shutdown()
+    assert not alive(pid) and lockspace_locks(lockspace) == {}
+    assert proc.stderr is not None and b"taken again" in proc.stderr.read()
 
 
 def report_loss(g: Guest, why: str) -> None:

@@ -14,7 +14,9 @@ too (it dies by PR_SET_PDEATHSIG when the supervisor dies).
 
 Lease files are never truncated, written or deleted by lockfsm.  Another lock manager may delete
 a lease file while it holds the lock (libvirt's virtlockd does): after locking, the locked inode is
-compared with the one at the path, and the lock is taken again if they differ.
+compared with the one at the path, and the lock is taken again if they differ.  A lease file
+deleted or replaced while held here is locked again at once on the file now at the path; only if
+a rival locked that one first is the lease lost (see specs/PROTOCOL.md, "Lease files").
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import os
 import re
 import stat
 import struct
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from lockfsm.backends import Capabilities, ConfigKey
-from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
 from lockfsm.paths import default_state_dir, safe_dir
 
 CAPABILITIES = Capabilities(
@@ -139,6 +142,7 @@ class FcntlHolder:
         self.dir = lockspace_dir
         self.fds: dict[str, int] = {}
         self.reserved: set[str] = set()
+        self.kinds: dict[str, int] = {}  # key -> the lock held on its byte 0, once taken
         self.labels: dict[str, str] = {}  # key -> the resource it protects, for reports
         self.lost: str | None = None
         self.next_at: float | None = None
@@ -215,13 +219,24 @@ class FcntlHolder:
         if key in self.reserved:
             # A take-over: the reservation stays until settle(), so that a take-over that does
             # not get every lease can go back (revert) with nothing lost.
-            self._lock(self.fds[key], kind, LEASE_BYTE, os.path.join(self.dir, key), resource)
+            path = os.path.join(self.dir, key)
+            self._lock(self.fds[key], kind, LEASE_BYTE, path, resource)
+            self.kinds[key] = kind
+            if not self._still_there(self.fds[key], path):
+                # virtlockd deletes a lease file it lets go even while a gate is held on it (it
+                # locks byte 0 only): take gate and lease on the file now at the path.
+                try:
+                    self._retake(key)
+                except BaseException:
+                    self.revert(lease)
+                    raise
             return
         if key in self.fds:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
         self.fds[key] = fd
+        self.kinds[key] = kind
         self.labels[key] = resource
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
@@ -245,6 +260,7 @@ class FcntlHolder:
         if key not in self.reserved:
             raise BackendError(f"lease {key} was not taken over by this supervisor")
         fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
+        self.kinds.pop(key, None)
 
     def settle(self, lease: Mapping[str, str]) -> None:
         key = lease["key"]
@@ -255,6 +271,7 @@ class FcntlHolder:
     def release(self, lease: Mapping[str, str]) -> None:
         fd = self.fds.pop(lease["key"], None)
         self.reserved.discard(lease["key"])
+        self.kinds.pop(lease["key"], None)
         self.labels.pop(lease["key"], None)
         if fd is None:
             raise BackendError(f"lease {lease['key']} is not held by this supervisor")
@@ -276,21 +293,48 @@ class FcntlHolder:
     def next_check(self) -> float | None:
         return self.next_at if self.fds else None
 
+    def _retake(self, key: str) -> None:
+        """The file of a lease held or reserved here is no longer the one at its path: take the
+        same locks (the gate if reserved, byte 0 if taken), at once, on the file now at the path
+        (made anew if missing), and put it in the old one's place.  The old open file
+        description is unlocked and the supervisor's descriptor of it closed; a guest that
+        inherited it keeps it open until it exits, on an inode no lock manager looks at.  The
+        new lock is the supervisor's alone, like a hot-plugged lease's.  The holder restores
+        its own lease, so it does not pass the gate.  Raises LeaseConflict (a rival locked the
+        new file first) or BackendError; then nothing changed."""
+        steps = [(fcntl.F_WRLCK, GATE_BYTE)] if key in self.reserved else []
+        if key in self.kinds:
+            steps.append((self.kinds[key], LEASE_BYTE))
+        fd = self._locked_file(key, self.labels.get(key, key), steps)
+        old, self.fds[key] = self.fds[key], fd
+        try:
+            fcntl.fcntl(old, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
+        finally:
+            os.close(old)
+
     def poll(self) -> str | None:
-        """A lease is lost when its file is deleted or replaced while held (by hand, or by a
-        foreign cleanup): the lock then protects an inode no other host can see, and another
-        host could create the file anew and lock it.  Checked every CHECK_EVERY seconds: a
-        detection, not a fence (the fcntl backend cannot fence; see specs/PROTOCOL.md)."""
+        """A lease file deleted or replaced while held (by a foreign cleanup, by hand, or by
+        virtlockd letting go of a file whose gate a target holds) leaves the lock on an inode
+        no other host can see: the lock is taken again at once on the file now at the path
+        (_retake).  The lease is lost only if that fails: a rival locked the new file first.
+        Checked every CHECK_EVERY seconds: a detection, not a fence (the fcntl backend cannot
+        fence; see specs/PROTOCOL.md)."""
         self.next_at = time.monotonic() + CHECK_EVERY
         if self.lost is None:
             for key, fd in sorted(self.fds.items()):
                 path = os.path.join(self.dir, key)
-                if not self._still_there(fd, path):
-                    self.lost = (
-                        f"the lease file {path} of {self.labels.get(key, key)} was deleted or "
-                        "replaced while held"
-                    )
+                if self._still_there(fd, path):
+                    continue
+                what = f"the lease file {path} of {self.labels.get(key, key)}"
+                try:
+                    self._retake(key)
+                except LockFSMError as e:
+                    self.lost = f"{what} was deleted or replaced while held; not taken again: {e}"
                     break
+                print(
+                    f"lockfsm-supervisor: {what} was deleted or replaced; taken again",
+                    file=sys.stderr,
+                )
         return self.lost
 
     def inheritable_fds(self) -> list[int]:
