@@ -30,7 +30,7 @@ from lockfsm import LeaseConflict, status
 from lockfsm.backends.fcntl import CHECK_EVERY, GATE_BYTE, FcntlHolder
 from lockfsm.host import Disk, Guest
 from tests.conftest import IN_CI, require
-from tests.helpers import Host, lock_ranges, short_tmpdir, wait_until
+from tests.helpers import Host, lock_ranges, read_proc_locks, short_tmpdir, wait_until
 from tests.libvirt_fixture import PROGRAMS, Libvirt, VirshError, lease_name
 from tests.qemu_daemon import Daemon
 
@@ -99,15 +99,16 @@ def supervisor_of(host: Daemon, name: str) -> int:
 
 def locks_on(path: str) -> list[tuple[str, str, int]]:
     """(class, kind, pid) of each lock the kernel lists on byte 0 of the file at ``path``
-    (an OFD lock has no pid: -1)."""
-    inode = os.stat(path).st_ino
-    found = []
-    with open("/proc/locks") as f:
-        for line in f:
-            parts = line.split()
-            if parts[1] != "->" and int(parts[5].rsplit(":", 1)[1]) == inode and parts[6] == "0":
-                found.append((parts[1], parts[3], int(parts[4])))
-    return sorted(found)
+    (an OFD lock has no pid: -1), from one consistent reading of /proc/locks."""
+    inode = str(os.stat(path).st_ino)
+
+    def keep(line: str) -> bool:
+        parts = line.split()
+        return parts[1] != "->" and parts[5].rsplit(":", 1)[1] == inode and parts[6] == "0"
+
+    text = read_proc_locks(keep)
+    assert text is not None, "/proc/locks changes too fast for a consistent reading"
+    return sorted((p[1], p[3], int(p[4])) for p in map(str.split, text.splitlines()))
 
 
 def holds(pid: int, path: str, kind: str) -> bool:
