@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -286,8 +287,15 @@ class LockManager:
         the guest exited already; InvalidArgument if uuid/name/id are unset or, on ATTACH, do not
         match the supervisor's; IllegalTransition in another state.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise InvalidArgument(f"timeout {timeout!r} must be a positive number of seconds")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= 86400
+        ):
+            raise InvalidArgument(
+                f"timeout {control.show(timeout)} must be a number of seconds in (0, 86400]"
+            )
         with self._lock:
             if self._flags & NewFlags.ATTACH and self._fsm is DomainState.IDLE:
                 self._legal("get_child")

@@ -34,15 +34,16 @@ class ResourceFlags(enum.IntFlag):
 
 def check_flags(cls: type[enum.IntFlag], value: object, what: str) -> int:
     """``value`` as an int of known bits of ``cls``; raise InvalidArgument naming it otherwise."""
+    from lockfsm.control import show
     from lockfsm.errors import InvalidArgument
 
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{what} must be {cls.__name__} flags, not {value!r}")
+        raise InvalidArgument(f"{what} must be {cls.__name__} flags, not {show(value)}")
     known = 0
     for member in cls:
         known |= member.value
     if value < 0 or value & ~known:
         raise InvalidArgument(
-            f"{what} {value!r} has unknown bits for {cls.__name__} (known: {known:#x})"
+            f"{what} {show(value)} has unknown bits for {cls.__name__} (known: {known:#x})"
         )
     return int(value)

@@ -37,6 +37,9 @@ EXIT_REFUSED = 75  # EX_TEMPFAIL: a lease was held elsewhere, no guest was start
 EXIT_LEASE_LOST = 76  # a lease was lost: the lock-failure policy was applied, the guest is gone
 PR_SET_PDEATHSIG = 1
 DEFAULT_GRACE = 10.0
+MAX_CONNECTIONS = 128  # open control connections at once; more wait in the listen backlog
+REPLY_TIMEOUT = 0.5  # a peer that does not take its reply for this long is dropped (a daemon
+# reads its reply at once, and the kernel buffers ~200 KB of replies before a send blocks)
 
 
 def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -109,6 +112,8 @@ class Supervisor:
         self.take_over: tuple[socket.socket, float, float, float] | None = None
         self.waiters: list[socket.socket] = []
         self.buffers: dict[socket.socket, bytes] = {}
+        self.accepting = True
+        self.accept_at: float | None = None  # out of descriptors: try accepting again then
         for action in {a for m in _machines.SUPERVISOR.moves for a in m.actions}:
             getattr(self, f"_do_{action}")  # every action of the table exists, or fail now
 
@@ -418,7 +423,11 @@ class Supervisor:
         while self.sm.state not in _machines.SUPERVISOR.terminal:
             self._watch_holder()
             check = self.holder.next_check() if self.failure is None else None
-            timers = [t for t in (self.kill_at, self.take_over and self.take_over[2], check) if t]
+            timers = [
+                t
+                for t in (self.kill_at, self.take_over and self.take_over[2], check, self.accept_at)
+                if t
+            ]
             timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
             for key, _ in self.sel.select(timeout):
                 if key.data == "holder":
@@ -436,6 +445,9 @@ class Supervisor:
                 self._kill_guest()
             if check is not None and time.monotonic() >= check:
                 self._poll_holder()
+            if self.accept_at is not None and time.monotonic() >= self.accept_at:
+                self.accept_at = None
+                self._resume_accepting()
             if self.take_over is not None and time.monotonic() >= self.take_over[2]:
                 self._try_take_over()
         self._close()
@@ -535,7 +547,7 @@ class Supervisor:
         self._end_take_over(
             control.error_reply(BackendError(f"the guest exited (status {self.status})"))
         )
-        for conn in self.waiters:
+        for conn in list(self.waiters):
             self._reply(conn, {"ok": True, "status": self.status})
         self.waiters.clear()
 
@@ -548,28 +560,52 @@ class Supervisor:
 
     def _accept(self) -> None:
         while True:
+            if len(self.buffers) >= MAX_CONNECTIONS:
+                self._pause_accepting()  # until one of them closes
+                return
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as e:  # out of descriptors (EMFILE, ENFILE...): the guest goes on
+                print(f"lockfsm-supervisor: accept: {e.strerror}", file=sys.stderr)
+                self._pause_accepting()
+                self.accept_at = time.monotonic() + 0.1
+                return
             uid = _peer_uid(conn)
             if uid not in (os.geteuid(), 0):
                 conn.settimeout(1.0)
-                self._reply(conn, control.error_reply(PermissionError(f"uid {uid} may not")))
+                why = (
+                    f"uid {uid} may not control this supervisor (only uid {os.geteuid()} and root)"
+                )
+                self._reply(conn, control.error_reply(PermissionError(why)))
                 conn.close()
                 continue
             conn.setblocking(False)
             self.buffers[conn] = b""
             self.sel.register(conn, selectors.EVENT_READ, "conn")
 
+    def _pause_accepting(self) -> None:
+        if self.accepting:
+            self.sel.unregister(self.listener)
+            self.accepting = False
+
+    def _resume_accepting(self) -> None:
+        if not self.accepting:
+            self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+            self.accepting = True
+
     def _drop(self, conn: socket.socket) -> None:
         if self.take_over is not None and self.take_over[0] is conn:
             self.take_over = None  # the daemon that asked is gone: take nothing on its behalf
-        self.sel.unregister(conn)
-        self.buffers.pop(conn, None)
+        if conn in self.buffers:
+            self.sel.unregister(conn)
+            del self.buffers[conn]
         if conn in self.waiters:
             self.waiters.remove(conn)
         conn.close()
+        if self.accept_at is None:
+            self._resume_accepting()
 
     def _readable(self, conn: socket.socket) -> None:
         try:
@@ -579,12 +615,19 @@ class Supervisor:
         except OSError:
             chunk = b""
         if not chunk:
-            self._drop(conn)
+            left = self.buffers.get(conn, b"")
+            if left:  # the peer stopped mid-message: say so (it may still read)
+                why = f"truncated message: {len(left)} bytes without a newline"
+                self._reply(conn, control.error_reply(InvalidArgument(why)))
+            if conn in self.buffers:
+                self._drop(conn)
             return
         buf = self.buffers[conn] + chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             self._request(conn, line)
+            if conn not in self.buffers:
+                return  # dropped while answering (it did not read its reply)
         if len(buf) > control.MAX_MESSAGE:
             self._reply(conn, control.error_reply(InvalidArgument("message over the size limit")))
             self._drop(conn)
@@ -593,13 +636,20 @@ class Supervisor:
             self.buffers[conn] = buf
 
     def _reply(self, conn: socket.socket, reply: Mapping[str, Any]) -> None:
+        """Send one reply; a peer that does not take it within REPLY_TIMEOUT (or is gone) is
+        dropped with what it still had buffered, so no peer can stall the supervisor."""
+        try:
+            data = control.encode(reply)
+        except InvalidArgument as e:  # a reply over the limit: say so rather than die
+            data = control.encode(control.error_reply(BackendError(f"reply not sent: {e}")))
         try:
             conn.setblocking(True)
-            conn.settimeout(2.0)
-            conn.sendall(control.encode(reply))
+            conn.settimeout(REPLY_TIMEOUT)
+            conn.sendall(data)
             conn.setblocking(False)
         except OSError:
-            pass
+            if conn in self.buffers or conn in self.waiters:
+                self._drop(conn)
 
     def _request(self, conn: socket.socket, line: bytes) -> None:
         try:

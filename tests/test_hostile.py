@@ -470,11 +470,6 @@ def test_a_partial_line_then_close_changes_nothing(guest: Guest) -> None:
     assert guest.proc.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor._readable drops a connection at EOF without a word about the bytes it "
-    "buffered: a request cut short (no newline) should be answered 'truncated message'",
-)
 def test_a_truncated_request_is_answered(guest: Guest) -> None:
     refused(guest, b'{"op": "shutdown", "gen": 1, "grace": 0', "truncated")
 
@@ -521,11 +516,6 @@ def test_many_connections_at_once(guest: Guest) -> None:
     assert state_of(guest) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor._accept lets OSError(EMFILE) from accept() escape the main loop: a peer "
-    "that holds connections open past RLIMIT_NOFILE kills the supervisor, and its guest",
-)
 def test_running_out_of_descriptors_does_not_kill_the_supervisor(host: Host, workdir: str) -> None:
     (disk,) = make_disks(workdir, "fds.img")
     mgr = host.manager("fds", "7d0c4a8e-2f21-4f3b-9b1e-0d5f3c2a1b4e", [disk])
@@ -553,11 +543,6 @@ def test_running_out_of_descriptors_does_not_kill_the_supervisor(host: Host, wor
     assert control.call(path, {"op": "hello"}, TIMEOUT)["state"] == "running"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor._reply blocks up to 2 s per reply on a peer that does not read: a "
-    "same-uid client that pipelines requests and never reads stalls the supervisor for hours",
-)
 def test_a_peer_that_never_reads_does_not_stall_the_supervisor(guest: Guest) -> None:
     path = sock_of(guest)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as flood:
