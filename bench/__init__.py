@@ -23,6 +23,7 @@ class Context:
 
     quick: bool = False
     spin_hosts: tuple[int, ...] = ()  # models `lockfsm spec check` runs (default: checking.py's)
+    etcd_scale: tuple[int, int, int] | None = None  # hosts, guests a host, migrations at a time
     dirs: list[str] = field(default_factory=list)
 
     def pick(self, full: int, quick: int) -> int:

@@ -17,14 +17,16 @@ unlocks by one open file description, 4 OFD write locks by another); sanlock, on
 ``sanlock client acquire`` of 4 free leases (one call, ``-r`` four times) by a registered
 process: the least the target's side of a 4-disk handoff costs in sanlock (each lease is a
 paxos round on disk, ~5.5 ms here; one lease in one call: ~7 ms); etcd, one bare etcd
-transaction.  One unrecorded round of each order first: a sanlock handoff in the first
+transaction of the take-over's shape over the 4 keys (bench/etcd_hosts.py), timed inside the
+client's event loop: the least the target's side costs in etcd.  etcd runs twice, on a
+single member and on a 3-member cluster (``5.etcd.*``, ``5.etcd3.*``), each with two hosts'
+lease agents.  One unrecorded round of each order first: a sanlock handoff in the first
 seconds after the hosts joined the lockspace sometimes takes about a second.
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import random
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import Context
+from bench import etcd_hosts as etcd
 from bench import sanlock_hosts as sl
 from bench.measure import median, spread
 from bench.report import Row, Target, collect, unavailable
@@ -49,8 +52,16 @@ ORDERS = ("concurrent", "sequential")
 TARGETS = {"fcntl": None, "sanlock": Target("ratio", 2), "etcd": Target("ratio", 3)}
 
 
-def one_handoff(source: BenchHost, target: BenchHost, disks: list[str], order: str) -> float:
-    """Seconds from the later completion call to the target holding every lease."""
+def one_handoff(
+    source: BenchHost,
+    target: BenchHost,
+    disks: list[str],
+    order: str,
+    parts: dict[str, list[float]] | None = None,
+) -> float:
+    """Seconds from the later completion call to the target holding every lease.  With
+    ``parts``, a sequential round also appends the source's call's seconds to
+    ``parts["source"]`` (it kills and reaps the guest, then gives up every lease)."""
     from lockfsm import NewFlags
 
     name, uuid = "mig", str(uuidlib.uuid4())
@@ -62,7 +73,10 @@ def one_handoff(source: BenchHost, target: BenchHost, disks: list[str], order: s
     tgt.pid = mgr.get_child(timeout=30)
     try:
         if order == "sequential":
+            started = time.perf_counter()
             src.mgr.complete_migrate_in()
+            if parts is not None:
+                parts.setdefault("source", []).append(time.perf_counter() - started)
             started = time.perf_counter()
             tgt.mgr.complete_migrate_in()
             return time.perf_counter() - started
@@ -96,12 +110,18 @@ def _concurrent(source_call: Callable[[], None], target_call: Callable[[], None]
 
 
 def _rows(
-    backend: str, times: dict[str, list[float]], base: list[float], base_of: str, note: str = ""
+    backend: str,
+    times: dict[str, list[float]],
+    base: list[float],
+    base_of: str,
+    note: str = "",
+    name: str = "",
+    size: str = "",
 ) -> list[Row]:
     return [
         Row(
-            f"5.{backend}.{order}",
-            f"handoff, {DISKS} disks on {backend} ({order} completions)",
+            f"5.{name or backend}.{order}",
+            f"handoff, {DISKS} disks on {size}{backend} ({order} completions)",
             median(times[order]) * 1e3,
             "ms",
             median(base) * 1e3,
@@ -225,20 +245,57 @@ def handoff_sanlock(ctx: Context) -> list[Row]:
 
 def etcd_missing() -> str | None:
     """Why the etcd figures cannot be measured here, or None."""
-    if importlib.util.find_spec("lockfsm.backends.etcd") is None:
-        return "etcd backend not built"
-    return "the etcd benchmark is not written yet (bench/handoff.py, handoff_etcd)"
+    return etcd.missing()
+
+
+def _handoff_etcd_on(ctx: Context, members: int) -> list[Row]:
+    """The rounds on a fresh cluster of ``members``, two hosts (agents) on it."""
+    times: dict[str, list[float]] = {order: [] for order in ORDERS}
+    parts: dict[str, list[float]] = {}
+    base: list[float] = []
+    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    with etcd.cluster(members, 2) as sites:
+        source, target = sites.host(0), sites.host(1)
+        client = sites.client()
+        try:
+            for order in ORDERS:  # warm-up: the agents' first transactions open connections
+                one_handoff(source, target, disks, order)
+                etcd.bare_takeover(client, DISKS, "handoff")
+            for _ in range(ctx.pick(full=15, quick=3)):
+                for order in ORDERS:
+                    times[order].append(one_handoff(source, target, disks, order, parts))
+                    base.append(etcd.bare_takeover(client, DISKS, "handoff"))
+        finally:
+            client.close()
+    where = "one member" if members == 1 else f"{members} members"
+    note = (
+        f"; the source's own call (sequential rounds): median {median(parts['source']) * 1e3:.1f}"
+        f" ms (the guest killed and reaped, then {DISKS} + 1 leases handed off, the guest's"
+        " own included: two transactions each)"
+    )
+    return _rows(
+        "etcd",
+        times,
+        base,
+        f"one bare etcd transaction of the take-over's shape over {DISKS} keys ({where})",
+        note,
+        name="etcd" if members == 1 else f"etcd{members}",
+        size=f"{members}-member ",
+    )
 
 
 def handoff_etcd(ctx: Context) -> list[Row]:
-    """Handoff latency on etcd, against one bare etcd transaction."""
+    """Handoff latency on etcd (one member, then three), against one bare etcd transaction."""
     why = etcd_missing()
-    return [
-        unavailable(
-            f"5.etcd.{o}", f"handoff, {DISKS} disks on etcd ({o})", why or "", TARGETS["etcd"]
-        )
-        for o in ORDERS
-    ]
+    if why:
+        return [
+            unavailable(
+                f"5.{name}.{o}", f"handoff, {DISKS} disks on etcd ({o})", why, TARGETS["etcd"]
+            )
+            for name in ("etcd", "etcd3")
+            for o in ORDERS
+        ]
+    return _handoff_etcd_on(ctx, 1) + _handoff_etcd_on(ctx, 3)
 
 
 def run(ctx: Context) -> list[Row]:

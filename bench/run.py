@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="2",
         help="models of `lockfsm spec check` to time (default 2; the 3-host one takes minutes)",
     )
+    p.add_argument(
+        "--etcd-scale",
+        metavar="HOSTSxGUESTS[xWINDOW]",
+        help="the etcd storm's size: simulated hosts, guests on each, migrations at a time "
+        "(default 8x100x50; with --quick 8x8x8)",
+    )
     p.add_argument("--json", help="where to write the JSON (default: see above)")
     p.add_argument("--list", action="store_true", help="list the groups and exit")
     args = p.parse_args(argv)
@@ -54,6 +60,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
         p.error(f"unknown group(s) {', '.join(unknown)}: known are {', '.join(GROUPS)}")
+    args.etcd = None
+    if args.etcd_scale:
+        try:
+            sizes = [int(n) for n in args.etcd_scale.lower().split("x")]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (2, 3) or min(sizes) < 1 or sizes[0] < 2:
+            p.error(f"--etcd-scale {args.etcd_scale}: give HOSTSxGUESTS[xWINDOW], 2+ hosts")
+        args.etcd = (
+            sizes[0],
+            sizes[1],
+            sizes[2] if len(sizes) == 3 else min(50, sizes[0] * sizes[1]),
+        )
     return args
 
 
@@ -85,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, what) in GROUPS.items():
             print(f"{name:8s} {what}")
         return 0
-    ctx = Context(quick=args.quick, spin_hosts=tuple(int(h) for h in args.spin_hosts.split(",")))
+    ctx = Context(
+        quick=args.quick,
+        spin_hosts=tuple(int(h) for h in args.spin_hosts.split(",")),
+        etcd_scale=args.etcd,
+    )
     rows: list[Row] = []
     started = time.monotonic()
     for name in args.groups:

@@ -1,6 +1,8 @@
 """Item 6: scale.  500 guests with 4 disks each on one host under fcntl, started at once by one
 daemon: the start storm's time, the memory of the supervisors and their stand-in guests
-(``sleep``), and the daemon side's memory; then the 8 hosts x 100 guests etcd storm.
+(``sleep``), and the daemon side's memory; then the 8 hosts x 100 guests etcd storms (a start
+storm, a migration storm of every guest, violations judged from etcd's key space, the agents'
+memory: bench/etcd_storm.py runs them; ``--etcd-scale`` sizes them, 8x8 with ``--quick``).
 
 Each storm runs in a fresh interpreter (``python -m bench.scale``), which is the daemon: it
 builds the managers, runs every supervisor, then waits on each ``get_child``; its RSS growth is
@@ -12,6 +14,7 @@ so the sum is what the storm costs the machine), read when every one is up.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -21,9 +24,10 @@ from typing import Any
 from bench import REPO, Context
 from bench.handoff import etcd_missing
 from bench.measure import median, memory_kb, own_rss_kb
-from bench.report import Row, collect, unavailable
+from bench.report import Row, Target, collect, unavailable
 
 GUESTS = 500
+GUESTS_PER_ETCD_HOST = 100
 DISKS = 4
 IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 
@@ -91,16 +95,17 @@ def _bare_storm(count: int) -> dict[str, Any]:
     return {"storm_s": storm, "total_mb": total, "daemon_mb": daemon_mb}
 
 
-def _storm(kind: str, count: int) -> dict[str, Any]:
+def _storm(kind: str, *args: int, module: str = "bench.scale") -> dict[str, Any]:
+    """``python -m <module> <kind> <args>`` in a fresh interpreter: its JSON."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.scale", kind, str(count)],
+        [sys.executable, "-m", module, kind, *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=3600,
     )
     if out.returncode:
-        raise RuntimeError(f"python -m bench.scale {kind} failed: {out.stderr.strip()[-400:]}")
+        raise RuntimeError(f"python -m {module} {kind} failed: {out.stderr.strip()[-400:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -152,13 +157,99 @@ def storm_fcntl(ctx: Context) -> list[Row]:
 
 
 def storm_etcd(ctx: Context) -> list[Row]:
-    """8 simulated hosts x 100 guests on a 3-member etcd cluster."""
-    why = etcd_missing() or ""
-    what = "etcd, 8 hosts x 100 guests, 3 members"
+    """8 simulated hosts x 100 guests on a 3-member etcd cluster: start storm, migration storm
+    of every guest, violations (bench/etcd_storm.py), against bare interpreters."""
+    hosts, per_host, window = ctx.etcd_scale or (
+        (8, 8, 8) if ctx.quick else (8, GUESTS_PER_ETCD_HOST, 50)
+    )
+    count = hosts * per_host
+    what = f"etcd, {hosts} hosts x {per_host} guests x {DISKS} disks, 3 members"
+    why = etcd_missing()
+    if why:
+        return [
+            unavailable("6.etcd.storm", f"start storm, {what}", why),
+            unavailable("6.etcd.migration", f"migration storm of every guest, {what}", why),
+            unavailable("6.etcd.violations", f"violations in the storms, {what}", why),
+            unavailable("6.etcd.memory", f"memory (PSS), {what}", why),
+            unavailable("6.etcd.agents", f"memory (PSS) of the {hosts} lease agents", why),
+        ]
+    storm = functools.partial(_storm, module="bench.etcd_storm")
+    bare = [storm("bare", hosts, per_host, window)]
+    ours = storm("lockfsm", hosts, per_host, window)
+    if not ctx.quick:
+        bare.append(storm("bare", hosts, per_host, window))
+    base = {k: median([b[k] for b in bare]) for k in bare[0]}
+    bare_of = f"{count} bare interpreters (median of {len(bare)} runs)"
+    sups, guests = ours["started"]["supervisors_mb"], ours["started"]["guests_mb"]
     return [
-        unavailable("6.etcd.storm", f"start storm, {what}", why),
-        unavailable("6.etcd.migration", f"migration storm of every guest, {what}", why),
-        unavailable("6.etcd.violations", f"S1/S3 violations in the storms, {what}", why),
+        Row(
+            "6.etcd.storm",
+            f"start storm, {what}: until every get_child returned",
+            ours["storm_s"],
+            "s",
+            base["storm_s"],
+            f"{bare_of} started at once, until each is up",
+            note=f"then the migration storm; at the end a stop storm: {ours['stop_s']:.1f} s",
+            extra={"lockfsm": ours, "bare": bare},
+        ),
+        Row(
+            "6.etcd.migration",
+            f"migration storm, every guest to the next host, {window} at a time",
+            ours["migration_s"],
+            "s",
+            base["migration_s"],
+            f"{bare_of}, each replaced by a new one ({window} at a time: started, up, the old "
+            "one ended)",
+            note=(
+                f"one migration (prepare, incoming target, both completions, source stopped): "
+                f"median {ours['migration_p50_s']:.2f} s, p90 {ours['migration_p90_s']:.2f} s; "
+                f"{ours['migrations_failed']} failed"
+                + (f" ({ours['failures'][0]})" if ours["failures"] else "")
+            ),
+        ),
+        Row(
+            "6.etcd.violations",
+            "two hosts holding one disk at a sampled instant (etcd's keys), or keys not the "
+            "right side's after a storm",
+            ours["violations"],
+            "",
+            target=Target("value", 0),
+            note=(
+                f"{ours['samples']} samples of the whole key space (up to {ours['keys_max']} "
+                f"keys), {ours['samples_in_flight']} with a handoff in flight, "
+                f"{ours['samples_failed']} failed reads; after each storm every guest's "
+                f"{DISKS + 1} keys checked"
+                + (
+                    f"; first: {ours['violations_sampled'][0]}"
+                    if ours["violations_sampled"]
+                    else ""
+                )
+            ),
+        ),
+        Row(
+            "6.etcd.memory",
+            f"memory (PSS), {count} supervisors + their stand-in guests",
+            sups + guests,
+            "MB",
+            base["total_mb"],
+            f"PSS of {bare_of}",
+            note=(
+                f"supervisors {sups:.0f} MB ({sups / count * 1024:.0f} KB each), guests (sleep) "
+                f"{guests:.0f} MB; after the migration storm "
+                f"{ours['migrated']['supervisors_mb'] + ours['migrated']['guests_mb']:.0f} MB; "
+                f"daemon side's RSS growth {ours['daemon_mb']:.1f} MB"
+            ),
+        ),
+        Row(
+            "6.etcd.agents",
+            f"memory (PSS) of the {hosts} lease agents serving the {count} guests",
+            ours["agents_mb"],
+            "MB",
+            ours["clients_mb"],
+            f"{hosts} bare interpreters that imported lockfsm.etcd_client (aetcd, gRPC), alive "
+            "at the same moment",
+            note=f"{ours['agents_mb'] / hosts:.1f} MB an agent",
+        ),
     ]
 
 

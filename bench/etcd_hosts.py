@@ -1,0 +1,136 @@
+"""etcd members and one lease agent per simulated host, for the benchmarks.
+
+The processes are the tests' (tests/etcd_cluster.py: members on loopback with free ports, each
+in its own session and data directory, fast elections; one real ``lockfsm-etcd-agent`` per
+host, also in its own session), stopped by pid at the end.  :func:`cluster` starts them (the
+agents in parallel: each imports gRPC, about a second of CPU) and gives a :class:`Sites`:
+the hosts' configurations, a :class:`~bench.world.BenchHost` (a daemon) on any of them, and a
+client that reads etcd's key space.
+
+The bare baseline, :func:`bare_takeover`, is one etcd transaction of the take-over's shape
+(per disk: compare the reservation and the handed-off marker, put the holder, delete the
+reservation, read the holder back), timed inside the client's event loop, so that it costs
+what etcd and gRPC cost and nothing of this process's threads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bench.world import BenchHost, short_tmpdir
+
+PREFIX = "/lockfsm-bench/"
+
+
+def missing() -> str | None:
+    """Why the etcd figures cannot be measured here, or None."""
+    if importlib.util.find_spec("lockfsm.backends.etcd") is None:
+        return "etcd backend not built"
+    if shutil.which("etcd") is None:
+        return "etcd is not installed (Debian: etcd-server)"
+    if importlib.util.find_spec("aetcd") is None:
+        return "aetcd is not installed (pip install -e '.[etcd]')"
+    return None
+
+
+class Sites:
+    """A running cluster of ``members`` and ``hosts`` lease agents (host0, host1, ...)."""
+
+    def __init__(self, members: int, hosts: int, ttl: int) -> None:
+        from tests.etcd_cluster import Agent, Cluster
+
+        self.cluster = Cluster(members)
+        self.dirs = [short_tmpdir("lfba") for _ in range(hosts)]
+        self.configs: list[dict[str, Any]] = [
+            {
+                "endpoints": self.cluster.endpoints,
+                "ttl": ttl,
+                "host_name": f"host{i}",
+                "prefix": PREFIX,
+                "agent_socket": os.path.join(d, "agent.sock"),
+            }
+            for i, d in enumerate(self.dirs)
+        ]
+        self.agents: list[Agent | None] = [None] * hosts
+        self.hosts: list[BenchHost] = []
+        errors: list[BaseException] = []
+
+        def start(i: int) -> None:
+            try:
+                self.agents[i] = Agent({"run_dir": self.dirs[i], **self.configs[i]})
+            except BaseException as e:  # raised below, once every thread is done
+                errors.append(e)
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(hosts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+
+    def host(self, i: int, **extra: Any) -> BenchHost:
+        """A daemon on simulated host ``i`` (its own run dir, the host's agent)."""
+        host = BenchHost("etcd", **self.configs[i], **extra)
+        self.hosts.append(host)
+        return host
+
+    def agent_pids(self) -> list[int]:
+        return [a.pid for a in self.agents if a is not None]
+
+    def client(self) -> Any:
+        """A synchronous client of every member (a lockfsm.etcd_client.SyncEtcd)."""
+        return self.cluster.client()
+
+    def stop(self) -> None:
+        for host in self.hosts:
+            host.cleanup()
+        self.hosts.clear()
+        for agent in self.agents:
+            if agent is not None:
+                agent.stop()
+        self.cluster.stop()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def cluster(members: int, hosts: int, ttl: int = 10) -> Iterator[Sites]:
+    sites = Sites(members, hosts, ttl)
+    try:
+        yield sites
+    finally:
+        sites.stop()
+
+
+def bare_takeover(client: Any, disks: int, tag: str) -> float:
+    """Seconds of one bare etcd transaction of the take-over's shape over ``disks`` keys (the
+    keys are set up before the clock starts, untimed, and left for the next sample)."""
+    from lockfsm.etcd_client import delete, get, put, value
+
+    base = f"/lockfsm-bench-bare/{tag}/".encode()
+    keys = [(base + b"%d/x" % i, base + b"%d/r" % i) for i in range(disks)]
+
+    async def sample(etcd: Any) -> float:
+        await etcd.txn(
+            [], [op for x, r in keys for op in (put(x, b"handed off to r"), put(r, b"r"))]
+        )
+        compare = [c for x, r in keys for c in (value(r, b"r"), value(x, b"handed off to r"))]
+        success = [op for x, r in keys for op in (put(x, b"holder"), delete(r), get(x))]
+        started = time.perf_counter()
+        result = await etcd.txn(compare, success, [get(base)])
+        took = time.perf_counter() - started
+        if not result.succeeded:
+            raise RuntimeError("the bare take-over transaction did not succeed")
+        return took
+
+    took: float = client.run(sample)
+    return took

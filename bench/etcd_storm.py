@@ -1,0 +1,420 @@
+"""Item 6 on etcd: ``hosts`` simulated hosts (one lease agent each) x ``guests`` guests with 4
+disks on a 3-member cluster: a start storm, then a migration storm of every guest, judged from
+etcd's key space all along.  Run in a fresh interpreter, which is every host's daemon:
+``python -m bench.etcd_storm lockfsm|bare HOSTS GUESTS WINDOW`` prints the figures as JSON
+(bench/scale.py makes the rows).
+
+The storms.  Start: every guest's supervisor is run at once (guest ``i`` on host ``i % hosts``),
+then each ``get_child`` waited for.  Migration: every guest moves to the next host (prepare, the
+target's incoming supervisor with the cookie, completion on both sides, the source's manager
+stopped), ``WINDOW`` migrations at a time (each one's calls in one thread, as a daemon's job
+thread would run them); even guests complete source first then target, odd ones target first
+(its take-over waits) and the source right after.  Memory (PSS) is read when every guest is up,
+before and after the migrations; the agents' beside as many bare interpreters that import the
+etcd client (gRPC, asyncio), alive at the same moment.
+
+The judge samples etcd's key space in a thread for the whole run (one range read: one revision)
+and counts violations: at no sampled instant may two hosts' live supervisors hold one disk
+exclusively.  A supervisor holds a disk exclusively when etcd's ``x`` key names it, and also,
+by its own account, when it is the source and its guest is alive (it has not handed off yet) or
+the target and its completion has returned (it resumes the guest).  So a sample counts:
+
+* ``x`` naming the target while the source's guest is alive (checked after the read returned:
+  a guest alive then was alive at the read), which is S1 in etcd's terms;
+* ``x`` naming the source in a read that began after the target's completion returned;
+* ``x`` naming a supervisor that is neither side of the guest, a key of no guest, or a shared
+  key (every disk here is exclusive).
+
+After each storm every guest's keys (4 disks and its own lease) are checked: ``x`` naming its
+host's supervisor, nothing else under them (after the migration: the target's, no reservation
+or marker left).  The bare run is the same storms' skeleton without lockfsm: as many bare
+interpreters started at once; then, ``WINDOW`` at a time, each replaced by a new one (started,
+up, the old one ended).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import etcd_hosts as etcd
+from bench.measure import memory_kb, own_rss_kb, quantile
+from bench.world import Guest, make_disks, short_tmpdir
+
+DISKS = 4
+MEMBERS = 3
+URI = "qemu+tcp://target/system"
+IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
+#: A bare interpreter with the agent's client library loaded: the agents' memory baseline.
+CLIENT_IDLE = "import lockfsm.etcd_client; " + IDLE
+TIMEOUT = 900  # seconds any one get_child or completion may take in a storm of hundreds
+
+
+def _pss_mb(pids: list[int]) -> float:
+    return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass
+class Side:
+    """One side of a guest: its host's index, its supervisor (known once it is run, before it
+    can hold anything), its guest process (once ``get_child`` returned)."""
+
+    host: int
+    sup: int
+    guest: int = 0
+    since: int | None = None  # the guest's start time (a recycled pid is not it)
+
+    def up(self, guest: int) -> None:
+        self.since = _start_time(guest)
+        self.guest = guest
+
+    def guest_alive(self) -> bool:
+        """Whether the guest runs; True while it is not known yet (it may run)."""
+        if not self.guest:
+            return True
+        return self.since is not None and _start_time(self.guest) == self.since
+
+
+@dataclass
+class Domain:
+    """One guest of the storm and what the judge needs to know about it."""
+
+    name: str
+    uuid: str
+    host: int
+    disks: list[str]
+    keys: list[str] = field(default_factory=list)  # its lease keys: disks, then its own
+    source: Side | None = None
+    target: Side | None = None
+    done_at: float | None = None  # monotonic instant the target's completion returned
+    took: float = 0.0  # seconds of its whole migration
+    error: str = ""  # why its migration failed
+
+
+class Judge(threading.Thread):
+    """Samples etcd's key space until stopped; counts what no instant may show."""
+
+    def __init__(self, client: Any, domains: list[Domain], hosts: int) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.by_uuid = {d.uuid: d for d in domains}
+        self.names = [f"host{i}" for i in range(hosts)]
+        self.root = f"{etcd.PREFIX}L/".encode()
+        self.stopping = threading.Event()
+        self.samples = self.failed = self.in_flight = self.keys_seen = 0
+        self.violations: list[str] = []
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.sample()
+            except Exception as e:  # a read that timed out under the storm: say how many
+                self.failed += 1
+                if self.failed == 1:
+                    print(f"etcd_storm: a sample failed: {e}", file=sys.stderr)
+            self.stopping.wait(0.02)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(60)
+
+    def _flag(self, what: str) -> None:
+        self.violations.append(what)
+
+    def sample(self) -> None:
+        began = time.monotonic()
+        rows = self.client.prefix(self.root)
+        held_by_target: list[tuple[str, Domain]] = []
+        busy = False
+        for kv in rows:
+            lease_key, _, kind = kv.key[len(self.root) :].decode().partition("/")
+            if kind == "r":
+                busy = True
+                continue
+            if kind != "x":
+                self._flag(f"{lease_key}: a {kind!r} key on an exclusive disk")
+                continue
+            value = json.loads(kv.value)
+            if "handed_off_to" in value:
+                busy = True
+                continue
+            domain = self.by_uuid.get(str(value.get("uuid")))
+            if domain is None:
+                self._flag(f"{lease_key}: held by {value} of no guest of the storm")
+                continue
+            side = (value.get("host"), value.get("pid"))
+            src, tgt = domain.source, domain.target
+            if src is not None and side == (self.names[src.host], src.sup):
+                if domain.done_at is not None and domain.done_at < began:
+                    self._flag(f"{domain.name}: etcd names the source after the target resumed")
+            elif tgt is not None and side == (self.names[tgt.host], tgt.sup):
+                held_by_target.append((lease_key, domain))
+            else:
+                self._flag(f"{domain.name}: {lease_key} held by {side}, neither of its sides")
+        for lease_key, domain in held_by_target:  # after the read: alive now, alive then
+            assert domain.source is not None
+            if domain.source.guest_alive():
+                self._flag(f"{domain.name}: {lease_key} is the target's, the source guest runs")
+        self.samples += 1
+        self.in_flight += busy
+        self.keys_seen = max(self.keys_seen, len(rows))
+
+
+def _check_keys(client: Any, domains: list[Domain], side: str) -> list[str]:
+    """What is wrong with the key space now: every domain's keys held (``x``, no marker) by
+    its ``side`` ("source" or "target") and nothing else there."""
+    root = f"{etcd.PREFIX}L/".encode()
+    found: dict[str, dict[str, Any]] = {}
+    for kv in client.prefix(root):
+        lease_key, _, kind = kv.key[len(root) :].decode().partition("/")
+        found.setdefault(lease_key, {})[kind] = json.loads(kv.value)
+    wrong = []
+    for d in domains:
+        if d.error:
+            continue  # counted as a failed migration
+        owner: Side | None = getattr(d, side)
+        assert owner is not None
+        for key in d.keys:
+            kinds = found.pop(key, {})
+            x = kinds.get("x", {})
+            if set(kinds) != {"x"} or (x.get("host"), x.get("pid")) != (
+                f"host{owner.host}",
+                owner.sup,
+            ):
+                wrong.append(f"{d.name} ({side}): {key} is {kinds or 'absent'}")
+    wrong += [f"{key}: {kinds} of no guest" for key, kinds in found.items()]
+    return wrong
+
+
+class Storm:
+    """The daemons of every host, their guests, the judge."""
+
+    def __init__(self, sites: etcd.Sites, hosts: int, guests: int) -> None:
+        self.sites = sites
+        self.hosts = [sites.host(i) for i in range(hosts)]
+        self.disk_dir = short_tmpdir("lfbd")
+        files = make_disks(self.disk_dir, hosts * guests * DISKS)
+        self.domains = []
+        backend = self.hosts[0].driver.backend
+        for i in range(hosts * guests):
+            disks = [os.path.realpath(p) for p in files[i * DISKS : (i + 1) * DISKS]]
+            d = Domain(f"vm{i}", str(uuidlib.uuid4()), i % hosts, disks)
+            d.keys = [backend.leases("disk", p, p, False)[0]["key"] for p in disks]
+            own = f"lockfsm-domains:{d.uuid}"
+            d.keys.append(backend.leases("lease", own, own, False)[0]["key"])
+            self.domains.append(d)
+        self.guests: dict[str, Guest] = {}  # domain name -> the guest on its current host
+
+    def start(self) -> float:
+        started = time.perf_counter()
+        spawned = []
+        for d in self.domains:
+            host = self.hosts[d.host]
+            g = host.spawn(host.manager(d.name, d.disks, d.uuid))
+            d.source = Side(d.host, g.supervisor_pid)
+            spawned.append((d, g))
+        for d, g in spawned:
+            g.pid = g.mgr.get_child(timeout=TIMEOUT)
+            assert d.source is not None
+            d.source.up(g.pid)
+            self.guests[d.name] = g
+        return time.perf_counter() - started
+
+    def migrate(self, d: Domain, index: int) -> None:
+        try:
+            self._migrate(d, index)
+        except Exception as e:  # counted; the storm goes on
+            d.error = f"{type(e).__name__}: {e}"
+
+    def _migrate(self, d: Domain, index: int) -> None:
+        from lockfsm import NewFlags
+
+        began = time.perf_counter()
+        source, target = self.hosts[d.host], self.hosts[(d.host + 1) % len(self.hosts)]
+        src = self.guests[d.name]
+        cookie = src.mgr.prepare_migrate(URI)
+        mgr = target.manager(d.name, d.disks, d.uuid, flags=NewFlags.MIGRATE)
+        mgr.set_parameter("migration_cookie", cookie)
+        tgt = target.spawn(mgr)
+        d.target = Side((d.host + 1) % len(self.hosts), tgt.supervisor_pid)
+        tgt.pid = mgr.get_child(timeout=TIMEOUT)
+        d.target.up(tgt.pid)
+        if index % 2 == 0:
+            src.mgr.complete_migrate_in()
+            mgr.complete_migrate_in()
+            d.done_at = time.monotonic()
+        else:
+            error: list[BaseException] = []
+
+            def take_over() -> None:
+                try:
+                    mgr.complete_migrate_in()
+                    d.done_at = time.monotonic()
+                except BaseException as e:  # raised below
+                    error.append(e)
+
+            thread = threading.Thread(target=take_over)
+            thread.start()
+            src.mgr.complete_migrate_in()
+            thread.join(TIMEOUT)
+            if error:
+                raise error[0]
+        source.stop(src)
+        self.guests[d.name] = tgt
+        d.took = time.perf_counter() - began
+
+    def migrate_all(self, window: int) -> float:
+        order = list(enumerate(self.domains))
+        random.Random(8).shuffle(order)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(window) as pool:
+            for done in [pool.submit(self.migrate, d, i) for i, d in order]:
+                done.result()
+        return time.perf_counter() - started
+
+    def stop_all(self) -> float:
+        started = time.perf_counter()
+        for d in self.domains:
+            if d.error:
+                continue  # whatever it left running, the hosts' cleanup kills
+            assert d.target is not None
+            self.hosts[d.target.host].stop(self.guests[d.name])
+        return time.perf_counter() - started
+
+    def memory(self, side: str) -> dict[str, float]:
+        sides: list[Side] = [getattr(d, side) for d in self.domains if not d.error]
+        return {
+            "supervisors_mb": _pss_mb([s.sup for s in sides]),
+            "guests_mb": _pss_mb([s.guest for s in sides]),
+        }
+
+
+def _bare(code: str, count: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` bare interpreters running ``code`` started at once, each until it is up."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(count)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == b"up\n"
+    return procs
+
+
+def _end(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.communicate(timeout=60)
+
+
+def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
+    """The storms through lockfsm on a fresh cluster; the figures."""
+    with etcd.cluster(MEMBERS, hosts) as sites:
+        storm = Storm(sites, hosts, guests)
+        client = sites.client()
+        judge = Judge(client, storm.domains, hosts)
+        judge.start()
+        try:
+            gc.collect()
+            before = own_rss_kb()
+            start_s = storm.start()
+            gc.collect()
+            daemon_mb = (own_rss_kb() - before) / 1024
+            wrong_start = _check_keys(client, storm.domains, "source")
+            started = storm.memory("source")
+            clients = _bare(CLIENT_IDLE, hosts)  # the agents' baseline, alive beside them
+            agents_mb = _pss_mb(sites.agent_pids())
+            clients_mb = _pss_mb([p.pid for p in clients])
+            _end(clients)
+            migration_s = storm.migrate_all(window)
+            samples_before = judge.samples
+            time.sleep(0.2)  # a few samples of the settled key space
+            while judge.samples < samples_before + 2 and judge.is_alive():
+                time.sleep(0.05)
+            wrong_end = _check_keys(client, storm.domains, "target")
+            migrated = storm.memory("target")
+            judge.stop()
+            stop_s = storm.stop_all()
+        finally:
+            judge.stop()
+            client.close()
+            shutil.rmtree(storm.disk_dir, ignore_errors=True)
+    took = [d.took for d in storm.domains if not d.error] or [0.0]
+    failed = [f"{d.name}: {d.error}" for d in storm.domains if d.error]
+    return {
+        "hosts": hosts,
+        "guests": hosts * guests,
+        "window": window,
+        "members": MEMBERS,
+        "storm_s": start_s,
+        "migration_s": migration_s,
+        "stop_s": stop_s,
+        "migration_p50_s": quantile(took, 0.5),
+        "migration_p90_s": quantile(took, 0.9),
+        "started": started,
+        "migrated": migrated,
+        "daemon_mb": daemon_mb,
+        "agents_mb": agents_mb,
+        "clients_mb": clients_mb,
+        "samples": judge.samples,
+        "samples_in_flight": judge.in_flight,
+        "samples_failed": judge.failed,
+        "keys_max": judge.keys_seen,
+        "violations": len(judge.violations) + len(wrong_start) + len(wrong_end),
+        "migrations_failed": len(failed),
+        "failures": failed[:20],
+        "violations_sampled": judge.violations[:20],
+        "wrong_after_start": wrong_start[:20],
+        "wrong_after_migration": wrong_end[:20],
+    }
+
+
+def bare_storm(count: int, window: int) -> dict[str, Any]:
+    """The storms' skeleton with bare interpreters: all started at once; then each replaced,
+    ``window`` at a time, by a new one (started, up, the old one ended)."""
+    started = time.perf_counter()
+    procs = _bare(IDLE, count)
+    storm_s = time.perf_counter() - started
+    total_mb = _pss_mb([p.pid for p in procs])
+
+    def replace(old: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        new = _bare(IDLE, 1)[0]
+        _end([old])
+        return new
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(window) as pool:
+        procs = list(pool.map(replace, procs))
+    migration_s = time.perf_counter() - started
+    _end(procs)
+    return {"storm_s": storm_s, "migration_s": migration_s, "total_mb": total_mb}
+
+
+if __name__ == "__main__":
+    kind, n_hosts, n_guests, n_window = sys.argv[1], *map(int, sys.argv[2:5])
+    if kind == "lockfsm":
+        result = lockfsm_storm(n_hosts, n_guests, n_window)
+    else:
+        result = bare_storm(n_hosts * n_guests, n_window)
+    print(json.dumps(result))
