@@ -220,6 +220,12 @@ def key_of(host: Host, disk: str) -> str:
     return host.driver.backend.leases("disk", disk, os.path.realpath(disk), False)[0]["key"]
 
 
+def domain_key(host: Host, uuid: str) -> str:
+    """The key of the guest's own lease on its uuid (domain_lease)."""
+    name = f"lockfsm-domains:{uuid}"
+    return host.driver.backend.leases("lease", name, name, False)[0]["key"]
+
+
 class SanlockPair(HostPair):
     """A HostPair whose source and target are given hosts (each its own host_id and daemon)."""
 
@@ -277,7 +283,10 @@ def test_lockspace_and_lease_files(
     sl_hosts(2).driver.backend.leases("disk", disk, disk, False)  # another host names it
     with open(lease, "rb") as f:
         assert f.read(4096) == before
-    assert cluster.daemons[0].held() == {key: g.supervisor_pid}
+    assert cluster.daemons[0].held() == {
+        key: g.supervisor_pid,
+        domain_key(a, g.uuid): g.supervisor_pid,
+    }
     g.mgr.shutdown()
     assert cluster.daemons[0].held() == {}
     assert not [n for n in os.listdir(cluster.lease_dir) if n.startswith(".init-")]
@@ -382,9 +391,10 @@ def test_handoff_with_the_lease_version(
     pair = SanlockPair(sl_hosts(0), sl_hosts(1))
     src = pair.start("vm", disks[:2], shared=disks[2:])
     keys = {key_of(pair.source, d): d for d in disks}
+    keys[domain_key(pair.source, src.uuid)] = "the guest's own lease"
     versions = cookie_versions(pair.prepare())
     for key, disk in keys.items():
-        if disk in disks[:2]:
+        if disk not in disks[2:]:  # exclusive: the disks' and the guest's own
             assert isinstance(versions[key], int) and versions[key] >= 1
         else:
             assert versions[key] is None
@@ -430,7 +440,10 @@ def test_a_third_host_in_the_handoff_window_fails_the_handoff_safely(
     tgt.mgr.complete_migrate_in(cancel=True)
     tgt.mgr.shutdown()
     if third_holds:
-        assert cluster.daemons[2].held() == {key_of(third, disks[0]): rogue.supervisor_pid}
+        assert cluster.daemons[2].held() == {
+            key_of(third, disks[0]): rogue.supervisor_pid,
+            domain_key(third, rogue.uuid): rogue.supervisor_pid,
+        }
         rogue.mgr.shutdown()
 
 
