@@ -79,6 +79,13 @@ def _in_order(
     )
 
 
+def _label(res: Mapping[str, Any]) -> str:
+    """How errors name a resource: "disk /path", "lease ls:key", or the guest's own lease."""
+    if res["type"] == "lease" and res["path"].startswith("lockfsm-domains:"):
+        return f"the own lease of guest {res['path'].split(':', 1)[1]}"
+    return f"{res['type']} {res['path']}"
+
+
 def _ident(res: Mapping[str, Any]) -> tuple[str, str]:
     return (res["type"], res["canonical"])
 
@@ -159,7 +166,7 @@ class Supervisor:
         self, machine: Instance, event: str, lease: dict[str, str], res: Mapping[str, Any]
     ) -> None:
         try:
-            machine.fire(event, lease=lease, label=f"{res['type']} {res['path']}")
+            machine.fire(event, lease=lease, label=_label(res))
         except LeaseConflict as e:
             raise self._named_holder(e, lease["key"]) from None
 
@@ -212,7 +219,7 @@ class Supervisor:
         wanted = _in_order(self.resources.values(), exclusive_first=True)
         for lease, res in wanted:  # one still held elsewhere: fail before taking any
             try:
-                self.holder.probe(lease, f"{res['type']} {res['path']}")
+                self.holder.probe(lease, _label(res))
             except LeaseConflict as e:
                 raise self._named_holder(e, lease["key"]) from None
         taken: list[dict[str, Any]] = []
