@@ -225,9 +225,12 @@ class EtcdTwoHosts(base.TwoHosts):
                 now = ("held", side.name, side.proc.pid)
                 if was != now:
                     m = side.migration
+                    # A side whose run came in by a migration took the key over (the model
+                    # may not have judged its completion yet: a background one); a fresh
+                    # start has no migration.
                     took_over = was is not None and (
                         was == ("marker", side.name, side.proc.pid)
-                        or (m is not None and m.target == side.name and m.target_proc is side.proc)
+                        or (m is not None and m.source != side.name)
                     )
                     if not took_over:  # a fresh acquire: a new incarnation of the key
                         self.incarnation[disk] += 1
