@@ -238,15 +238,20 @@ def _enum_name(table: str) -> str:
     return table.capitalize() + "State"
 
 
+_HEADER = [
+    '"""GENERATED from specs/*.toml by `lockfsm spec gen`: do not edit by hand."""',
+    "",
+    "# ruff: noqa",
+    "from __future__ import annotations",
+    "",
+]
+
+
 def generate(specs: dict[str, Spec]) -> str:
     """The text of ``lockfsm/_tables.py`` for these tables (byte-stable): the state enums, and the
     tables of ``lockfsm/_machines.py`` re-exported."""
     out = [
-        '"""GENERATED from specs/*.toml by `lockfsm spec gen`: do not edit by hand."""',
-        "",
-        "# ruff: noqa",
-        "from __future__ import annotations",
-        "",
+        *_HEADER,
         "import enum",
         "",
         "from lockfsm._machines import TABLES as TABLES",
@@ -268,11 +273,7 @@ def generate(specs: dict[str, Spec]) -> str:
 def generate_machines(specs: dict[str, Spec]) -> str:
     """The text of ``lockfsm/_machines.py`` for these tables (byte-stable)."""
     out = [
-        '"""GENERATED from specs/*.toml by `lockfsm spec gen`: do not edit by hand."""',
-        "",
-        "# ruff: noqa",
-        "from __future__ import annotations",
-        "",
+        *_HEADER,
         "from lockfsm.engine import Move, Table",
         "",
     ]

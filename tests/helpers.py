@@ -34,6 +34,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def proc_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (R, S, T for stopped, Z...), or "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -26,7 +26,16 @@ import lockfsm
 from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType, control
 from lockfsm.backends.fcntl import CHECK_EVERY
 from lockfsm.supervisor import EXIT_LEASE_LOST
-from tests.helpers import Guest, Host, alive, fd_locks, lockspace_locks, make_disks, wait_until
+from tests.helpers import (
+    Guest,
+    Host,
+    alive,
+    fd_locks,
+    lockspace_locks,
+    make_disks,
+    proc_state,
+    wait_until,
+)
 
 DISK = ResourceType.DISK
 
@@ -34,15 +43,6 @@ DISK = ResourceType.DISK
 @pytest.fixture
 def disks(workdir: str) -> list[str]:
     return make_disks(workdir, "a.img", "b.img", "c.img")
-
-
-def proc_state(pid: int) -> str:
-    """The one-letter state of process ``pid`` (R, S, T for stopped, Z...), or "" if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return ""
 
 
 def start(host: Host, disks: list[str], policy: str | None) -> Guest:

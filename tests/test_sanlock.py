@@ -29,7 +29,16 @@ from lockfsm import DomainState, ResourceType
 from lockfsm.supervisor import EXIT_LEASE_LOST, EXIT_REFUSED
 from lockfsm.values import MigrationCookie
 from tests.conftest import IN_CI, require
-from tests.helpers import Guest, Host, HostPair, alive, make_disks, short_tmpdir, wait_until
+from tests.helpers import (
+    Guest,
+    Host,
+    HostPair,
+    alive,
+    make_disks,
+    proc_state,
+    short_tmpdir,
+    wait_until,
+)
 
 HOSTS = 3
 IO_TIMEOUT = 1
@@ -654,14 +663,6 @@ def test_status_shows_other_hosts_owners(
 
 
 # -- lock failure: the daemon revokes the leases --------------------------------------------------
-
-
-def proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return ""
 
 
 def test_lease_loss_applies_each_domains_policy(
