@@ -13,17 +13,10 @@ thread would run them); even guests complete source first then target, odd ones 
 before and after the migrations; the agents' beside as many bare interpreters that import the
 etcd client (gRPC, asyncio), alive at the same moment.
 
-The judge samples etcd's key space in a thread for the whole run (one range read: one revision)
-and counts violations: at no sampled instant may two hosts' live supervisors hold one disk
-exclusively.  A supervisor holds a disk exclusively when etcd's ``x`` key names it, and also,
-by its own account, when it is the source and its guest is alive (it has not handed off yet) or
-the target and its completion has returned (it resumes the guest).  So a sample counts:
-
-* ``x`` naming the target while the source's guest is alive (checked after the read returned:
-  a guest alive then was alive at the read), which is S1 in etcd's terms;
-* ``x`` naming the source in a read that began after the target's completion returned;
-* ``x`` naming a supervisor that is neither side of the guest, a key of no guest, or a shared
-  key (every disk here is exclusive).
+The judge (bench/etcd_judge.py, a process of its own) samples etcd's key space for the whole
+run and counts violations: at no sampled instant may two hosts' live supervisors hold one disk
+exclusively (what that means in etcd's keys: there).  Every side is told to it as soon as its
+supervisor is run, its guest once it is up, a target's completion when it returns.
 
 After each storm every guest's keys (4 disks and its own lease) are checked: ``x`` naming its
 host's supervisor, nothing else under them (after the migration: the target's, no reservation
@@ -49,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import etcd_hosts as etcd
+from bench.etcd_judge import JudgeProcess
 from bench.measure import memory_kb, own_rss_kb, quantile
 from bench.world import Guest, make_disks, short_tmpdir
 
@@ -65,35 +59,13 @@ def _pss_mb(pids: list[int]) -> float:
     return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 @dataclass
 class Side:
-    """One side of a guest: its host's index, its supervisor (known once it is run, before it
-    can hold anything), its guest process (once ``get_child`` returned)."""
+    """One side of a guest: its host's index, its supervisor, its guest process (once up)."""
 
     host: int
     sup: int
     guest: int = 0
-    since: int | None = None  # the guest's start time (a recycled pid is not it)
-
-    def up(self, guest: int) -> None:
-        self.since = _start_time(guest)
-        self.guest = guest
-
-    def guest_alive(self) -> bool:
-        """Whether the guest runs; True while it is not known yet (it may run)."""
-        if not self.guest:
-            return True
-        return self.since is not None and _start_time(self.guest) == self.since
 
 
 @dataclass
@@ -107,78 +79,8 @@ class Domain:
     keys: list[str] = field(default_factory=list)  # its lease keys: disks, then its own
     source: Side | None = None
     target: Side | None = None
-    done_at: float | None = None  # monotonic instant the target's completion returned
     took: float = 0.0  # seconds of its whole migration
     error: str = ""  # why its migration failed
-
-
-class Judge(threading.Thread):
-    """Samples etcd's key space until stopped; counts what no instant may show."""
-
-    def __init__(self, client: Any, domains: list[Domain], hosts: int) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.by_uuid = {d.uuid: d for d in domains}
-        self.names = [f"host{i}" for i in range(hosts)]
-        self.root = f"{etcd.PREFIX}L/".encode()
-        self.stopping = threading.Event()
-        self.samples = self.failed = self.in_flight = self.keys_seen = 0
-        self.violations: list[str] = []
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.sample()
-            except Exception as e:  # a read that timed out under the storm: say how many
-                self.failed += 1
-                if self.failed == 1:
-                    print(f"etcd_storm: a sample failed: {e}", file=sys.stderr)
-            self.stopping.wait(0.02)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(60)
-
-    def _flag(self, what: str) -> None:
-        self.violations.append(what)
-
-    def sample(self) -> None:
-        began = time.monotonic()
-        rows = self.client.prefix(self.root)
-        held_by_target: list[tuple[str, Domain]] = []
-        busy = False
-        for kv in rows:
-            lease_key, _, kind = kv.key[len(self.root) :].decode().partition("/")
-            if kind == "r":
-                busy = True
-                continue
-            if kind != "x":
-                self._flag(f"{lease_key}: a {kind!r} key on an exclusive disk")
-                continue
-            value = json.loads(kv.value)
-            if "handed_off_to" in value:
-                busy = True
-                continue
-            domain = self.by_uuid.get(str(value.get("uuid")))
-            if domain is None:
-                self._flag(f"{lease_key}: held by {value} of no guest of the storm")
-                continue
-            side = (value.get("host"), value.get("pid"))
-            src, tgt = domain.source, domain.target
-            if src is not None and side == (self.names[src.host], src.sup):
-                if domain.done_at is not None and domain.done_at < began:
-                    self._flag(f"{domain.name}: etcd names the source after the target resumed")
-            elif tgt is not None and side == (self.names[tgt.host], tgt.sup):
-                held_by_target.append((lease_key, domain))
-            else:
-                self._flag(f"{domain.name}: {lease_key} held by {side}, neither of its sides")
-        for lease_key, domain in held_by_target:  # after the read: alive now, alive then
-            assert domain.source is not None
-            if domain.source.guest_alive():
-                self._flag(f"{domain.name}: {lease_key} is the target's, the source guest runs")
-        self.samples += 1
-        self.in_flight += busy
-        self.keys_seen = max(self.keys_seen, len(rows))
 
 
 def _check_keys(client: Any, domains: list[Domain], side: str) -> list[str]:
@@ -210,8 +112,9 @@ def _check_keys(client: Any, domains: list[Domain], side: str) -> list[str]:
 class Storm:
     """The daemons of every host, their guests, the judge."""
 
-    def __init__(self, sites: etcd.Sites, hosts: int, guests: int) -> None:
+    def __init__(self, sites: etcd.Sites, hosts: int, guests: int, judge: JudgeProcess) -> None:
         self.sites = sites
+        self.judge = judge
         self.hosts = [sites.host(i) for i in range(hosts)]
         self.disk_dir = short_tmpdir("lfbd")
         files = make_disks(self.disk_dir, hosts * guests * DISKS)
@@ -233,11 +136,13 @@ class Storm:
             host = self.hosts[d.host]
             g = host.spawn(host.manager(d.name, d.disks, d.uuid))
             d.source = Side(d.host, g.supervisor_pid)
+            self.judge.side(d.uuid, "source", f"host{d.host}", g.supervisor_pid)
             spawned.append((d, g))
         for d, g in spawned:
             g.pid = g.mgr.get_child(timeout=TIMEOUT)
             assert d.source is not None
-            d.source.up(g.pid)
+            d.source.guest = g.pid
+            self.judge.up(d.uuid, "source", g.pid)
             self.guests[d.name] = g
         return time.perf_counter() - started
 
@@ -258,19 +163,20 @@ class Storm:
         mgr.set_parameter("migration_cookie", cookie)
         tgt = target.spawn(mgr)
         d.target = Side((d.host + 1) % len(self.hosts), tgt.supervisor_pid)
-        tgt.pid = mgr.get_child(timeout=TIMEOUT)
-        d.target.up(tgt.pid)
+        self.judge.side(d.uuid, "target", f"host{d.target.host}", tgt.supervisor_pid)
+        tgt.pid = d.target.guest = mgr.get_child(timeout=TIMEOUT)
+        self.judge.up(d.uuid, "target", tgt.pid)
         if index % 2 == 0:
             src.mgr.complete_migrate_in()
             mgr.complete_migrate_in()
-            d.done_at = time.monotonic()
+            self.judge.done(d.uuid)
         else:
             error: list[BaseException] = []
 
             def take_over() -> None:
                 try:
                     mgr.complete_migrate_in()
-                    d.done_at = time.monotonic()
+                    self.judge.done(d.uuid)
                 except BaseException as e:  # raised below
                     error.append(e)
 
@@ -331,10 +237,9 @@ def _end(procs: list[subprocess.Popen[bytes]]) -> None:
 def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
     """The storms through lockfsm on a fresh cluster; the figures."""
     with etcd.cluster(MEMBERS, hosts) as sites:
-        storm = Storm(sites, hosts, guests)
+        judge = JudgeProcess(etcd.PREFIX, sites.cluster.endpoints)
         client = sites.client()
-        judge = Judge(client, storm.domains, hosts)
-        judge.start()
+        storm = Storm(sites, hosts, guests, judge)
         try:
             gc.collect()
             before = own_rss_kb()
@@ -348,16 +253,12 @@ def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
             clients_mb = _pss_mb([p.pid for p in clients])
             _end(clients)
             migration_s = storm.migrate_all(window)
-            samples_before = judge.samples
-            time.sleep(0.2)  # a few samples of the settled key space
-            while judge.samples < samples_before + 2 and judge.is_alive():
-                time.sleep(0.05)
+            found = judge.finish()  # its last sample is of the settled key space
             wrong_end = _check_keys(client, storm.domains, "target")
             migrated = storm.memory("target")
-            judge.stop()
             stop_s = storm.stop_all()
         finally:
-            judge.stop()
+            judge.kill()
             client.close()
             shutil.rmtree(storm.disk_dir, ignore_errors=True)
     took = [d.took for d in storm.domains if not d.error] or [0.0]
@@ -377,14 +278,10 @@ def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
         "daemon_mb": daemon_mb,
         "agents_mb": agents_mb,
         "clients_mb": clients_mb,
-        "samples": judge.samples,
-        "samples_in_flight": judge.in_flight,
-        "samples_failed": judge.failed,
-        "keys_max": judge.keys_seen,
-        "violations": len(judge.violations) + len(wrong_start) + len(wrong_end),
+        **found,
+        "violations": found["violations"] + len(wrong_start) + len(wrong_end),
         "migrations_failed": len(failed),
         "failures": failed[:20],
-        "violations_sampled": judge.violations[:20],
         "wrong_after_start": wrong_start[:20],
         "wrong_after_migration": wrong_end[:20],
     }

@@ -216,8 +216,9 @@ def storm_etcd(ctx: Context) -> list[Row]:
             target=Target("value", 0),
             note=(
                 f"{ours['samples']} samples of the whole key space (up to {ours['keys_max']} "
-                f"keys), {ours['samples_in_flight']} with a handoff in flight, "
-                f"{ours['samples_failed']} failed reads; after each storm every guest's "
+                f"keys; one every {ours['gap_p50_s']:.2f} s, median, at most "
+                f"{ours['gap_max_s']:.1f} s apart), {ours['samples_in_flight']} with a handoff in "
+                f"flight, {ours['samples_failed']} failed reads; after each storm every guest's "
                 f"{DISKS + 1} keys checked"
                 + (
                     f"; first: {ours['violations_sampled'][0]}"
