@@ -1,0 +1,747 @@
+"""Simulated hosts on real lock services for the fault matrix (tests/test_faults.py) and the soak
+(tests/test_soak.py), with readers of each backend's truth and the invariants as checks that
+return violations instead of raising (a row reports every violation it saw).
+
+* An **environment** is one backend's lock service, shared by a session's worlds: fcntl (a
+  lockspace directory; the kernel is the lock service), sanlock (one real sanlock daemon per
+  simulated host, on one lockspace; a daemon that is killed is a crashed host, so rows that kill
+  one use a fresh daemon and host_id), etcd (three real members, one real lease agent per
+  simulated host).
+* A **world** is what one row (or the soak) runs: simulated hosts, each a daemon process
+  (tests/fault_daemon.py) with its own run dir, and the guests they started.
+* The **truth** is read from the lock service, never from lockfsm: the kernel's lock table and
+  each process's open files (fcntl), each host's ``sanlock client status`` and the lease areas
+  (sanlock), etcd's key space (etcd).
+* A guest **executes** when its process runs ``sleep`` and is not stopped (see
+  tests/fault_daemon.py: an incoming guest stops itself until its daemon lets it run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import Any, NamedTuple
+
+import lockfsm
+from tests.fault_daemon import Daemon
+from tests.helpers import lock_bytes, lock_ranges, make_disks, read_proc_locks, short_tmpdir
+
+GRACE = 1.5  # shutdown_grace: a guest that ignores SIGTERM is killed after this
+HANDOFF = 4.0  # handoff_timeout
+COMMON = {"shutdown_grace": GRACE, "handoff_timeout": HANDOFF}
+DOMAIN_LOCKSPACE = "lockfsm-domains"
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (R, S, T, Z...), or "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def living(pid: int | None) -> bool:
+    """Exists and is not a zombie (a stopped process lives)."""
+    return pid is not None and proc_state(pid) not in ("", "Z", "X")
+
+
+def executing(pid: int | None) -> bool:
+    """The guest runs its code: ``sleep``, not stopped, not dead."""
+    return pid is not None and proc_state(pid) in ("R", "S", "D") and comm(pid) == "sleep"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+def kill_ours(pid: int | None, marker: str) -> None:
+    """SIGKILL ``pid`` if its command line still names ``marker`` (a run dir or launch of ours:
+    never a process someone else got the pid of)."""
+    if pid is None:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            mine = marker.encode() in f.read()
+    except OSError:
+        return
+    if mine:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def kill_guest(g: GuestRec) -> None:
+    """SIGKILL a guest if it still is one of ours: in its supervisor's session."""
+    if g.pid and session_of(g.pid) == g.sup:
+        with suppress(ProcessLookupError):
+            os.kill(g.pid, signal.SIGCONT)
+            os.kill(g.pid, signal.SIGKILL)
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+def lease_key(backend: str, kind: str, path: str) -> str:
+    """The lease key lockfsm names for a disk (canonical path) or a lease, as each backend
+    does (computed here, not asked of lockfsm)."""
+    text = f"lease:{path}" if kind == "lease" else path
+    key = hashlib.sha256(text.encode()).hexdigest()
+    return key[:47] if backend == "sanlock" else key
+
+
+class Holder(NamedTuple):
+    """One holder of a lease as the lock service has it: a host name (or ""), the holding
+    process (-1 where the service does not say), and the mode: exclusive, shared, gate (fcntl's
+    migration reservation), reserved / marker (etcd's reservation and handoff marker), on disk
+    (sanlock: owned in the lease area by a host whose daemon cannot be asked), acquiring
+    (sanlock: an acquire under way, not granted)."""
+
+    host: str
+    pid: int
+    mode: str
+
+
+class Observation(NamedTuple):
+    holders: dict[str, set[Holder]]
+    running: list[GuestRec]  # executing at both readings of the processes
+    supervised: list[GuestRec]  # of those, with their supervisor alive at both readings
+    uses: dict[int, tuple[list[str], list[str]]]  # id(guest) -> the disks it used throughout
+
+
+class GuestRec:
+    """A guest the world started (or a migration target's incoming guest)."""
+
+    def __init__(
+        self,
+        host: SimHost,
+        uuid: str,
+        name: str,
+        sup: int,
+        pid: int,
+        disks: list[str],
+        shared: list[str],
+        role: str = "running",
+    ) -> None:
+        self.host, self.uuid, self.name = host, uuid, name
+        self.sup, self.pid = sup, pid
+        self.disks, self.shared = list(disks), list(shared)
+        self.role = role
+        self.launch: str | None = None
+        self.version = 0  # bumped at every change of the disks the guest uses
+
+    def add_disk(self, disk: str) -> None:
+        """Hot-plug: the device is added once its lease is held."""
+        self.version += 1
+        self.disks = [*self.disks, disk]
+
+    def remove_disk(self, disk: str) -> None:
+        """Hot-unplug: the device is gone before its lease is given back."""
+        self.version += 1
+        self.disks = [d for d in self.disks if d != disk]
+
+    def executing(self) -> bool:
+        """This guest (its pid, in its supervisor's session: not a process that reused the
+        pid) runs its code."""
+        return executing(self.pid) and session_of(self.pid) == self.sup
+
+    def supervised(self) -> bool:
+        """Its supervisor lives (and is this launch's, if known)."""
+        if not living(self.sup):
+            return False
+        if self.launch is None:
+            return True
+        try:
+            with open(f"/proc/{self.sup}/cmdline", "rb") as f:
+                return self.launch.encode() in f.read()
+        except OSError:
+            return False
+
+    def leases(self, uses: tuple[list[str], list[str]] | None = None) -> list[tuple[str, str, str]]:
+        """(key, mode, what) of every lease the guest's supervisor must hold (while it uses
+        ``uses``: its exclusive and shared disks, by default the current ones)."""
+        b = self.host.env.backend
+        disks, shared = uses if uses is not None else (self.disks, self.shared)
+        out = [(lease_key(b, "disk", d), "exclusive", d) for d in disks]
+        out += [(lease_key(b, "disk", d), "shared", d) for d in shared]
+        dom = f"{DOMAIN_LOCKSPACE}:{self.uuid}"
+        out.append((lease_key(b, "lease", dom), "exclusive", f"the domain lease of {self.name}"))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<guest {self.name} on {self.host.name}: supervisor {self.sup}, pid {self.pid}>"
+
+
+# -- environments ---------------------------------------------------------------------------------
+
+
+class FcntlEnv:
+    """fcntl: one lockspace directory; the kernel is the lock service (nothing to fault)."""
+
+    backend = "fcntl"
+    lock_service = None
+
+    def __init__(self) -> None:
+        self.lockspace = short_tmpdir("lfl")
+
+    def slot(self, index: int, fresh: bool = False) -> Any:
+        return None
+
+    def host_config(self, slot: Any, run_dir: str) -> dict[str, Any]:
+        return {"run_dir": run_dir, "lockspace_dir": self.lockspace, **COMMON}
+
+    def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
+        """From one consistent reading of /proc/locks (every lock on the lease files, whoever
+        holds it), attributed to the world's processes through /proc/<pid>/fdinfo (a lock the
+        supervisor and its guest share is the supervisor's)."""
+        inode_key: dict[int, str] = {}
+        for key in keys:
+            with suppress(FileNotFoundError):
+                inode_key[os.stat(os.path.join(self.lockspace, key)).st_ino] = key
+        wanted = {str(i) for i in inode_key}
+
+        def keep(line: str) -> bool:
+            parts = line.split()
+            return parts[1] != "->" and parts[5].rsplit(":", 1)[1] in wanted
+
+        text = read_proc_locks(keep)
+        if text is None:
+            raise AssertionError("/proc/locks changes too fast for a consistent reading")
+        present: set[tuple[str, int, str]] = set()
+        for line in text.splitlines():
+            parts = line.split()
+            key = inode_key[int(parts[5].rsplit(":", 1)[1])]
+            for byte in lock_bytes(parts[6], parts[7]):
+                present.add((key, byte, parts[3]))
+        claims: dict[tuple[str, int, str], set[int]] = {}
+        owner = world.owner_of()
+        for pid in world.pids():
+            for inode, byte, kind in lock_ranges(pid):
+                if inode in inode_key:
+                    claims.setdefault((inode_key[inode], byte, kind), set()).add(
+                        owner.get(pid, pid)
+                    )
+        found: dict[str, set[Holder]] = {}
+        for key, byte, kind in present:
+            mode = "gate" if byte == 1 else ("exclusive" if kind == "WRITE" else "shared")
+            if byte > 1:
+                mode = f"byte {byte}"
+            for pid in claims.get((key, byte, kind), {-1}):
+                found.setdefault(key, set()).add(Holder("", pid, mode))
+        return found
+
+    def close(self) -> None:
+        shutil.rmtree(self.lockspace, ignore_errors=True)
+
+
+class SanlockEnv:
+    """sanlock: one daemon per simulated host (host_ids 1-3 for the session), on one lockspace.
+    ``slot(i, fresh=True)`` starts and joins a daemon of its own (a new host_id): a crashed
+    host_id cannot join again before it is declared dead."""
+
+    backend = "sanlock"
+    lock_service = "the host's sanlock daemon"
+
+    def __init__(self) -> None:
+        from tests.test_sanlock import Cluster, join_all, start_daemons
+
+        self.base = short_tmpdir("lfs")
+        os.makedirs(os.path.join(self.base, "leases"), mode=0o700)
+        self.daemons = start_daemons(self.base, 1, 3)
+        self.cluster = Cluster(self.base, self.daemons)
+        self.extra: list[Any] = []
+        self.next_id = 10
+        self.stopped: set[int] = set()  # host_ids whose daemon is SIGSTOPped
+        try:
+            join_all(self.cluster, self.daemons)
+        except BaseException:
+            self.close()
+            raise
+        os.environ["SANLOCK_RUN_DIR"] = self.daemons[2].run_dir
+        from lockfsm.backends.sanlock import _binding
+
+        self.binding = _binding(os.path.join(self.base, "py"))
+
+    def slot(self, index: int, fresh: bool = False) -> Any:
+        if not fresh:
+            return self.daemons[index]
+        from tests.test_sanlock import join_all, start_daemons
+
+        (d,) = start_daemons(self.base, self.next_id, 1)
+        self.next_id += 1
+        self.extra.append(d)
+        join_all(self.cluster, [d])
+        return d
+
+    def host_config(self, slot: Any, run_dir: str) -> dict[str, Any]:
+        return {"run_dir": run_dir, **self.cluster.config(slot), **COMMON}
+
+    def service_pid(self, host: SimHost) -> int:
+        return int(host.slot.proc.pid)
+
+    def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
+        """Each host's daemon's ``client status`` (holding pid, mode); for a host whose daemon
+        is dead or stopped, the owners its lease areas name (read through a live daemon)."""
+        keys = set(keys)
+        found: dict[str, set[Holder]] = {}
+        slots = {h.slot.host_id: h.slot for h in world.hosts}
+        for host_id, d in sorted(slots.items()):
+            if d.proc.poll() is not None or host_id in self.stopped:
+                for key in keys:
+                    for owner in self._owners(key):
+                        if owner == host_id:
+                            found.setdefault(key, set()).add(Holder(d.name, -1, "on disk"))
+                continue
+            try:
+                status = d.client("status", timeout=5)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"sanlock daemon {d.name} does not answer status") from None
+            for line in status.splitlines():
+                parts = line.split()
+                if len(parts) < 4 or parts[0] != "r":
+                    continue
+                fields = parts[1].split(":")
+                if fields[0] != "lockfsm" or fields[1] not in keys:
+                    continue
+                mode = "shared" if fields[-1] == "SH" else "exclusive"
+                if parts[4:5] == ["ADD"]:  # an acquire under way (a take-over's attempt)
+                    mode = "acquiring"
+                found.setdefault(fields[1], set()).add(Holder(d.name, int(parts[3]), mode))
+        return found
+
+    def _owners(self, key: str) -> list[int]:
+        path = os.path.join(self.cluster.lease_dir, key)
+        if not os.path.exists(path):
+            return []
+        owners = self.binding.read_resource_owners(b"lockfsm", key.encode(), [(path, 0)])
+        return [int(o["host_id"]) for o in owners]
+
+    def close(self) -> None:
+        from tests.test_sanlock import _stop_all
+
+        for d in [*self.daemons, *self.extra]:
+            with suppress(ProcessLookupError):
+                os.kill(d.proc.pid, signal.SIGCONT)
+        _stop_all([*self.daemons, *self.extra])
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class EtcdEnv:
+    """etcd: three members; one lease agent per simulated host (A, B, C), all on one key
+    prefix (each world's disks and guests are its own, so are their keys).  TTL 5 s: an
+    election (0.5-1 s here) is ridden out."""
+
+    backend = "etcd"
+    lock_service = "the etcd member the host's agent uses"
+    TTL = 5
+
+    def __init__(self) -> None:
+        from tests.etcd_cluster import Agent, Cluster
+
+        self.cluster = Cluster(3)
+        self.prefix = self.cluster.fresh_prefix()
+        self.agents: list[Any] = []
+        self.dirs: list[str] = []
+        try:
+            for name in ("hostA", "hostB", "hostC"):
+                d = short_tmpdir("lfa")
+                self.dirs.append(d)
+                self.agents.append(Agent({"run_dir": d, **self._settings(name, d)}))
+        except BaseException:
+            self.close()
+            raise
+        self.client = self.cluster.client()
+
+    def _settings(self, name: str, d: str) -> dict[str, Any]:
+        return {
+            "endpoints": self.cluster.endpoints,
+            "ttl": self.TTL,
+            "host_name": name,
+            "prefix": self.prefix,
+            "agent_socket": os.path.join(d, "agent.sock"),
+        }
+
+    def slot(self, index: int, fresh: bool = False) -> Any:
+        return self.agents[index]
+
+    def host_config(self, slot: Any, run_dir: str) -> dict[str, Any]:
+        settings = {k: v for k, v in slot.config.items() if k != "run_dir"}
+        return {"run_dir": run_dir, **settings, **COMMON}
+
+    def member_of(self, host: SimHost) -> Any:
+        """The member the host's agent talks to now."""
+        endpoint = host.slot.status()["endpoint"]
+        for m in self.cluster.members:
+            if m.endpoint == endpoint or endpoint.endswith(f":{m.client}"):
+                return m
+        raise AssertionError(f"the agent uses {endpoint}, no member of the cluster")
+
+    def revive(self) -> None:
+        """Every member and agent running again (after a row's fault)."""
+        for m in self.cluster.members:
+            if m.proc is None or m.proc.poll() is not None:
+                m.start(new=False)
+            elif m.stopped:
+                m.signal(signal.SIGCONT)
+        for a in self.agents:
+            with suppress(ProcessLookupError):
+                a.signal(signal.SIGCONT)
+            if a.proc is None or a.proc.poll() is not None:
+                a.start()
+        self.cluster.wait_healthy()
+
+    def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
+        from tests.etcd_cluster import keys_under
+
+        keys = set(keys)
+        found: dict[str, set[Holder]] = {}
+        for key, kind, value in keys_under(self.client, self.prefix):
+            if key not in keys:
+                continue
+            if kind == "x" and "handed_off_to" in value:
+                to = value["handed_off_to"]
+                holder = Holder(str(to.get("host", "")), int(to.get("pid", -1)), "marker")
+            else:
+                mode = {"x": "exclusive", "s": "shared", "r": "reserved"}[kind]
+                holder = Holder(str(value.get("host", "")), int(value.get("pid", -1)), mode)
+            found.setdefault(key, set()).add(holder)
+        return found
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.client.close()
+        for a in self.agents:
+            a.stop()
+        self.cluster.stop()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+Env = FcntlEnv | SanlockEnv | EtcdEnv
+
+
+def make_env(backend: str) -> Env:
+    return {"fcntl": FcntlEnv, "sanlock": SanlockEnv, "etcd": EtcdEnv}[backend]()
+
+
+# -- hosts and worlds -----------------------------------------------------------------------------
+
+
+class SimHost:
+    """A simulated host: a run dir, a slot of the lock service, and a daemon process."""
+
+    def __init__(
+        self,
+        env: Env,
+        name: str,
+        slot: Any,
+        daemon_env: dict[str, str] | None = None,
+        daemon: bool = True,
+    ) -> None:
+        self.env, self.name, self.slot = env, name, slot
+        self.run_dir = short_tmpdir("lfr")
+        self.config = env.host_config(slot, self.run_dir)
+        self.daemon_env = daemon_env
+        self.daemons: list[Daemon] = []
+        if daemon:
+            self.new_daemon()
+
+    @property
+    def lock_name(self) -> str:
+        return str(getattr(self.slot, "name", self.name))
+
+    def new_daemon(self) -> Daemon:
+        """A daemon (re)started: a new process on the host's run dir (its managers are new)."""
+        self.daemon = Daemon(self.env.backend, self.config, env=self.daemon_env)
+        self.daemons.append(self.daemon)
+        return self.daemon
+
+    def close(self) -> None:
+        for d in self.daemons:
+            with suppress(Exception):
+                d.kill()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class World:
+    """The hosts and guests of one row (or of the soak), and the invariants over them."""
+
+    def __init__(self, env: Env, daemon_env: dict[str, str] | None = None) -> None:
+        self.env = env
+        self.daemon_env = daemon_env
+        self.hosts: list[SimHost] = []
+        self.guests: list[GuestRec] = []
+        self.workdir = short_tmpdir("lfw")
+        self.rival_driver: lockfsm.LockDriver | None = None
+        self.rival_procs: list[subprocess.Popen[bytes]] = []
+
+    def host(self, name: str, slot: Any, daemon: bool = True) -> SimHost:
+        h = SimHost(self.env, name, slot, self.daemon_env, daemon)
+        self.hosts.append(h)
+        return h
+
+    def disks(self, *names: str) -> list[str]:
+        return make_disks(self.workdir, *names)
+
+    def start(
+        self,
+        host: SimHost,
+        name: str,
+        disks: list[str],
+        shared: list[str] = (),  # type: ignore[assignment]
+        guest: str = "plain",
+        uuid: str | None = None,
+        policy: str | None = None,
+    ) -> GuestRec:
+        uuid = uuid or str(uuidlib.uuid4())
+        info = host.daemon.call(
+            "start",
+            uuid=uuid,
+            name=name,
+            disks=list(disks),
+            shared=list(shared),
+            guest=guest,
+            policy=policy,
+        )
+        g = GuestRec(host, uuid, name, info["supervisor"], info["guest"], disks, list(shared))
+        g.launch = info["launch"]
+        self.guests.append(g)
+        return g
+
+    def incoming(self, host: SimHost, source: GuestRec, cookie: str) -> GuestRec:
+        info = host.daemon.call(
+            "incoming",
+            uuid=source.uuid,
+            name=source.name,
+            disks=list(source.disks),
+            shared=list(source.shared),
+            cookie=cookie,
+        )
+        g = GuestRec(
+            host,
+            source.uuid,
+            source.name,
+            info["supervisor"],
+            info["guest"],
+            source.disks,
+            source.shared,
+            "incoming",
+        )
+        g.launch = info["launch"]
+        self.guests.append(g)
+        return g
+
+    # -- the rival: a third host that tries to take a disk ---------------------------------------
+
+    def rival_start(self, host: SimHost, disk: str) -> GuestRec | None:
+        """Start a new guest (a uuid of its own) on ``disk`` from this test process, as
+        ``host``'s daemon would; return it if it started (then it is tracked: an executing
+        guest), None if it was refused with LeaseConflict."""
+        if self.rival_driver is None:
+            self.rival_driver = lockfsm.load_driver(self.env.backend, host.config)
+        mgr = self.rival_driver.new_manager()
+        uuid = str(uuidlib.uuid4())
+        mgr.set_parameter("uuid", uuid)
+        mgr.set_parameter("name", "rival")
+        mgr.set_parameter("id", 99)
+        mgr.register_resource(lockfsm.ResourceType.DISK, disk)
+        proc = subprocess.Popen(
+            [mgr.supervisor_path, *mgr.supervisor_args, "--", "sleep", "1000"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.rival_procs.append(proc)
+        try:
+            pid = mgr.get_child(timeout=15)
+        except lockfsm.LeaseConflict:
+            proc.wait(15)
+            return None
+        g = GuestRec(host, uuid, "rival", proc.pid, pid, [disk], [])
+        g.role = "rival"
+        g.launch = mgr._launch
+        self.guests.append(g)
+        g.mgr = mgr  # type: ignore[attr-defined]
+        return g
+
+    # -- truth -----------------------------------------------------------------------------------
+
+    def pids(self) -> set[int]:
+        return {p for g in self.guests for p in (g.sup, g.pid) if p}
+
+    def owner_of(self) -> dict[int, int]:
+        """guest pid -> its supervisor's pid (a lock they share is the supervisor's)."""
+        return {g.pid: g.sup for g in self.guests if g.pid}
+
+    def keys(self) -> set[str]:
+        return {k for g in self.guests for k, _, _ in g.leases()}
+
+    def holders(self, keys: Iterable[str] | None = None) -> dict[str, set[Holder]]:
+        return self.env.holders(self.keys() if keys is None else keys, self)
+
+    def snapshot(self) -> dict[str, list[Holder]]:
+        """Who holds what, in a form two readings compare by (S4, S5)."""
+        held = {k: sorted(h for h in v if h.mode != "acquiring") for k, v in self.holders().items()}
+        return {k: v for k, v in sorted(held.items()) if v}
+
+    # -- the invariants --------------------------------------------------------------------------
+
+    def observe(self, keys: Iterable[str] | None = None) -> Observation:
+        """The lock service's truth, and the guests that executed all the while it was read:
+        executing just before and just after (a guest that starts or stops executing while the
+        truth is read is left out; one that executes at both readings executed in between)."""
+        guests = list(self.guests)
+        versions = {id(g): g.version for g in guests}
+        first = {id(g) for g in guests if g.executing()}
+        sup = {id(g) for g in guests if id(g) in first and g.supervised()}
+        holders = self.holders(keys)
+        running = [g for g in guests if id(g) in first and g.executing()]
+        supervised = [g for g in running if id(g) in sup and g.supervised()]
+        # The disks each guest used all the while (a guest whose disks changed meanwhile is
+        # left out: a hot-plugged disk's lease may not have been read, an unplugged one's may
+        # have been given back before the reading).
+        uses = {}
+        for g in guests:
+            lists = (g.disks, g.shared)  # replaced, never changed in place, on a change
+            if g.version == versions[id(g)]:  # bumped before the lists change
+                uses[id(g)] = lists
+        return Observation(holders, running, supervised, uses)
+
+    def check(
+        self,
+        where: str,
+        seen: Observation | None = None,
+        exempt: Iterable[GuestRec] = (),
+        dead_supervisor: bool = True,
+    ) -> list[str]:
+        """S1 and S2 over every guest of the world, from one observation.  ``exempt``: guests
+        whose lock service was documented to be unable to vouch for them (a crashed sanlock
+        host: its leases are on disk, owned by it).  ``dead_supervisor``: report a guest that
+        executes with its supervisor dead (off where the caller allows it a moment to die)."""
+        holders, running, supervised, uses = seen if seen is not None else self.observe()
+        out = []
+        for key, hs in holders.items():
+            excl = {(h.host, h.pid) for h in hs if h.mode == "exclusive"}
+            shared = {(h.host, h.pid) for h in hs if h.mode == "shared"}
+            if len(excl) > 1 or (excl and shared - excl):
+                out.append(f"S1 {where}: the lock service grants {key[:12]} to {sorted(hs)}")
+        users: dict[str, list[tuple[GuestRec, bool]]] = {}
+        for g in running:
+            if id(g) not in uses:
+                continue
+            disks, shared = uses[id(g)]
+            for d in disks:
+                users.setdefault(d, []).append((g, True))
+            for d in shared:
+                users.setdefault(d, []).append((g, False))
+        for disk, using in users.items():
+            if len(using) > 1 and any(excl for _, excl in using):
+                out.append(
+                    f"S1 {where}: {os.path.basename(disk)} is written by executing guests "
+                    f"{[g for g, _ in using]}"
+                )
+        exempt_ids = {id(g) for g in exempt}
+        if dead_supervisor:
+            for g in running:
+                if g not in supervised:
+                    out.append(f"S2 {where}: {g!r} executes but its supervisor is dead")
+        for g in supervised:
+            if id(g) not in uses:
+                continue
+            for key, mode, what in g.leases(uses[id(g)]):
+                hs = holders.get(key, set())
+                mine = any(h.pid == g.sup and h.mode == mode for h in hs)
+                on_disk = any(h.mode == "on disk" and h.host == g.host.lock_name for h in hs)
+                if not mine and not (on_disk and id(g) in exempt_ids):
+                    out.append(
+                        f"S2 {where}: {g!r} executes without its {mode} lease on {what} "
+                        f"(holders: {sorted(hs)})"
+                    )
+        return out
+
+    def check_migration(
+        self,
+        where: str,
+        source: GuestRec,
+        target: GuestRec | None,
+        phase: str,
+        holders: dict[str, set[Holder]] | None = None,
+    ) -> list[str]:
+        """S3 and L1.  ``phase``: ``before`` (the source has not completed: it holds every lease
+        and the target none, the target does not execute), ``cancelled`` (the same, and the
+        target is gone), ``done`` (L1: the target holds every lease, the source none and its
+        guest is dead)."""
+        holders = self.holders() if holders is None else holders
+        out = []
+        owner, other = (target, source) if phase == "done" else (source, target)
+        law = "L1" if phase == "done" else "S3"
+        if owner is not None:
+            for key, mode, what in owner.leases():
+                hs = holders.get(key, set())
+                if not any(h.pid == owner.sup and h.mode == mode for h in hs):
+                    side = "target" if owner is target else "source"
+                    out.append(
+                        f"{law} {where}: the {side} does not hold its {mode} lease on {what} "
+                        f"(holders: {sorted(hs)})"
+                    )
+        if other is not None:
+            side = "source" if other is source else "target"
+            for key, _, what in other.leases():
+                theirs = [
+                    h
+                    for h in holders.get(key, set())
+                    if h.pid == other.sup and h.mode in ("exclusive", "shared")
+                ]
+                if theirs:
+                    out.append(f"{law} {where}: the {side} holds {what} too: {theirs}")
+            if phase in ("done", "cancelled") and living(other.pid):
+                out.append(f"{law} {where}: the {side}'s guest {other.pid} still exists")
+            if phase == "before" and executing(other.pid):
+                out.append(f"S3 {where}: the target's guest executes before the handoff")
+        return out
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for g in self.guests:
+            kill_ours(g.sup, g.host.run_dir)
+            kill_guest(g)
+        for proc in self.rival_procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        for h in self.hosts:
+            h.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
