@@ -114,7 +114,7 @@ def test_the_domain_lease_keeps_a_guest_on_one_host(
     g = a.start("vm", shared=shared)
     mgr = b.manager("vm", g.uuid, shared=shared)
     b.launch(mgr)
-    with pytest.raises(lockfsm.LeaseConflict, match="lockfsm-domains:" + g.uuid):
+    with pytest.raises(lockfsm.LeaseConflict, match="the own lease of guest " + g.uuid):
         mgr.get_child(timeout=10)
     other = b.start("vm2", shared=shared)  # another guest shares the disk
     assert other.pid is not None

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import lockfsm
 from lockfsm import control
 from tests.helpers import (
     Guest,
@@ -234,10 +235,26 @@ def nobodys_supervisor(host: Host, workdir: str) -> Iterator[tuple[str, str, str
     spec = json.loads(args[args.index("--launch") + 1])
     spec["config"].update(run_dir=run_dir, lockspace_dir=lockspace)
     args[args.index("--launch") + 1] = json.dumps(spec)
+    # The work tree may sit where uid 65534 cannot read (a private checkout): it runs a copy of
+    # the package, on the bare interpreter (the supervisor needs nothing but the stdlib).
+    code = os.path.join(top, "code")
+    shutil.copytree(
+        os.path.dirname(lockfsm.__file__),
+        os.path.join(code, "lockfsm"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for where, dirs, files in os.walk(code):
+        for name in [*dirs, *files]:
+            os.chmod(os.path.join(where, name), 0o755 if name in dirs else 0o644)
+    os.chmod(code, 0o755)
+    python = [sys.executable, "-S", "-m", "lockfsm.supervisor"]
+    if args[:2] == ["-m", "lockfsm.supervisor"]:
+        args = args[2:]
     proc = subprocess.Popen(
-        [*as_user(NOBODY), mgr.supervisor_path, *args, "--", "sleep", "1000"],
+        [*as_user(NOBODY), *python, *args, "--", "sleep", "1000"],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": code},
     )
     host.procs.append(proc)
     path = control.socket_path(run_dir, spec["launch"])

@@ -324,7 +324,7 @@ def test_a_guest_with_shared_disks_only_runs_on_one_side(
         pair.prepare()
         tgt = pair.incoming_start()
         if domain_lease:
-            with pytest.raises(lockfsm.LeaseConflict, match="lockfsm-domains"):
+            with pytest.raises(lockfsm.LeaseConflict, match="the own lease of guest"):
                 tgt.mgr.complete_migrate_in()
             assert src.pid is not None and alive(src.pid)
             src.mgr.complete_migrate_in()
