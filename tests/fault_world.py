@@ -312,9 +312,20 @@ class SanlockEnv:
         return int(host.slot.proc.pid)
 
     def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
+        """Who holds what through all of two readings of every host's daemon in turn: each
+        daemon is asked on its own (no reading spans the hosts at one instant), so a holder
+        counts only if it is in both (a handoff between two hosts' readings would otherwise
+        show both holders).  A holder that is there throughout held all the while."""
+        keys = set(keys)
+        first = self._holders_once(keys, world)
+        second = self._holders_once(keys, world)
+        return {
+            k: first[k] & second[k] for k in first.keys() & second.keys() if first[k] & second[k]
+        }
+
+    def _holders_once(self, keys: set[str], world: World) -> dict[str, set[Holder]]:
         """Each host's daemon's ``client status`` (holding pid, mode); for a host whose daemon
         is dead or stopped, the owners its lease areas name (read through a live daemon)."""
-        keys = set(keys)
         found: dict[str, set[Holder]] = {}
         slots = {h.slot.host_id: h.slot for h in world.hosts}
         for host_id, d in sorted(slots.items()):

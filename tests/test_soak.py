@@ -2,7 +2,8 @@
 (tests/fault_daemon.py) on one lock service, run hundreds of random lifecycles -- start,
 hot-plug, unplug, migrate (target first, source first, or cancelled), shutdown -- while a killer
 thread sends kill -9 at random moments to supervisors, guests and daemons (a killed daemon is
-replaced by a new one that ATTACHes to its guests).  A checker thread samples the lock service's
+replaced by a new one that ATTACHes to its guests) and, on etcd, lease agents (restarted).  A
+checker thread samples the lock service's
 truth all along (tests/fault_world.py): S1 (no disk written by two executing guests; no lease
 granted twice) and S2 (a guest that executes with its supervisor alive holds every lease; a
 guest whose supervisor is dead dies within a second).  At the end every guest is brought down
@@ -70,11 +71,12 @@ class Soak:
         self.ops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.samples = 0
+        self.unread: Counter[str] = Counter()  # readings of the truth that failed
         self.violations: list[str] = []
         self.stop = threading.Event()
-        self.orphans: dict[SimHost, dict[str, str]] = {}  # uuids whose start the daemon died in
         self.dead_since: dict[int, float] = {}
         self.uuids: set[str] = set()
+        self.drain_errors: dict[str, str] = {}
 
     # -- the daemon side's calls ------------------------------------------------------------------
 
@@ -97,7 +99,6 @@ class Soak:
         shared = [self.rng.choice(self.shared_pool)] if self.rng.random() < 0.5 else []
         uuid = str(uuidlib.uuid4())
         name = f"g{sum(self.ops.values())}"
-        self.orphans.setdefault(host, {})[uuid] = name
         self.uuids.add(uuid)
         try:
             g = self.world.start(host, name, disks, shared, uuid=uuid)
@@ -106,9 +107,44 @@ class Soak:
         except lockfsm.LeaseConflict:
             self.done("start", "refused (held elsewhere)")
             return
-        finally:
-            self.orphans[host].pop(uuid, None)
+        except FAILURES:
+            self.adopt(host, uuid, name)  # its daemon died: find what it left
+            raise
         self.done("start")
+
+    def adopt(self, host: SimHost, uuid: str, name: str) -> None:
+        """A daemon died while it started a supervisor (a start, an incoming target): as a
+        restarted daemon does with what its predecessor left, find it (ATTACH, once it has
+        pointed dom-<uuid> at itself) and bring it down."""
+        wait_for(lambda: not host.daemon.dead, 10, 0.05)  # the killer starts a new daemon
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = host.daemon.call("attach", uuid=uuid, name=name)["state"]
+            except FAILURES:
+                if not self.launched(host, uuid):
+                    return  # no supervisor of it lives: nothing was left
+                time.sleep(0.1)
+                continue
+            g = GuestRec(host, uuid, name, 0, 0, [], [])
+            try:
+                if state == "migrating_in":
+                    self.call(g, "complete_migrate_in", True)
+                self.call(g, "shutdown")
+                self.done("adopt a dead daemon's launch (ATTACH)")
+            except FAILURES:
+                pass
+            return
+
+    def launched(self, host: SimHost, uuid: str) -> bool:
+        """Whether a supervisor of ``uuid`` lives on ``host`` (its record says so)."""
+        for name in os.listdir(host.run_dir):
+            if name.endswith(".json"):
+                record = control.read_record(host.run_dir, name[: -len(".json")])
+                mine = record is not None and record.get("uuid") == uuid
+                if mine and control.supervisor_alive(record, record["launch"]):  # type: ignore[arg-type]
+                    return True
+        return False
 
     def op_hotplug(self, g: GuestRec) -> None:
         free = [d for d in self.pool if d not in g.disks]
@@ -144,7 +180,9 @@ class Soak:
         cookie = self.call(g, "prepare_migrate", f"qemu+tcp://{dest.name}/system")["result"]
         try:
             t = self.world.incoming(dest, g, cookie)
-        except FAILURES:
+        except FAILURES as e:
+            if not isinstance(e, lockfsm.LeaseConflict):
+                self.adopt(dest, g.uuid, g.name)
             self.call(g, "complete_migrate_in", True)
             raise
         source_done = False
@@ -178,13 +216,22 @@ class Soak:
             pass
         self.done("migrate", how)
 
+    def state(self, g: GuestRec) -> str:
+        """The state of the guest's manager on its host, attaching first if that host's daemon
+        is a new one (it was killed and replaced)."""
+        try:
+            return str(g.host.daemon.call("state", uuid=g.uuid)["state"])
+        except (RuntimeError, KeyError):  # this daemon has no manager: a new daemon
+            return str(g.host.daemon.call("attach", uuid=g.uuid, name=g.name)["state"])
+
     def rescue(self, g: GuestRec, t: GuestRec, source_done: bool) -> None:
         """A migration failed part way: cancel both sides if the source still has the guest;
         else the target keeps it if it can still take over, or it is gone."""
         if not source_done:
             for side in (t, g):
                 try:
-                    self.call(side, "complete_migrate_in", True)
+                    if self.state(side) in ("migrating_in", "migrating_out"):
+                        self.call(side, "complete_migrate_in", True)
                 except FAILURES:
                     pass
             try:
@@ -193,7 +240,7 @@ class Soak:
                 pass
             return
         try:
-            state = t.host.daemon.call("state", uuid=t.uuid)["state"]
+            state = self.state(t)
             if state == "migrating_in":
                 self.call(t, "complete_migrate_in")
             t.role = "running"
@@ -207,10 +254,7 @@ class Soak:
         """After a failed call: find out where the guest is, and put it back to started or
         shut it down."""
         try:
-            try:
-                state = g.host.daemon.call("state", uuid=g.uuid)["state"]
-            except (RuntimeError, KeyError):  # this daemon has no manager: a new daemon
-                state = g.host.daemon.call("attach", uuid=g.uuid, name=g.name)["state"]
+            state = self.state(g)
             if state == "migrating_out":
                 self.call(g, "complete_migrate_in", True)
                 state = "started"
@@ -224,23 +268,34 @@ class Soak:
 
     def killer(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(0.3, 2.0)):
-            kind = rng.choices(["supervisor", "guest", "daemon"], [4, 4, 2])[0]
-            if kind == "daemon":
-                self.kill_daemon(rng.choice(self.hosts))
-                continue
-            with self.lock:
-                victims = [g for g in self.world.guests if g.role != "rival" and living(g.pid)]
-                if not victims:
-                    continue
-                g = rng.choice(victims)
-                pid = g.sup if kind == "supervisor" else g.pid
-                if kind == "supervisor" and not g.supervised():
-                    continue
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-            self.faults[f"kill -9 {kind}"] += 1
+            try:
+                self.kill_one(rng)
+            except Exception as e:  # the soak goes on; the count says so
+                self.faults[f"killer error ({type(e).__name__}: {e})"[:80]] += 1
+
+    def kill_one(self, rng: random.Random) -> None:
+        kinds = {"supervisor": 4, "guest": 4, "daemon": 2}
+        if BACKEND == "etcd":
+            kinds["lease agent"] = 1  # every guest of its host is fenced at once
+        kind = rng.choices(list(kinds), list(kinds.values()))[0]
+        if kind == "daemon":
+            self.kill_daemon(rng.choice(self.hosts))
+            return
+        if kind == "lease agent":
+            agent = rng.choice(self.hosts).slot
+            agent.kill()
+            self.faults["kill -9 lease agent"] += 1
+            agent.start()  # a new agent, a new etcd lease: the host starts guests again
+            return
+        victims = [g for g in self.world.guests if living(g.pid) and g.supervised()]
+        if not victims:
+            return
+        g = rng.choice(victims)
+        try:
+            os.kill(g.sup if kind == "supervisor" else g.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.faults[f"kill -9 {kind}"] += 1
 
     def kill_daemon(self, host: SimHost) -> None:
         host.daemon.kill()
@@ -248,24 +303,22 @@ class Soak:
         host.new_daemon()
         with self.lock:
             mine = [g for g in self.live if g.host is host]
-        names = {g.uuid: g.name for g in mine}
-        names.update(self.orphans.get(host, {}))
-        for uuid, name in names.items():
+        for g in mine:
             try:
-                info = host.daemon.call("attach", uuid=uuid, name=name)
+                host.daemon.call("attach", uuid=g.uuid, name=g.name)
             except FAILURES:
-                continue
-            if uuid not in {g.uuid for g in mine} and info["state"] == "started":
-                g = GuestRec(host, uuid, name, 0, info["guest"], info["disks"], [])
-                self.faults["orphan start found by ATTACH"] += 1
-                self.call(g, "shutdown")
+                continue  # the main loop finds out (settle)
 
     # -- the checker ----------------------------------------------------------------------------
 
     def checker(self) -> None:
         pause = 0.02 if BACKEND == "fcntl" else 0.1
         while not self.stop.wait(pause):
-            seen = self.world.observe()
+            try:
+                seen = self.world.observe()
+            except Exception as e:  # a reading that failed is no sample, and is counted
+                self.unread[f"{type(e).__name__}: {e}"[:80]] += 1
+                continue
             self.samples += 1
             found = self.world.check("soak", seen, dead_supervisor=False)
             now = time.monotonic()
@@ -314,7 +367,7 @@ class Soak:
             else:
                 getattr(self, f"op_{op}")(g)
         except FAILURES as e:
-            self.done(op, f"failed ({type(e).__name__})")
+            self.done(op.replace("hotplug", "hot-plug"), f"failed ({type(e).__name__})")
             if g is not None:
                 self.settle(g)
 
@@ -366,7 +419,14 @@ class Soak:
                     control.read_record(host.run_dir, launch) if name.endswith(".json") else None
                 )
                 if record and control.supervisor_alive(record, launch):
-                    leftovers.append(f"{host.name}: supervisor {record['pid']} {record['state']}")
+                    pointed = control.pointed(host.run_dir, record["uuid"])
+                    os.kill(int(record["pid"]), signal.SIGKILL)
+                    leftovers.append(
+                        f"{host.name}: supervisor {record['pid']} ({record['state']}, launch "
+                        f"{launch}; dom-{record['uuid']} names "
+                        f"{'it' if pointed == launch else pointed}; "
+                        f"{self.drain_errors.get(launch, 'no error')})"
+                    )
         return leftovers
 
     def bring_down(self, host: SimHost, record: dict[str, Any]) -> None:
@@ -377,8 +437,8 @@ class Soak:
             if state in ("migrating_in", "migrating_out"):
                 self.call(g, "complete_migrate_in", True)
             self.call(g, "shutdown")
-        except FAILURES:
-            pass
+        except FAILURES as e:
+            self.drain_errors[record["launch"]] = f"{type(e).__name__}: {e}"[:200]
 
 
 def test_soak() -> None:
@@ -415,6 +475,8 @@ def test_soak() -> None:
     for fault, n in sorted(soak.faults.items()):
         print(f"  {fault:40s} {n}")
     print(f"S1/S2 samples of the lock service's truth: {soak.samples}")
+    for why, n in sorted(soak.unread.items()):
+        print(f"  readings that failed: {n} x {why}")
     print(f"violations: {len(soak.violations)}")
     for v in soak.violations:
         print(f"  {v}")
