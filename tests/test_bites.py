@@ -38,6 +38,11 @@ ETCD_BREAKAGES = {
     "etcd-takeover-skips-handoff": ("S1", "S2", "S3"),
 }
 ETCD_STATEFUL = "tests/test_stateful_etcd.py"
+#: the same, for the sanlock variant (its breakages patch the sanlock holder in the supervisors)
+SANLOCK_BREAKAGES = {
+    "sanlock-takeover-ignores-version": ("S3",),
+}
+SANLOCK_STATEFUL = "tests/test_stateful_sanlock.py"
 
 STATISTICS = re.compile(
     r"during generate phase.*?(\d+) passing, (\d+) failing, and (\d+) invalid", re.S
@@ -75,10 +80,12 @@ def failing_programs(output: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("breakage", "stateful"),
-    [(b, STATEFUL) for b in sorted(BREAKAGES)] + [(b, ETCD_STATEFUL) for b in ETCD_BREAKAGES],
+    [(b, STATEFUL) for b in sorted(BREAKAGES)]
+    + [(b, ETCD_STATEFUL) for b in ETCD_BREAKAGES]
+    + [(b, SANLOCK_STATEFUL) for b in SANLOCK_BREAKAGES],
 )
 def test_the_stateful_migration_test_bites(breakage: str, stateful: str) -> None:
-    expected = {**BREAKAGES, **ETCD_BREAKAGES}[breakage]
+    expected = {**BREAKAGES, **ETCD_BREAKAGES, **SANLOCK_BREAKAGES}[breakage]
     with tempfile.TemporaryDirectory(prefix="lfbite") as database:
         out = run_broken(breakage, database, stateful)
     output = out.stdout + out.stderr

@@ -140,12 +140,27 @@ def etcd_takeover_skips_handoff() -> None:
     _after_import("lockfsm.etcd_agent", patch)
 
 
+def sanlock_takeover_ignores_version() -> None:
+    """(f) sanlock: the target's take-over acquires without the lease version the cookie
+    carries: it takes a lease that a third host took (and gave back) in the handoff window, or
+    that a stale cookie names."""
+    from lockfsm.backends import sanlock as backend
+
+    original = backend.SanlockHolder.acquire
+
+    def acquire(self: Any, lease: Mapping[str, Any], resource: str) -> None:
+        original(self, {k: v for k, v in lease.items() if k != "version"}, resource)
+
+    backend.SanlockHolder.acquire = acquire  # type: ignore[method-assign]
+
+
 BREAKAGES: dict[str, Callable[[], None]] = {
     "target-ignores-conflicts": target_ignores_conflicts,
     "resume-drops-leases": resume_drops_leases,
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
+    "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
 
 _wanted = os.environ.get("LOCKFSM_BREAK")
