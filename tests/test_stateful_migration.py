@@ -611,6 +611,12 @@ class TwoHosts(RuleBasedStateMachine):
         gone = f"S5: complete_migrate_in(cancel={cancel}) with {side.name}'s supervisor gone"
         if side.state not in (OUT, IN):
             self.refused(IllegalTransition, call, f"S5: complete_migrate_in in {side.state}")
+        elif side.sup is Sup.NONE and side.state is IN and cancel:
+            # A target whose supervisor is gone (killed, or its incoming guest exited) has
+            # nothing left to undo: the cancel succeeds.
+            self.expect_ok(call, f"model: the target {side.name} cancels, its supervisor gone")
+            side.state = DomainState.CANCELLED
+            event("target cancelled, its supervisor gone")
         elif side.sup is Sup.NONE:
             self.refused(BackendError, call, gone)
         elif side.state is OUT and cancel:

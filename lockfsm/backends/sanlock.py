@@ -444,6 +444,9 @@ class SanlockHolder:
         self.fd: int | None = None
         self.held: dict[str, bool] = {}  # key -> shared
         self.reserved: set[str] = set()  # nothing is held for these: see reserve()
+        # key -> the version a take-over now expects, where an attempt that took the lease
+        # gave it back (revert): the acquire moved the version on, to our own.
+        self.expect: dict[str, int] = {}
 
     def _connect(self) -> int:
         if self.fd is None:
@@ -533,7 +536,7 @@ class SanlockHolder:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         fd = self._connect()
         shared = lease["mode"] == "shared"
-        version = lease.get("version")
+        version = self.expect.get(key, lease.get("version"))
         lver = int(version) if version is not None and not shared else None
         # Never waits: SANLK_ACQUIRE_OWNER_NOWAIT.  Without it, a lease whose owner's host
         # stopped renewing would block this single-threaded supervisor inside the acquire
@@ -565,8 +568,15 @@ class SanlockHolder:
         return
 
     def revert(self, lease: Mapping[str, str]) -> None:
-        # Nothing was reserved: going back from a partial take-over is a release.
+        # Nothing was reserved: going back from a partial take-over is a release.  The acquire
+        # moved an exclusive lease's version on (to ours): the next attempt expects that one,
+        # so that only a third holder in between (a version further on) fails it for good.
+        key = lease["key"]
+        ours = self._version_now(key) if self.held.get(key) is False else None
         self.release(lease)
+        self.reserved.add(key)
+        if ours is not None:
+            self.expect[key] = ours
 
     def settle(self, lease: Mapping[str, str]) -> None:
         pass  # nothing was reserved
