@@ -223,9 +223,13 @@ class FcntlEnv:
         return {"run_dir": run_dir, "lockspace_dir": self.lockspace, **COMMON}
 
     def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
-        """From one consistent reading of /proc/locks (every lock on the lease files, whoever
-        holds it), attributed to the world's processes through /proc/<pid>/fdinfo (a lock the
-        supervisor and its guest share is the supervisor's)."""
+        """The locks on the lease files from one consistent reading of /proc/locks (every lock,
+        whoever holds it: one line per open file description), each attributed to the world's
+        processes that claim it in /proc/<pid>/fdinfo both before and after that reading (a
+        lock the supervisor and its guest share is the supervisor's).  Each process's fdinfo is
+        read on its own: a handoff between two processes' readings would show both holders,
+        so only a claim made all the while counts.  A lock no process claims all the while is
+        a holder of pid -1 (-2, ... for more than one)."""
         inode_key: dict[int, str] = {}
         for key in keys:
             with suppress(FileNotFoundError):
@@ -236,31 +240,38 @@ class FcntlEnv:
             parts = line.split()
             return parts[1] != "->" and parts[5].rsplit(":", 1)[1] in wanted
 
+        before = self._claims(inode_key, world)
         text = read_proc_locks(keep)
+        after = self._claims(inode_key, world)
         if text is None:
             raise AssertionError("/proc/locks changes too fast for a consistent reading")
-        present: set[tuple[str, int, str]] = set()
+        present: dict[tuple[str, int, str], int] = {}
         for line in text.splitlines():
             parts = line.split()
             key = inode_key[int(parts[5].rsplit(":", 1)[1])]
             for byte in lock_bytes(parts[6], parts[7]):
-                present.add((key, byte, parts[3]))
+                present[(key, byte, parts[3])] = present.get((key, byte, parts[3]), 0) + 1
+        found: dict[str, set[Holder]] = {}
+        for (key, byte, kind), count in present.items():
+            mode = "gate" if byte == 1 else ("exclusive" if kind == "WRITE" else "shared")
+            if byte > 1:
+                mode = f"byte {byte}"
+            claimed = before.get((key, byte, kind), set()) & after.get((key, byte, kind), set())
+            pids = sorted(claimed) + [-n for n in range(1, count - len(claimed) + 1)]
+            found.setdefault(key, set()).update(Holder("", pid, mode) for pid in pids)
+        return found
+
+    @staticmethod
+    def _claims(inode_key: dict[int, str], world: World) -> dict[tuple[str, int, str], set[int]]:
+        """(key, byte, kind) -> the supervisors (or processes) whose open files lock it."""
         claims: dict[tuple[str, int, str], set[int]] = {}
         owner = world.owner_of()
         for pid in world.pids():
             for inode, byte, kind in lock_ranges(pid):
                 if inode in inode_key:
-                    claims.setdefault((inode_key[inode], byte, kind), set()).add(
-                        owner.get(pid, pid)
-                    )
-        found: dict[str, set[Holder]] = {}
-        for key, byte, kind in present:
-            mode = "gate" if byte == 1 else ("exclusive" if kind == "WRITE" else "shared")
-            if byte > 1:
-                mode = f"byte {byte}"
-            for pid in claims.get((key, byte, kind), {-1}):
-                found.setdefault(key, set()).add(Holder("", pid, mode))
-        return found
+                    who = owner.get(pid, pid)
+                    claims.setdefault((inode_key[inode], byte, kind), set()).add(who)
+        return claims
 
     def close(self) -> None:
         shutil.rmtree(self.lockspace, ignore_errors=True)
@@ -307,9 +318,6 @@ class SanlockEnv:
 
     def host_config(self, slot: Any, run_dir: str) -> dict[str, Any]:
         return {"run_dir": run_dir, **self.cluster.config(slot), **COMMON}
-
-    def service_pid(self, host: SimHost) -> int:
-        return int(host.slot.proc.pid)
 
     def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
         """Who holds what through all of two readings of every host's daemon in turn: each
