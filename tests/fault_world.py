@@ -30,6 +30,7 @@ from contextlib import suppress
 from typing import Any, NamedTuple
 
 import lockfsm
+from lockfsm import control
 from tests.fault_daemon import Daemon
 from tests.helpers import lock_bytes, lock_ranges, make_disks, read_proc_locks, short_tmpdir
 
@@ -757,6 +758,12 @@ class World:
         for g in self.guests:
             kill_ours(g.sup, g.host.run_dir)
             kill_guest(g)
+        for h in self.hosts:  # supervisors no guest record knows of (a dead daemon's launch)
+            for name in os.listdir(h.run_dir) if os.path.isdir(h.run_dir) else ():
+                if name.endswith(".json"):
+                    record = control.read_record(h.run_dir, name[: -len(".json")])
+                    if record and control.supervisor_alive(record, str(record.get("launch"))):
+                        kill_ours(int(record["pid"]), h.run_dir)
         for proc in self.rival_procs:
             if proc.poll() is None:
                 proc.kill()
