@@ -407,8 +407,7 @@ class Supervisor:
             print(f"lockfsm-supervisor: {e}", file=sys.stderr)
             return EXIT_REFUSED
         self.fire("spawn")
-        if self.spec.get("uuid"):
-            control.point(self.run_dir, self.spec["uuid"], self.launch)
+        self._point()
         self._loop()
         assert self.status is not None
         if self.sm.state == "lost":
@@ -518,7 +517,22 @@ class Supervisor:
         except LockFSMError as e:
             self._end_take_over(control.error_reply(e))
             return
+        self._point(take=True)  # this launch runs the guest now: ATTACH must find it
         self._end_take_over({"ok": True, **self.info()})
+
+    def _point(self, take: bool = False) -> None:
+        """Make ``dom-<uuid>`` name this launch, for a restarted daemon's ATTACH -- unless it
+        names a live supervisor of another launch (the source of a migration to this same
+        host) and this one does not ``take`` it (a target takes it when it takes over)."""
+        uuid = self.spec.get("uuid")
+        if not uuid:
+            return
+        other = control.pointed(self.run_dir, uuid)
+        if not take and other is not None and other != self.launch:
+            record = control.read_record(self.run_dir, other)
+            if record is not None and control.supervisor_alive(record, other):
+                return
+        control.point(self.run_dir, uuid, self.launch)
 
     def _end_take_over(self, reply: Mapping[str, Any]) -> None:
         if self.take_over is not None:

@@ -18,10 +18,11 @@ no lease is held (or, for a crashed sanlock host, its leases stay owned on disk 
 bound: nothing else can take them meanwhile).
 
 The default rows cover every (target, signal) and every step at least once per backend; the
-whole cross product runs with LOCKFSM_SLOW=1.  A row of its own, a known bug (xfail, strict):
-the daemon killed during a migration to the host that runs the source.  Rows that reveal a bug
-in lockfsm/ are marked xfail(strict=True) with the reason (KNOWN_BUGS), never fixed here.  ``pytest -s tests/test_faults.py`` prints the
-matrix with each row's outcome.  Backends the machine lacks are skipped (a failure in CI).
+whole cross product runs with LOCKFSM_SLOW=1.  A row of its own: the daemon killed during a
+migration to the host that runs the source (it found an S4 bug, fixed in Supervisor._point).
+Rows that reveal a bug in lockfsm/ are marked xfail(strict=True) with the reason (KNOWN_BUGS)
+until it is fixed.  ``pytest -s tests/test_faults.py`` prints the matrix with each row's
+outcome.  Backends the machine lacks are skipped (a failure in CI).
 """
 
 from __future__ import annotations
@@ -1115,18 +1116,12 @@ def test_fault(row: Row, matrix: Matrix, environments: dict[str, Env]) -> None:
 
 # -- a row of its own: the daemon dies during a migration to the host that runs the source ---
 
-SAME_HOST_BUG = (
-    "lockfsm/supervisor.py Supervisor.run points dom-<uuid> (control.point) at every launch "
-    "once its guest runs, an incoming one included: a migration target started on the host "
-    "that runs the source (the same run_dir) takes the pointer from the running source, so a "
-    "restarted daemon's ATTACH finds the incoming target, not the source; once the target is "
-    "cancelled (LockManager._do_supervisor_cancel -> control.forget) it finds nothing, while "
-    "the source's guest runs holding every lease (S4)"
-)
+# Found by this row: a migration target on the host that runs the source took dom-<uuid> from
+# the running source (S4).  Supervisor._point now leaves it to a live supervisor of another launch
+# until the target takes over.
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.xfail(strict=True, reason=SAME_HOST_BUG)
 def test_daemon_killed_in_a_migration_to_the_same_host(
     backend: str, matrix: Matrix, environments: dict[str, Env]
 ) -> None:
