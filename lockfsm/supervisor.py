@@ -37,7 +37,7 @@ EXIT_REFUSED = 75  # EX_TEMPFAIL: a lease was held elsewhere, no guest was start
 EXIT_LEASE_LOST = 76  # a lease was lost: the lock-failure policy was applied, the guest is gone
 PR_SET_PDEATHSIG = 1
 DEFAULT_GRACE = 10.0
-MAX_CONNECTIONS = 128  # open control connections at once; more wait in the listen backlog
+MAX_CONNECTIONS = 256  # open control connections at once; more wait in the listen backlog
 REPLY_TIMEOUT = 0.5  # a peer that does not take its reply for this long is dropped (a daemon
 # reads its reply at once, and the kernel buffers ~200 KB of replies before a send blocks)
 
@@ -379,7 +379,7 @@ class Supervisor:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        sock.listen(64)
+        sock.listen(MAX_CONNECTIONS)
         sock.setblocking(False)
         return sock
 
