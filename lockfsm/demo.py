@@ -38,10 +38,11 @@ SLOW_LINK = 1000  # bytes/s: a migration this slow is still under way when it is
 class _MoveLines(logging.Handler):
     """Prints each state move of a manager as one readable line."""
 
-    def __init__(self, out: TextIO, lock: threading.Lock) -> None:
+    def __init__(self, out: TextIO, lock: threading.Lock, colour: bool = False) -> None:
         super().__init__(logging.INFO)
         self.out = out
         self.out_lock = lock
+        self.colour = colour
 
     def emit(self, record: logging.LogRecord) -> None:
         r: Any = record
@@ -49,8 +50,9 @@ class _MoveLines(logging.Handler):
             return
         arrow = f"--{r.event}-->"
         took = f"({r.duration * 1000:.1f} ms)"
+        line = f"      {r.domain:<5} {r.source:>13} {arrow:<25} {r.dest:<13} {took}"
         with self.out_lock:  # not self.lock: that one is logging.Handler's own
-            self.out.write(f"      {r.domain:<5} {r.source:>13} {arrow:<25} {r.dest:<13} {took}\n")
+            self.out.write((f"\033[2m{line}\033[0m" if self.colour else line) + "\n")
 
 
 class Host:
@@ -71,6 +73,8 @@ class Stage:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.pause = False
+        # Colour and a live progress line only on a terminal (and not with NO_COLOR set).
+        self.colour = out.isatty() and "NO_COLOR" not in os.environ
         self.lock = threading.Lock()
         self.top = tempfile.mkdtemp(prefix="lfdemo")
         self.lockspace = os.path.join(self.top, "lockspace")
@@ -83,12 +87,28 @@ class Stage:
         self.uuid = str(uuidlib.uuid4())
 
     def say(self, text: str = "") -> None:
+        if self.colour and text.lstrip().startswith(("refused", "UNEXPECTED")):
+            text = f"\033[31m{text}\033[0m"
         with self.lock:
             self.out.write(text + "\n")
             self.out.flush()
 
     def step(self, n: int, text: str) -> None:
-        self.say(f"\n{n}. {text}")
+        self.say(f"\n\033[1m{n}. {text}\033[0m" if self.colour else f"\n{n}. {text}")
+
+    def wait_for(self, worker: threading.Thread, what: str, limit: float = 60.0) -> None:
+        """Join ``worker``; on a terminal, show a live line with the time waited so far."""
+        started = time.monotonic()
+        while worker.is_alive() and time.monotonic() - started < limit:
+            worker.join(0.1)
+            if self.colour and worker.is_alive():
+                with self.lock:
+                    self.out.write(f"\r   ... {what}: {time.monotonic() - started:.1f} s")
+                    self.out.flush()
+        if self.colour:
+            with self.lock:
+                self.out.write("\r\033[K")
+                self.out.flush()
 
     def run_dirs(self) -> list[tuple[str, str]]:
         """(host name, run directory) of each simulated host."""
@@ -222,7 +242,7 @@ class StandInDemo(Stage):
         waiter.start()
         time.sleep(0.2)
         mgr.complete_migrate_in()
-        waiter.join(60)
+        self.wait_for(waiter, "host-b waits for the leases")
         say(f"   handed over in {(time.monotonic() - t - 0.2) * 1000:.0f} ms after host-a's call")
         child = target.get_child()
         say(f"   host-a: {mgr.state.value}; host-b: {target.state.value}, guest pid {child}")
@@ -355,7 +375,7 @@ class QemuDemo(Stage):
         waiter.start()
         time.sleep(0.2)
         source = a.migrate_confirm("vm-a").value
-        waiter.join(60)
+        self.wait_for(waiter, "host-b waits for the leases")
         say(f"   handed over in {(time.monotonic() - t - 0.2) * 1000:.0f} ms after host-a's call")
         target = b.domain("vm-a").mgr.state.value
         child = b.pid("vm-a")
@@ -404,7 +424,7 @@ def main(out: TextIO = sys.stdout, stand_in: bool = False, pause: bool = False) 
     demo: Stage = StandInDemo(out, why) if why else QemuDemo(out)
     demo.pause = pause
     logger = logging.getLogger("lockfsm.core")
-    handler = _MoveLines(out, demo.lock)
+    handler = _MoveLines(out, demo.lock, demo.colour)
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

@@ -38,6 +38,7 @@ def test_demo_runs_every_step(guests: str) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
+    assert "\033[" not in text, "colour only on a terminal"
     qemu = guests == "default" and (IN_CI or qemu_here())
     if qemu:
         assert "guest: a real QEMU (qemu-system-x86_64, TCG" in text.split("\n1. ")[0]
@@ -80,3 +81,40 @@ def test_readme_starts_with_the_two_commands_ci_runs() -> None:
     ]
     assert readme.index("```sh") < readme.index("lockfsm keeps")
     assert "bash tests/run" in (ROOT / ".ci/run").read_text()
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_on_a_terminal_the_demo_is_in_colour(no_color: bool) -> None:
+    """On a terminal: bold step headings, dim move lines, a red refusal (not with NO_COLOR)."""
+    import os
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    if no_color:
+        env["NO_COLOR"] = "1"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockfsm.cli", "demo", "--stand-in"],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the demo closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(120) == 0
+    text = b"".join(chunks).decode()
+    if no_color:
+        assert "\033[" not in text
+    else:
+        assert "\033[1m1. host-a starts guest vm-a" in text
+        assert re.search(r"\033\[2m +vm-a +idle --set_parameter-->", text)
+        assert "\033[31m   refused: disk " in text
