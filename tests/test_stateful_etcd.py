@@ -30,10 +30,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -336,35 +335,8 @@ class EtcdTwoHosts(base.TwoHosts):
         event(f"kill -9 {what} of a {side.state.value if side.state else 'orphan'} host")
         self.after_release()
 
-    def hand_off(self, side: base.Side) -> None:
-        """As on fcntl, with etcd's keys watched: they name the source while its guest runs."""
-        mgr, proc, guest, m = side.mgr, side.proc, side.guest, side.migration
-        assert mgr is not None and proc is not None and m is not None
-        want = self.side_locks(side)
-        stop, seen = threading.Event(), []
-
-        def watch() -> None:
-            while not stop.is_set():
-                got = self.held_by(proc.pid)  # the keys first, then the guest
-                if not want <= got and base.executing(guest):
-                    seen.append(sorted(want - got))
-                    return
-                time.sleep(0.001)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
-            self.expect_ok(mgr.complete_migrate_in, f"model: the source {side.name} completes")
-        finally:
-            stop.set()
-            watcher.join(10)
-        assert not seen, f"S3: the source {side.name} let {seen[0]} go while its guest executed"
-        assert not base.executing(guest), "S3: the source's completion returned, its guest runs"
-        assert proc.wait(10) == 0, f"L1: the handed-off supervisor exited {proc.returncode}"
-        side.state, side.sup, m.source_done = DomainState.DONE, base.Sup.NONE, True
-        event("source completed (handoff)")
-        if m.target is not None:
-            self.check_l1(m)
+    def lock_reader(self, pid: int) -> Callable[[], frozenset[Any]]:
+        return lambda: self.held_by(pid)
 
     def s1_one_writer(self) -> None:
         """S1: among executing guests no disk is used by two unless all hold it shared, and

@@ -540,12 +540,12 @@ class TwoHosts(RuleBasedStateMachine):
         every lease (S3); when the call returns the guest is dead and the supervisor gone."""
         mgr, proc, guest, m = side.mgr, side.proc, side.guest, side.migration
         assert mgr is not None and proc is not None and m is not None
-        sup_pid, want, names = proc.pid, self.side_locks(side), self.inodes()
+        want, read = self.side_locks(side), self.lock_reader(proc.pid)
         stop, seen = threading.Event(), []
 
         def watch() -> None:
             while not stop.is_set():
-                got = self.held_by(sup_pid, names)  # the locks first, then the guest
+                got = read()  # the locks first, then the guest
                 if not want <= got and executing(guest):
                     seen.append(sorted(want - got))
                     return
@@ -567,6 +567,12 @@ class TwoHosts(RuleBasedStateMachine):
         event("source completed (handoff)")
         if m.target is not None:
             self.check_l1(m)
+
+    def lock_reader(self, pid: int) -> Callable[[], frozenset[Any]]:
+        """What the watch of a handoff reads, again and again: the locks of ``pid`` (on fcntl,
+        through the lease files' inodes, looked up once)."""
+        names = self.inodes()
+        return lambda: self.held_by(pid, names)
 
     def take_over(self, side: Side) -> None:
         """The model's side of a target's take-over that returned: the guest may run now, with
