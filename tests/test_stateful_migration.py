@@ -595,12 +595,12 @@ class TwoHosts(RuleBasedStateMachine):
         target = self.sides[m.target]
         proc = target.proc
         if target.sup is Sup.RUNNING and proc is not None and proc is m.target_proc:  # that run
-            want = frozenset((d, LEASE, kind_of(f)) for d, f in target.disks.items())
-            got = self.held_by(proc.pid)
+            want = self.side_locks(target)
+            got = self.lock_reader(proc.pid)()
             assert got == want, f"L1: after the handoff the target holds {sorted(got)}, not {want}"
         assert m.source_proc.poll() == 0, f"L1: the source supervisor: {m.source_proc.poll()}"
         assert not living(m.source_guest), "L1: the source's guest lives after the handoff"
-        assert not self.held_by(m.source_proc.pid), "L1: the source still holds leases"
+        assert not self.lock_reader(m.source_proc.pid)(), "L1: the source still holds leases"
         back = any(t == m.source for _, t in self.completed)
         self.completed.append((m.source, m.target))
         event("L1: a migration completed on both sides" + (", migrating back" if back else ""))

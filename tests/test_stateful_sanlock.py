@@ -662,21 +662,6 @@ class SanlockTwoHosts(base.TwoHosts):
 
     # -- L1, crashes, the hand-off -----------------------------------------------------------------
 
-    def check_l1(self, m: base.Migration) -> None:
-        assert m.target is not None
-        target = self.sides[m.target]
-        proc = target.proc
-        if target.sup is base.Sup.RUNNING and proc is not None and proc is m.target_proc:
-            want = self.side_locks(target)
-            got = self.held_by(proc.pid)
-            assert got == want, f"L1: after the handoff the target holds {sorted(got)}, not {want}"
-        assert m.source_proc.poll() == 0, f"L1: the source supervisor: {m.source_proc.poll()}"
-        assert not base.living(m.source_guest), "L1: the source's guest lives after the handoff"
-        assert not self.held_by(m.source_proc.pid), "L1: the source still holds leases"
-        back = any(t == m.source for _, t in self.completed)
-        self.completed.append((m.source, m.target))
-        event("L1: a migration completed on both sides" + (", migrating back" if back else ""))
-
     def kill(self, side: base.Side, what: str) -> None:
         """kill -9 a supervisor: its leases (hot-plugged ones too) outlive it while its guest
         executes (the guest holds the registered connection); once the guest is dead the daemon
