@@ -114,7 +114,7 @@ def cluster(members: int, hosts: int, ttl: int = 10) -> Iterator[Sites]:
 def bare_takeover(client: Any, disks: int, tag: str) -> float:
     """Seconds of one bare etcd transaction of the take-over's shape over ``disks`` keys (the
     keys are set up before the clock starts, untimed, and left for the next sample)."""
-    from lockfsm.etcd_client import delete, get, put, value
+    from lockfsm.backends.etcd.client import delete, get, put, value
 
     base = f"/lockfsm-bench-bare/{tag}/".encode()
     keys = [(base + b"%d/x" % i, base + b"%d/r" % i) for i in range(disks)]

@@ -218,7 +218,7 @@ class JudgeProcess:
 
 def main(argv: list[str]) -> int:
     from lockfsm.backends.etcd import parse_endpoint
-    from lockfsm.etcd_client import SyncEtcd
+    from lockfsm.backends.etcd.client import SyncEtcd
 
     prefix, endpoints = argv[0], argv[1:]
     with SyncEtcd([parse_endpoint(e) for e in endpoints], 2.0) as client:

@@ -51,7 +51,7 @@ MEMBERS = 3
 URI = "qemu+tcp://target/system"
 IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 #: A bare interpreter with the agent's client library loaded: the agents' memory baseline.
-CLIENT_IDLE = "import lockfsm.etcd_client; " + IDLE
+CLIENT_IDLE = "import lockfsm.backends.etcd.client; " + IDLE
 TIMEOUT = 900  # seconds any one get_child or completion may take in a storm of hundreds
 
 

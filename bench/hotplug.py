@@ -18,7 +18,8 @@ DISKS = 4
 
 def round_trips(ctx: Context) -> list[Row]:
     """Hot-plug acquire and release round trips, against a hello round trip."""
-    from lockfsm import ResourceType, control
+    from lockfsm import ResourceType
+    from lockfsm.protocol import rundir, wire
 
     host = BenchHost("fcntl")
     disks = make_disks(ctx.tmpdir("lfbd"), DISKS + 1)
@@ -26,11 +27,11 @@ def round_trips(ctx: Context) -> list[Row]:
     times: dict[str, list[float]] = {"acquire": [], "release": [], "hello": []}
     try:
         guest = host.start("hotplug", disks[:DISKS])
-        socket_path = control.socket_path(host.run_dir, guest.mgr._launch or "")
+        socket_path = rundir.socket_path(host.run_dir, guest.mgr._launch or "")
         steps = {
             "acquire": lambda: guest.mgr.acquire_resource(ResourceType.DISK, plugged),
             "release": lambda: guest.mgr.release_resource(ResourceType.DISK, plugged),
-            "hello": lambda: control.call(socket_path, {"op": "hello"}, 5.0),
+            "hello": lambda: wire.call(socket_path, {"op": "hello"}, 5.0),
         }
         for i in range(ctx.pick(full=300, quick=40) + 5):
             for name, step in steps.items():

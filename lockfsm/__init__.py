@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lockfsm.daemon.flags import NewFlags, ResourceFlags, ResourceType
 from lockfsm.errors import (
     BackendError,
     IllegalTransition,
@@ -27,25 +28,24 @@ from lockfsm.errors import (
     LockFSMError,
     Unsupported,
 )
-from lockfsm.flags import NewFlags, ResourceFlags, ResourceType
 
 if TYPE_CHECKING:
-    from lockfsm._tables import DomainState as DomainState
-    from lockfsm.api import LockDriver as LockDriver
-    from lockfsm.api import LockManager as LockManager
-    from lockfsm.api import load_driver as load_driver
-    from lockfsm.values import HistoryEntry as HistoryEntry
-    from lockfsm.values import Resource as Resource
+    from lockfsm.daemon.manager import LockDriver as LockDriver
+    from lockfsm.daemon.manager import LockManager as LockManager
+    from lockfsm.daemon.manager import load_driver as load_driver
+    from lockfsm.daemon.values import HistoryEntry as HistoryEntry
+    from lockfsm.daemon.values import Resource as Resource
+    from lockfsm.protocol.states import DomainState as DomainState
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_driver": "lockfsm.api",
-    "LockDriver": "lockfsm.api",
-    "LockManager": "lockfsm.api",
-    "DomainState": "lockfsm._tables",
-    "HistoryEntry": "lockfsm.values",
-    "Resource": "lockfsm.values",
+    "load_driver": "lockfsm.daemon.manager",
+    "LockDriver": "lockfsm.daemon.manager",
+    "LockManager": "lockfsm.daemon.manager",
+    "DomainState": "lockfsm.protocol.states",
+    "HistoryEntry": "lockfsm.daemon.values",
+    "Resource": "lockfsm.daemon.values",
 }
 
 __all__ = [

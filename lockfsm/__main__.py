@@ -2,6 +2,6 @@
 
 import sys
 
-from lockfsm.cli import main
+from lockfsm.tools.cli import main
 
 sys.exit(main())

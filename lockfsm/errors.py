@@ -5,6 +5,8 @@ This module imports nothing heavy: the supervisor, which must stay lean, uses it
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LockFSMError(Exception):
     """Base of every lockfsm error."""
@@ -71,3 +73,13 @@ BY_NAME: dict[str, type[LockFSMError]] = {
         BackendError,
     )
 }
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: what an error message shows of a value
+    that may be as long as a whole message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return f"<an int of {value.bit_length()} bits>"
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"

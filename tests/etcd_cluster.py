@@ -17,7 +17,7 @@ from contextlib import suppress
 from typing import Any
 
 from lockfsm.backends.etcd import AGENT_SOCKET, agent_call
-from lockfsm.etcd_client import SyncEtcd
+from lockfsm.backends.etcd.client import SyncEtcd
 from tests.helpers import short_tmpdir, wait_until
 
 # Fast elections: a dead leader is replaced in well under a second, and etcd's minimum lease
@@ -138,7 +138,7 @@ class Cluster:
             with self.client([m]) as c:
 
                 def writes(c: SyncEtcd = c) -> bool:
-                    from lockfsm.etcd_client import put
+                    from lockfsm.backends.etcd.client import put
 
                     try:
                         c.txn([], [put(b"/health", b"ok")])
@@ -179,7 +179,7 @@ def agent_command() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "lockfsm-etcd-agent")
     if os.access(script, os.X_OK):
         return [script]
-    return [sys.executable, "-m", "lockfsm.etcd_agent"]
+    return [sys.executable, "-m", "lockfsm.agent"]
 
 
 class Agent:

@@ -30,7 +30,7 @@ from contextlib import suppress
 from typing import Any, NamedTuple
 
 import lockfsm
-from lockfsm import control
+from lockfsm.protocol import rundir
 from tests.fault_daemon import Daemon
 from tests.helpers import lock_bytes, lock_ranges, make_disks, read_proc_locks, short_tmpdir
 
@@ -761,8 +761,8 @@ class World:
         for h in self.hosts:  # supervisors no guest record knows of (a dead daemon's launch)
             for name in os.listdir(h.run_dir) if os.path.isdir(h.run_dir) else ():
                 if name.endswith(".json"):
-                    record = control.read_record(h.run_dir, name[: -len(".json")])
-                    if record and control.supervisor_alive(record, str(record.get("launch"))):
+                    record = rundir.read_record(h.run_dir, name[: -len(".json")])
+                    if record and rundir.supervisor_alive(record, str(record.get("launch"))):
                         kill_ours(int(record["pid"]), h.run_dir)
         for proc in self.rival_procs:
             if proc.poll() is None:

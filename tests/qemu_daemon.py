@@ -1,4 +1,4 @@
-"""A simulated host's virt daemon in a process of its own: ``lockfsm.host.Host`` driven over a
+"""A simulated host's virt daemon in a process of its own: ``lockfsm.embed.host.Host`` driven over a
 socket pair, one pickled request at a time.  Light on purpose (run as ``python -m
 tests.qemu_daemon FD``): it imports the embedding, not the test modules."""
 
@@ -33,7 +33,7 @@ def _portable(e: BaseException) -> BaseException:
 def serve(conn: Connection) -> None:
     """The daemon: the first message builds the Host, each later one is a call of one of its
     methods; None (or the socket's end) closes the Host and ends the process."""
-    from lockfsm.host import Host
+    from lockfsm.embed.host import Host
 
     try:
         host = Host(*conn.recv())

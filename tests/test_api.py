@@ -24,9 +24,8 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
     Unsupported,
-    _tables,
-    control,
 )
+from lockfsm.protocol import rundir, tables
 from tests.helpers import Host, lockspace_locks, make_disks
 
 UUID = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d"
@@ -280,7 +279,7 @@ def _calls(mgr: lockfsm.LockManager, disks: list[str]) -> dict[str, Callable[[],
 
 def report_loss(mgr: lockfsm.LockManager, why: str = "test") -> None:
     """Report a lost lease to the manager's supervisor as the lock service's kill path does."""
-    sock = control.socket_path(str(mgr._driver.config["run_dir"]), str(mgr._launch))
+    sock = rundir.socket_path(str(mgr._driver.config["run_dir"]), str(mgr._launch))
     subprocess.run([mgr.supervisor_path, "--lease-lost", sock, why], check=True, timeout=10)
 
 
@@ -326,7 +325,7 @@ def test_every_illegal_call_raises_and_changes_nothing(
 ) -> None:
     mgr = in_state(state)
     assert mgr.state.value == state
-    legal = set(_tables.DOMAIN.events_from(state))
+    legal = set(tables.DOMAIN.events_from(state))
     for event, call in _calls(mgr, disks).items():
         if event in legal:
             continue

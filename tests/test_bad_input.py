@@ -36,9 +36,10 @@ from lockfsm import (
     NewFlags,
     ResourceFlags,
     ResourceType,
-    control,
 )
-from lockfsm.values import COOKIE_PREFIX
+from lockfsm.daemon.values import COOKIE_PREFIX
+from lockfsm.errors import show
+from lockfsm.protocol import rundir, wire
 from tests.helpers import Guest, Host, HostPair, lockspace_locks, make_disks, short_tmpdir
 
 DISK = ResourceType.DISK
@@ -78,11 +79,11 @@ def world() -> Iterator[World]:
 
 
 def snapshot(w: World, mgr: lockfsm.LockManager) -> dict[str, Any]:
-    launch = control.pointed(w.host.run_dir, w.guest.uuid)
+    launch = rundir.pointed(w.host.run_dir, w.guest.uuid)
     assert launch is not None
-    info = control.call(control.socket_path(w.host.run_dir, launch), {"op": "hello"}, 10.0)
+    info = wire.call(rundir.socket_path(w.host.run_dir, launch), {"op": "hello"}, 10.0)
     info.pop("since")
-    record = control.record_path(w.host.run_dir, launch)
+    record = rundir.record_path(w.host.run_dir, launch)
     with open(record, "rb") as f:
         content = f.read()
     return {
@@ -274,7 +275,7 @@ BAD_PARAMETERS: list[tuple[Any, Any, str]] = [
 @pytest.mark.parametrize(
     ("key", "value", "named"),
     BAD_PARAMETERS,
-    ids=[f"{k}={control.show(v, 12)}" for k, v, _ in BAD_PARAMETERS],
+    ids=[f"{k}={show(v, 12)}" for k, v, _ in BAD_PARAMETERS],
 )
 def test_set_parameter_bad_value(world: World, key: Any, value: Any, named: str) -> None:
     mgr = world.idle()
@@ -461,7 +462,7 @@ def test_a_superseded_daemon_cannot_start_a_migration(workdir: str, host: Host) 
     with pytest.raises(BackendError, match="superseded"):
         first.prepare_migrate("qemu+tcp://elsewhere/system")
     assert (first.state, first.history, second.state, second.history) == before
-    info = control.call(control.socket_path(host.run_dir, str(first._launch)), {"op": "hello"}, 5)
+    info = wire.call(rundir.socket_path(host.run_dir, str(first._launch)), {"op": "hello"}, 5)
     assert (info["state"], info["migration"], info["gen"]) == ("running", None, 2)
 
 

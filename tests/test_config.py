@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import lockfsm
-from lockfsm import InvalidArgument, ResourceType, config
+from lockfsm import InvalidArgument, ResourceType
+from lockfsm.daemon import config
 from tests.helpers import Host, lockspace_locks, make_disks
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -31,7 +31,7 @@ def test_demo_runs_every_step(guests: str) -> None:
     QEMU is installed (always in CI), and the demo says which kind it ran."""
     flags = ["--stand-in"] if guests == "stand-in" else []
     out = subprocess.run(
-        [sys.executable, "-m", "lockfsm.cli", "demo", *flags],
+        [sys.executable, "-m", "lockfsm", "demo", *flags],
         capture_output=True,
         text=True,
         timeout=120,
@@ -94,7 +94,7 @@ def test_on_a_terminal_the_demo_is_in_colour(no_color: bool) -> None:
         env["NO_COLOR"] = "1"
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lockfsm.cli", "demo", "--stand-in"],
+        [sys.executable, "-m", "lockfsm", "demo", "--stand-in"],
         stdout=follower,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lockfsm import diagrams
+from lockfsm.tools import diagrams
 from tests.conftest import require
 
 
@@ -32,7 +32,7 @@ def test_a_new_recording_tells_the_same_story(tmp_path: Path) -> None:
 
 def test_every_row_of_every_table_is_drawn() -> None:
     require("dot")
-    from lockfsm import spec
+    from lockfsm.tools import spec
 
     for name, table in spec.load_all().items():
         source = diagrams.machine_graph(table).source

@@ -10,7 +10,8 @@ leases come free within the TTL), a host partitioned from etcd, and N hosts raci
 guest.  The measured figures are printed (``-s``): latency against a bare etcd transaction in the
 same run, and the take-over time after a host crash.
 
-Every assertion about who holds what reads etcd's key space (through lockfsm.etcd_client)."""
+Every assertion about who holds what reads etcd's key space (through
+lockfsm.backends.etcd.client)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ import lockfsm
 from lockfsm import DomainState, ResourceType
 from lockfsm.backends import make_holder
 from lockfsm.backends.etcd import EtcdHolder
-from lockfsm.etcd_client import SyncEtcd, create, delete, get, prefix_end, put, value
-from lockfsm.supervisor import EXIT_REFUSED
-from lockfsm.values import MigrationCookie
+from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
+from lockfsm.daemon.values import MigrationCookie
+from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.conftest import require
 from tests.etcd_cluster import Agent, Cluster, keys_under
 from tests.helpers import Guest, Host, HostPair, alive, make_disks, short_tmpdir, wait_until
@@ -284,10 +285,10 @@ def test_the_supervisor_and_the_daemon_import_no_etcd_client() -> None:
     import sys
 
     code = (
-        "import sys, lockfsm.supervisor, lockfsm.backends.etcd as e, lockfsm;"
+        "import sys, lockfsm.supervisor.process, lockfsm.backends.etcd as e, lockfsm;"
         "e.EtcdHolder({'run_dir': '/tmp', 'ttl': 4});"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('grpc', 'aetcd', 'asyncio', 'lockfsm.etcd_client')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'aetcd', 'asyncio') "
+        "or m == 'lockfsm.backends.etcd.client'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 import lockfsm
-from lockfsm import control
+from lockfsm.protocol import rundir, wire
 from tests.conftest import IN_CI, require
 from tests.fault_daemon import DaemonGone
 from tests.fault_world import (
@@ -682,9 +682,9 @@ class FaultRun:
                 self.expect(self.waits(), "shutdown waits")
                 self.unchanged(self.before, "while the supervisor is stopped", "S2")
             elif self.at == "waiting" and self.side == "target":
-                path = control.socket_path(g.host.run_dir, self.launch_of(g))
+                path = rundir.socket_path(g.host.run_dir, self.launch_of(g))
                 try:
-                    control.call(path, {"op": "hello"}, 0.5)
+                    wire.call(path, {"op": "hello"}, 0.5)
                     self.violations.append("end state: a stopped supervisor answered")
                 except TimeoutError:
                     pass
@@ -909,7 +909,7 @@ class FaultRun:
         return "migrating_out" if self.at in ("prepared", "incoming", "waiting") else "started"
 
     def launch_of(self, g: GuestRec) -> str:
-        launch = control.pointed(g.host.run_dir, g.uuid)
+        launch = rundir.pointed(g.host.run_dir, g.uuid)
         assert launch is not None
         return launch
 

@@ -1,4 +1,4 @@
-"""Fuzzing the control socket's wire format: lockfsm.control's parser in process (hypothesis,
+"""Fuzzing the control socket's wire format: lockfsm.protocol.wire's parser in process (hypothesis,
 structured and raw bytes), then a live supervisor's socket.
 
 The parser's contract: any bytes give a well-formed request or InvalidArgument, nothing else,
@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lockfsm import InvalidArgument, control
+from lockfsm import InvalidArgument
+from lockfsm.protocol import rundir, wire
 from tests.helpers import Guest, Host, alive, lock_ranges, lockspace_locks, make_disks, short_tmpdir
 
 #: The loaded profile's example count ("ci" 25, "nightly" 2000), scaled: the parser is cheap.
@@ -86,8 +87,8 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
 def requests(draw: st.DrawFn) -> dict[str, Any]:
     """A request near the grammar: a known op (mostly) with its fields, some wrong, missing or
     extra."""
-    op = draw(st.sampled_from(sorted(control.REQUESTS)) | _json)
-    fields = dict(control.REQUESTS.get(op, {})) if isinstance(op, str) else {}
+    op = draw(st.sampled_from(sorted(wire.REQUESTS)) | _json)
+    fields = dict(wire.REQUESTS.get(op, {})) if isinstance(op, str) else {}
     msg: dict[str, Any] = {} if draw(st.integers(0, 9)) == 0 else {"op": op}
     for name in fields:
         if draw(st.integers(0, 9)):
@@ -114,24 +115,24 @@ def request_lines(draw: st.DrawFn) -> bytes:
             at = draw(st.integers(0, max(0, len(data) - 1)))
             data = data[:at] + draw(st.binary(min_size=1, max_size=3)) + data[at + 1 :]
     elif how == 2:  # padded to the size bound, either side of it
-        data = b" " * (control.MAX_MESSAGE - len(data) - 1 + draw(st.integers(-2, 2))) + data
+        data = b" " * (wire.MAX_MESSAGE - len(data) - 1 + draw(st.integers(-2, 2))) + data
     elif how == 3:  # a field named twice
         data = data.replace(b"{", b'{"op": "hello", ', 1)
     return data
 
 
 def _round_trips(op: str, fields: dict[str, Any]) -> None:
-    again = control.encode({"op": op, **fields}, control.MAX_MESSAGE)
-    assert control.parse_request(again) == (op, fields)
+    again = wire.encode({"op": op, **fields}, wire.MAX_MESSAGE)
+    assert wire.parse_request(again) == (op, fields)
 
 
 def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
     try:
-        op, fields = control.parse_request(data)
+        op, fields = wire.parse_request(data)
     except InvalidArgument as e:
-        assert str(e) and len(str(e)) < control.MAX_ERROR, str(e)[:200]
+        assert str(e) and len(str(e)) < wire.MAX_ERROR, str(e)[:200]
         return None
-    assert op in control.REQUESTS
+    assert op in wire.REQUESTS
     return op, fields
 
 
@@ -157,7 +158,7 @@ def test_structured_requests(data: bytes) -> None:
     if parsed:
         _round_trips(*parsed)
         op, fields = parsed
-        assert set(fields) == set(control.REQUESTS[op])
+        assert set(fields) == set(wire.REQUESTS[op])
 
 
 @STRUCTURED
@@ -167,13 +168,13 @@ def test_check_resource(res: Any) -> None:
     survives JSON and is accepted again."""
     TRIED["check_resource"] += 1
     try:
-        out = control.check_resource(res)
+        out = wire.check_resource(res)
     except InvalidArgument as e:
-        assert len(str(e)) < control.MAX_ERROR
+        assert len(str(e)) < wire.MAX_ERROR
         return
     assert out is res
-    again = control.decode(control.encode(res, control.MAX_MESSAGE))
-    assert control.check_resource(again) == res
+    again = wire.decode(wire.encode(res, wire.MAX_MESSAGE))
+    assert wire.check_resource(again) == res
 
 
 @PARSER
@@ -183,12 +184,12 @@ def test_decode(data: bytes) -> None:
     reads the same."""
     TRIED["decode"] += 1
     try:
-        obj = control.decode(data)
+        obj = wire.decode(data)
     except InvalidArgument:
         return
     assert isinstance(obj, dict)
-    line = control.encode(obj)
-    assert control.encode(control.decode(line, control.MAX_REPLY)) == line
+    line = wire.encode(obj)
+    assert wire.encode(wire.decode(line, wire.MAX_REPLY)) == line
 
 
 def test_error_replies_are_always_small() -> None:
@@ -197,12 +198,12 @@ def test_error_replies_are_always_small() -> None:
     TRIED["error_reply"] += 1
     for line in (
         b'{"op": "' + "\u0080".encode() * 30000 + b'"}',
-        control.encode({"op": "hello", "x" * 40000: 1}, control.MAX_MESSAGE),
-        control.encode({"op": "release", "gen": 1, "resource": {"p": "\x01" * 10000}}),
+        wire.encode({"op": "hello", "x" * 40000: 1}, wire.MAX_MESSAGE),
+        wire.encode({"op": "release", "gen": 1, "resource": {"p": "\x01" * 10000}}),
     ):
         with pytest.raises(InvalidArgument) as err:
-            control.parse_request(line)
-        assert len(control.encode(control.error_reply(err.value), control.MAX_MESSAGE)) < 8192
+            wire.parse_request(line)
+        assert len(wire.encode(wire.error_reply(err.value), wire.MAX_MESSAGE)) < 8192
 
 
 # -- atheris (optional) -----------------------------------------------------------------------
@@ -243,16 +244,16 @@ def live() -> Iterator[Guest]:
 
 
 def _sock(g: Guest) -> str:
-    launch = control.pointed(g.host.run_dir, g.uuid)
+    launch = rundir.pointed(g.host.run_dir, g.uuid)
     assert launch is not None
-    return control.socket_path(g.host.run_dir, launch)
+    return rundir.socket_path(g.host.run_dir, launch)
 
 
 def _state(g: Guest) -> dict[str, Any]:
     """Everything a refused request must leave as it was."""
-    info = control.call(_sock(g), {"op": "hello"}, 10.0)
+    info = wire.call(_sock(g), {"op": "hello"}, 10.0)
     info.pop("since")
-    record = control.record_path(g.host.run_dir, str(control.pointed(g.host.run_dir, g.uuid)))
+    record = rundir.record_path(g.host.run_dir, str(rundir.pointed(g.host.run_dir, g.uuid)))
     st_ = os.stat(record)
     with open(record, "rb") as f:
         content = f.read()
@@ -271,7 +272,7 @@ def _changes_something(data: bytes, gen: int) -> bool:
     controller, or attach / lease_lost): the fuzz is about the refused ones."""
     for line in data.split(b"\n"):
         try:
-            op, fields = control.parse_request(line)
+            op, fields = wire.parse_request(line)
         except InvalidArgument:
             continue
         if op in ("attach", "lease_lost") or fields.get("gen") == gen:
@@ -312,7 +313,7 @@ def test_live_supervisor_survives_and_changes_nothing(live: Guest, inputs: list[
                 assert reply["state"] == before["info"]["state"]
             else:
                 assert reply["error"] in ("InvalidArgument", "BackendError", "IllegalTransition")
-                assert 0 < len(reply["message"]) <= control.MAX_ERROR
+                assert 0 < len(reply["message"]) <= wire.MAX_ERROR
     assert live.proc.poll() is None, "the supervisor died"
     assert _state(live) == before
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import lockfsm
-from lockfsm import control
+from lockfsm.protocol import rundir, wire
 from tests.helpers import (
     Guest,
     Host,
@@ -79,7 +79,7 @@ def as_user(uid: int) -> list[str]:
 def as_uid(uid: int, path: str, request: dict[str, Any]) -> dict[str, Any]:
     """Send ``request`` to the socket at ``path`` from a process of ``uid`` (no groups)."""
     out = subprocess.run(
-        [*as_user(uid), sys.executable, "-c", CLIENT, path, control.encode(request).hex()],
+        [*as_user(uid), sys.executable, "-c", CLIENT, path, wire.encode(request).hex()],
         capture_output=True,
         text=True,
         timeout=30,
@@ -97,16 +97,16 @@ def needs_setpriv() -> None:
 
 
 def sock_of(g: Guest) -> str:
-    launch = control.pointed(g.host.run_dir, g.uuid)
+    launch = rundir.pointed(g.host.run_dir, g.uuid)
     assert launch is not None
-    return control.socket_path(g.host.run_dir, launch)
+    return rundir.socket_path(g.host.run_dir, launch)
 
 
 def snapshot(run_dir: str, launch: str, lockspace: str, pid: int, guest: int) -> dict[str, Any]:
     """What a refused message must leave exactly as it was."""
-    info = control.call(control.socket_path(run_dir, launch), {"op": "hello"}, TIMEOUT)
+    info = wire.call(rundir.socket_path(run_dir, launch), {"op": "hello"}, TIMEOUT)
     info.pop("since")  # the moment of the reply
-    record = control.record_path(run_dir, launch)
+    record = rundir.record_path(run_dir, launch)
     st = os.stat(record)
     with open(record, "rb") as f:
         content = f.read()
@@ -121,7 +121,7 @@ def snapshot(run_dir: str, launch: str, lockspace: str, pid: int, guest: int) ->
 
 
 def state_of(g: Guest) -> dict[str, Any]:
-    launch = control.pointed(g.host.run_dir, g.uuid) or str(g.mgr._launch)
+    launch = rundir.pointed(g.host.run_dir, g.uuid) or str(g.mgr._launch)
     return snapshot(g.host.run_dir, launch, g.host.lockspace, g.supervisor_pid, g.pid or 0)
 
 
@@ -149,7 +149,7 @@ def refused(g: Guest, data: bytes, *words: str) -> dict[str, Any]:
     assert len(replies) == 1, replies
     reply = replies[0]
     assert reply["ok"] is False, reply
-    assert 0 < len(reply["message"]) <= control.MAX_ERROR
+    assert 0 < len(reply["message"]) <= wire.MAX_ERROR
     for word in words:
         assert word in reply["message"], (word, reply["message"])
     assert g.proc.poll() is None, "the supervisor died"
@@ -167,7 +167,7 @@ def spare(g: Guest) -> str:
     return os.path.join(os.path.dirname(g.disks[0]), "spare.img")
 
 
-def wire(g: Guest, path: str) -> dict[str, Any]:
+def hotplug_resource(g: Guest, path: str) -> dict[str, Any]:
     """The resource a daemon would send to hot-plug ``path``."""
     leases = g.host.driver.backend.leases("disk", path, path, False)
     return {"type": "disk", "path": path, "canonical": path, "flags": 0, "leases": leases}
@@ -257,14 +257,12 @@ def nobodys_supervisor(host: Host, workdir: str) -> Iterator[tuple[str, str, str
         env={**os.environ, "PYTHONPATH": code},
     )
     host.procs.append(proc)
-    path = control.socket_path(run_dir, spec["launch"])
+    path = rundir.socket_path(run_dir, spec["launch"])
     wait_until(
-        lambda: (
-            os.path.exists(path) and os.path.exists(control.pointer_path(run_dir, spec["uuid"]))
-        ),
+        lambda: os.path.exists(path) and os.path.exists(rundir.pointer_path(run_dir, spec["uuid"])),
         what="nobody's supervisor",
     )
-    info = control.call(path, {"op": "hello"}, TIMEOUT)
+    info = wire.call(path, {"op": "hello"}, TIMEOUT)
     yield run_dir, spec["launch"], lockspace, proc.pid, int(info["guest_pid"])
     proc.kill()
     proc.wait(TIMEOUT)
@@ -277,11 +275,11 @@ def test_owner_and_root_may_talk_third_uid_may_not(
     """A supervisor running as uid 65534 answers its own uid and root, and refuses uid 65533,
     naming it, with nothing changed."""
     run_dir, launch, lockspace, pid, guest = nobodys_supervisor
-    path = control.socket_path(run_dir, launch)
+    path = rundir.socket_path(run_dir, launch)
     before = snapshot(run_dir, launch, lockspace, pid, guest)
     assert before["supervisor"]["state"] == "running"
     assert as_uid(NOBODY, path, {"op": "hello"})["reply"]["ok"] is True
-    assert control.call(path, {"op": "hello"}, TIMEOUT)["ok"] is True  # root
+    assert wire.call(path, {"op": "hello"}, TIMEOUT)["ok"] is True  # root
     os.chmod(run_dir, 0o711)
     os.chmod(path, 0o666)
     third = as_uid(NOBODY - 1, path, {"op": "shutdown", "gen": 1, "grace": 0.0})
@@ -297,11 +295,11 @@ def test_owner_and_root_may_talk_third_uid_may_not(
 def test_a_message_at_the_bound_is_served_one_byte_more_is_refused(guest: Guest) -> None:
     """MAX_MESSAGE bytes with the newline is the largest request."""
     hello = b'{"op":"hello"}'
-    at = b" " * (control.MAX_MESSAGE - len(hello) - 1) + hello + b"\n"
-    assert len(at) == control.MAX_MESSAGE
+    at = b" " * (wire.MAX_MESSAGE - len(hello) - 1) + hello + b"\n"
+    assert len(at) == wire.MAX_MESSAGE
     (reply,) = exchange(sock_of(guest), at)
     assert reply["ok"] is True
-    refused(guest, b" " + at, f"{control.MAX_MESSAGE + 1} bytes", str(control.MAX_MESSAGE))
+    refused(guest, b" " + at, f"{wire.MAX_MESSAGE + 1} bytes", str(wire.MAX_MESSAGE))
 
 
 @pytest.mark.parametrize(
@@ -321,7 +319,7 @@ def test_an_error_about_a_huge_value_is_a_short_reply(guest: Guest, data: bytes)
     error quoting the whole value was once bigger than a message may be, and raising while
     replying killed the supervisor and its guest)."""
     reply = refused(guest, data)
-    assert len(control.encode(reply)) < 4096
+    assert len(wire.encode(reply)) < 4096
 
 
 def test_a_start_with_long_paths_is_answered(host: Host, workdir: str) -> None:
@@ -333,8 +331,8 @@ def test_a_start_with_long_paths_is_answered(host: Host, workdir: str) -> None:
     os.makedirs(deep)
     disks = make_disks(deep, *(f"{i}.img" for i in range(12)))
     g = host.start("long-paths", disks)
-    info = control.call(sock_of(g), {"op": "hello"}, TIMEOUT)
-    assert len(control.encode(info)) > control.MAX_MESSAGE
+    info = wire.call(sock_of(g), {"op": "hello"}, TIMEOUT)
+    assert len(wire.encode(info)) > wire.MAX_MESSAGE
     assert sorted(r["path"] for r in info["resources"] if r["type"] == "disk") == sorted(disks)
     g.mgr.shutdown()
 
@@ -388,10 +386,13 @@ def test_out_of_order_on_a_running_supervisor(
 ) -> None:
     """Migration steps before prepare, a take-over on a supervisor that is not incoming,
     hot-plug of what is (not) held: refused, naming the call and the state."""
-    resources = {"spare": wire(guest, spare(guest)), "held": wire(guest, guest.disks[0])}
+    resources = {
+        "spare": hotplug_resource(guest, spare(guest)),
+        "held": hotplug_resource(guest, guest.disks[0]),
+    }
     if "resource" in fields:
         fields = {"resource": resources[fields["resource"]]}
-    refused(guest, control.encode({"op": op, "gen": 1, **fields}), *words)
+    refused(guest, wire.encode({"op": op, "gen": 1, **fields}), *words)
 
 
 def test_out_of_order_on_a_migrating_source(guest: Guest) -> None:
@@ -404,17 +405,17 @@ def test_out_of_order_on_a_migrating_source(guest: Guest) -> None:
             ["'prepare'", "'migrating_out'"],
         ),
         (
-            {"op": "acquire", "resource": wire(guest, spare(guest))},
+            {"op": "acquire", "resource": hotplug_resource(guest, spare(guest))},
             ["'acquire'", "'migrating_out'"],
         ),
         (
-            {"op": "release", "resource": wire(guest, guest.disks[0])},
+            {"op": "release", "resource": hotplug_resource(guest, guest.disks[0])},
             ["'release'", "'migrating_out'"],
         ),
         ({"op": "take_over", "timeout": 1.0}, ["take-over", "migrating_out"]),
     ]
     for request, words in cases:
-        refused(guest, control.encode({**request, "gen": gen}), *words)
+        refused(guest, wire.encode({**request, "gen": gen}), *words)
 
 
 def test_out_of_order_on_an_incoming_target(lockspace: str, workdir: str) -> None:
@@ -435,22 +436,25 @@ def test_out_of_order_on_an_incoming_target(lockspace: str, workdir: str) -> Non
             ),
             ({"op": "resume"}, ["'resume'", "'incoming'"]),
             (
-                {"op": "acquire", "resource": wire(target, os.path.join(workdir, "migrating.img"))},
+                {
+                    "op": "acquire",
+                    "resource": hotplug_resource(target, os.path.join(workdir, "migrating.img")),
+                },
                 ["'acquire'", "'incoming'"],
             ),
             ({"op": "shutdown", "grace": 0.0, "gen": gen + 1}, ["generation"]),
         ]
         for request, words in cases:
-            refused(target, control.encode({"gen": gen, **request}), *words)
+            refused(target, wire.encode({"gen": gen, **request}), *words)
         # A take-over that waits (the source still holds the lease), then a second one.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
             first.settimeout(TIMEOUT)
             first.connect(sock_of(target))
-            first.sendall(control.encode({"op": "take_over", "gen": gen, "timeout": 3.0}))
+            first.sendall(wire.encode({"op": "take_over", "gen": gen, "timeout": 3.0}))
             time.sleep(0.1)
             refused(
                 target,
-                control.encode({"op": "take_over", "gen": gen, "timeout": 1.0}),
+                wire.encode({"op": "take_over", "gen": gen, "timeout": 1.0}),
                 "already under way",
             )
     finally:
@@ -462,8 +466,8 @@ def test_a_stale_controller_after_attach_is_refused(host: Host, guest: Guest) ->
     takes one, naming both generations; the state, record and locks stay."""
     host.attach(guest)
     for request in (
-        {"op": "acquire", "resource": wire(guest, spare(guest))},
-        {"op": "release", "resource": wire(guest, guest.disks[0])},
+        {"op": "acquire", "resource": hotplug_resource(guest, spare(guest))},
+        {"op": "release", "resource": hotplug_resource(guest, guest.disks[0])},
         {"op": "prepare", "migration": "0123456789abcdef", "hosturi": "x://y"},
         {"op": "shutdown", "grace": 0.0},
         {"op": "hand_off"},
@@ -471,7 +475,7 @@ def test_a_stale_controller_after_attach_is_refused(host: Host, guest: Guest) ->
         {"op": "resume"},
         {"op": "take_over", "timeout": 1.0},
     ):
-        refused(guest, control.encode({**request, "gen": 1}), "generation 1", "generation 2")
+        refused(guest, wire.encode({**request, "gen": 1}), "generation 1", "generation 2")
 
 
 # -- connections --------------------------------------------------------------------------------
@@ -499,7 +503,7 @@ def test_many_connections_at_once(guest: Guest) -> None:
     bad = [
         b"garbage\n",
         b"x" * 70000 + b"\n",
-        control.encode({"op": "shutdown", "gen": 0, "grace": 0.0}),
+        wire.encode({"op": "shutdown", "gen": 0, "grace": 0.0}),
         b'{"op": "hello"',
     ]
     results: list[Any] = []
@@ -507,7 +511,7 @@ def test_many_connections_at_once(guest: Guest) -> None:
 
     def client(i: int) -> None:
         try:
-            data = control.encode({"op": "hello"}) if i % 2 else bad[(i // 2) % len(bad)]
+            data = wire.encode({"op": "hello"}) if i % 2 else bad[(i // 2) % len(bad)]
             results.append((i, exchange(path, data)))
         except Exception as e:  # reported by the assertion below
             results.append((i, e))
@@ -544,7 +548,7 @@ def test_running_out_of_descriptors_does_not_kill_the_supervisor(host: Host, wor
     )
     host.procs.append(proc)
     pid = mgr.get_child(timeout=TIMEOUT)
-    path = control.socket_path(host.run_dir, str(mgr._launch))
+    path = rundir.socket_path(host.run_dir, str(mgr._launch))
     held = []
     with suppress(OSError):
         for _ in range(100):
@@ -557,7 +561,7 @@ def test_running_out_of_descriptors_does_not_kill_the_supervisor(host: Host, wor
         s.close()
     time.sleep(0.2)
     assert proc.poll() is None and alive(pid), "the supervisor died, and the guest with it"
-    assert control.call(path, {"op": "hello"}, TIMEOUT)["state"] == "running"
+    assert wire.call(path, {"op": "hello"}, TIMEOUT)["state"] == "running"
 
 
 def test_a_peer_that_never_reads_does_not_stall_the_supervisor(guest: Guest) -> None:
@@ -565,12 +569,12 @@ def test_a_peer_that_never_reads_does_not_stall_the_supervisor(guest: Guest) -> 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as flood:
         flood.connect(path)
         flood.setblocking(False)
-        data = control.encode({"op": "hello"}) * 4000
+        data = wire.encode({"op": "hello"}) * 4000
         with suppress(BlockingIOError):
             while data:
                 data = data[flood.send(data) :]
         time.sleep(0.2)
         started = time.monotonic()
         with suppress(TimeoutError):
-            control.call(path, {"op": "hello"}, 3.0)
+            wire.call(path, {"op": "hello"}, 3.0)
         assert time.monotonic() - started < 1.0, "another client waited on the stuck one"

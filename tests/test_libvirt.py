@@ -4,7 +4,8 @@ protect each other's disks.
 The libvirt host is real (tests/libvirt_fixture.py): libvirtd with ``lock_manager = "lockd"`` and
 virtlockd with ``file_lockspace_dir`` pointing at the lockspace directory the lockfsm hosts use
 as ``lockspace_dir``; its guests are TCG QEMUs made with ``virsh create``.  The lockfsm hosts are
-virt daemons in processes of their own (``lockfsm.host.Host`` behind tests/qemu_daemon.py) running
+virt daemons in processes of their own (``lockfsm.embed.host.Host`` behind
+tests/qemu_daemon.py) running
 real QEMUs under ``lockfsm-supervisor``.  Who holds a lease is read from the kernel's lock table,
 never from either side's records.  The daemons start once for the module (~8 s: QEMU's
 capability probe).
@@ -26,9 +27,10 @@ from contextlib import suppress
 
 import pytest
 
-from lockfsm import LeaseConflict, status
+from lockfsm import LeaseConflict
 from lockfsm.backends.fcntl import CHECK_EVERY, GATE_BYTE, FcntlHolder
-from lockfsm.host import Disk, Guest
+from lockfsm.embed.host import Disk, Guest
+from lockfsm.tools import status
 from tests.conftest import IN_CI, require
 from tests.helpers import Host, lock_ranges, read_proc_locks, short_tmpdir, wait_until
 from tests.libvirt_fixture import PROGRAMS, Libvirt, VirshError, lease_name

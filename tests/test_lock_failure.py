@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import lockfsm
-from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType, control
+from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType
 from lockfsm.backends.fcntl import CHECK_EVERY
-from lockfsm.supervisor import EXIT_LEASE_LOST
+from lockfsm.protocol import rundir
+from lockfsm.supervisor.process import EXIT_LEASE_LOST
 from tests.helpers import (
     Guest,
     Host,
@@ -193,7 +194,7 @@ def test_a_lease_file_no_rival_took_is_taken_again_and_nothing_is_lost(
 
 def report_loss(g: Guest, why: str) -> None:
     """What sanlock's kill path runs: ``lockfsm-supervisor --lease-lost SOCKET WHY``."""
-    sock = control.socket_path(str(g.mgr._driver.config["run_dir"]), str(g.mgr._launch))
+    sock = rundir.socket_path(str(g.mgr._driver.config["run_dir"]), str(g.mgr._launch))
     subprocess.run([g.mgr.supervisor_path, "--lease-lost", sock, *why.split()], check=True)
 
 
@@ -269,7 +270,7 @@ def test_restart_is_refused(host: Host, where: str, workdir: str) -> None:
 
 def test_a_lease_loss_report_needs_the_socket(workdir: str) -> None:
     """The kill path's command says what went wrong when the supervisor is not there."""
-    from lockfsm.supervisor import main
+    from lockfsm.supervisor.process import main
 
     assert main(["--lease-lost", os.path.join(workdir, "nothing.sock"), "x"]) == 1
     assert main(["--lease-lost"]) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lockfsm import model, modelcheck, spec
+from lockfsm.tools import model, modelcheck, spec
 from tests.conftest import require
 
 

@@ -1,8 +1,8 @@
 """Layer 4: lockfsm against a real hypervisor, on every backend.
 
-Each simulated host is a virt daemon (the reference embedding, ``lockfsm.host.Host``) in its own
-Python process (tests/qemu_daemon.py), with its own run directory and QMP connections; the hosts
-share the disk images and the lock service, as hosts share storage: an fcntl lockspace, a
+Each simulated host is a virt daemon (the reference embedding, ``lockfsm.embed.host.Host``) in
+its own Python process (tests/qemu_daemon.py), with its own run directory and QMP connections;
+the hosts share the disk images and the lock service, as hosts share storage: an fcntl lockspace, a
 sanlock lockspace (one sanlock daemon per host) or an etcd key space (one lease agent per host).
 Guests are real ``qemu-system-x86_64`` (TCG) processes run by real supervisors; migrations are
 real QEMU live migrations over a Unix socket.  Who holds a lease is read from the kernel's locks,
@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 
 import lockfsm
-from lockfsm import DomainState, status
+from lockfsm import DomainState
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
-from lockfsm.host import Disk, Guest, HypervisorError, migrate
-from lockfsm.supervisor import EXIT_REFUSED
+from lockfsm.embed.host import Disk, Guest, HypervisorError, migrate
+from lockfsm.supervisor.process import EXIT_REFUSED
+from lockfsm.tools import status
 from tests.conftest import require
 from tests.helpers import alive, lock_ranges, locked_inodes, short_tmpdir, wait_until
 from tests.qemu_daemon import Daemon

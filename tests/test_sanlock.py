@@ -26,8 +26,8 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
-from lockfsm.supervisor import EXIT_LEASE_LOST, EXIT_REFUSED
-from lockfsm.values import MigrationCookie
+from lockfsm.daemon.values import MigrationCookie
+from lockfsm.supervisor.process import EXIT_LEASE_LOST, EXIT_REFUSED
 from tests.conftest import IN_CI, require
 from tests.helpers import (
     Guest,
@@ -647,7 +647,7 @@ def test_status_shows_other_hosts_owners(
 ) -> None:
     """``lockfsm status`` on host 2 lists host 1's lease by key, with its owner's host_id and
     name from the lockspace; host 1's own status names the disk and the domain."""
-    from lockfsm import status
+    from lockfsm.tools import status
 
     a, b = sl_hosts(0), sl_hosts(1)
     g = a.start("vm", disks[:1])

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import lockfsm
-from lockfsm import control
+from lockfsm.protocol import rundir
 from tests.conftest import require
 from tests.fault_daemon import DaemonGone
 from tests.fault_world import (
@@ -140,9 +140,9 @@ class Soak:
         """Whether a supervisor of ``uuid`` lives on ``host`` (its record says so)."""
         for name in os.listdir(host.run_dir):
             if name.endswith(".json"):
-                record = control.read_record(host.run_dir, name[: -len(".json")])
+                record = rundir.read_record(host.run_dir, name[: -len(".json")])
                 mine = record is not None and record.get("uuid") == uuid
-                if mine and control.supervisor_alive(record, record["launch"]):  # type: ignore[arg-type]
+                if mine and rundir.supervisor_alive(record, record["launch"]):  # type: ignore[arg-type]
                     return True
         return False
 
@@ -404,8 +404,8 @@ class Soak:
                     if not name.endswith(".json"):
                         continue
                     launch = name[: -len(".json")]
-                    record = control.read_record(host.run_dir, launch)
-                    if not record or not control.supervisor_alive(record, launch):
+                    record = rundir.read_record(host.run_dir, launch)
+                    if not record or not rundir.supervisor_alive(record, launch):
                         continue
                     alive += 1
                     self.bring_down(host, record)
@@ -416,10 +416,10 @@ class Soak:
             for name in sorted(os.listdir(host.run_dir)):
                 launch = name[: -len(".json")]
                 record = (
-                    control.read_record(host.run_dir, launch) if name.endswith(".json") else None
+                    rundir.read_record(host.run_dir, launch) if name.endswith(".json") else None
                 )
-                if record and control.supervisor_alive(record, launch):
-                    pointed = control.pointed(host.run_dir, record["uuid"])
+                if record and rundir.supervisor_alive(record, launch):
+                    pointed = rundir.pointed(host.run_dir, record["uuid"])
                     os.kill(int(record["pid"]), signal.SIGKILL)
                     leftovers.append(
                         f"{host.name}: supervisor {record['pid']} ({record['state']}, launch "

@@ -57,7 +57,7 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
 )
-from lockfsm.supervisor import EXIT_REFUSED
+from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.helpers import GUEST, Host, alive, leases_of, make_disks, short_tmpdir, wait_until
 
 DISK = ResourceType.DISK

@@ -39,7 +39,7 @@ import pytest
 from hypothesis import Phase, event, settings
 
 from lockfsm import DomainState, LeaseConflict
-from lockfsm.etcd_client import SyncEtcd
+from lockfsm.backends.etcd.client import SyncEtcd
 from tests import test_stateful_migration as base
 from tests.conftest import require
 from tests.etcd_cluster import Agent, Cluster, keys_under

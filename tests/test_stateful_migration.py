@@ -75,8 +75,8 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
 )
-from lockfsm._tables import DOMAIN
-from lockfsm.supervisor import EXIT_REFUSED
+from lockfsm.protocol.states import DOMAIN
+from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.helpers import (
     Host,
     HostPair,

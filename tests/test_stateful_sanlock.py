@@ -67,6 +67,7 @@ import lockfsm
 from lockfsm import DomainState, LeaseConflict, NewFlags, ResourceFlags
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.backends.sanlock import read_leader
+from lockfsm.daemon.manager import DOMAIN_LOCKSPACE
 from tests import test_stateful_migration as base
 from tests.helpers import Host, alive, make_disks, short_tmpdir, wait_until
 from tests.test_sanlock import (
@@ -196,7 +197,7 @@ class SanlockTwoHosts(base.TwoHosts):
         where = order.index(GUEST_LEASE)
         while True:
             uuid = str(uuidlib.uuid4())
-            mine = key_of_text(f"lease:{lockfsm.api.DOMAIN_LOCKSPACE}:{uuid}")
+            mine = key_of_text(f"lease:{DOMAIN_LOCKSPACE}:{uuid}")
             if sum(key_of_text(os.path.join(work, d)) < mine for d in disks) == where:
                 break
         os.mkdir(work)
@@ -207,7 +208,7 @@ class SanlockTwoHosts(base.TwoHosts):
             backend.leases("disk", self.path(d), self.path(d), False)[0]["key"]: d
             for d in base.FLAGS
         }
-        guest = f"{lockfsm.api.DOMAIN_LOCKSPACE}:{self.uuid}"
+        guest = f"{DOMAIN_LOCKSPACE}:{self.uuid}"
         self.keys[backend.leases("lease", guest, guest, False)[0]["key"]] = GUEST_LEASE
         self.key_of = {d: k for k, d in self.keys.items()}
         got = sorted(XLEASES, key=self.key_of.__getitem__)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lockfsm import NewFlags, cli
+from lockfsm import NewFlags
+from lockfsm.tools import cli
 from tests.helpers import Host, make_disks
 
 LOCKFSM = [sys.executable, "-m", "lockfsm"]

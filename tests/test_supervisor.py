@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from lockfsm import BackendError, DomainState, LeaseConflict, NewFlags, ResourceType, control
-from lockfsm.supervisor import EXIT_REFUSED
+from lockfsm import BackendError, DomainState, LeaseConflict, NewFlags, ResourceType
+from lockfsm.protocol import rundir, wire
+from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.helpers import (
     Guest,
     Host,
@@ -66,9 +67,9 @@ time.sleep(1000)
 
 
 def sock_of(g: Guest) -> str:
-    launch = control.pointed(g.host.run_dir, g.uuid)
+    launch = rundir.pointed(g.host.run_dir, g.uuid)
     assert launch is not None, f"no dom-{g.uuid} pointer in {g.host.run_dir}"
-    return control.socket_path(g.host.run_dir, launch)
+    return rundir.socket_path(g.host.run_dir, launch)
 
 
 def lease_inodes(g: Guest) -> set[int]:
@@ -86,7 +87,7 @@ def comm(pid: int) -> str:
 
 
 def hello(path: str) -> dict[str, Any]:
-    return control.call(path, {"op": "hello"}, TIMEOUT)
+    return wire.call(path, {"op": "hello"}, TIMEOUT)
 
 
 def snapshot(g: Guest) -> dict[str, Any]:
@@ -402,7 +403,7 @@ def test_stale_controller_is_refused(host: Host, workdir: str) -> None:
             assert len(stale.history) == history
             assert snapshot(g) == before
     request = {"op": "release", "gen": 2, "resource": resource(disk)}
-    reply = json.loads(raw(sock_of(g), control.encode(request)))
+    reply = json.loads(raw(sock_of(g), wire.encode(request)))
     assert reply["ok"] is False and "superseded" in reply["message"]
     assert snapshot(g) == before
 
@@ -420,7 +421,7 @@ def test_other_uid_is_refused(host: Host, workdir: str) -> None:
     g = host.start("uid", [disk])
     path = sock_of(g)
     before = snapshot(g)
-    request = control.encode({"op": "shutdown", "gen": before["gen"], "grace": 0.0})
+    request = wire.encode({"op": "shutdown", "gen": before["gen"], "grace": 0.0})
     os.chmod(host.run_dir, 0o711)
     os.chmod(path, 0o666)
     try:
@@ -501,7 +502,7 @@ def _bad_resource_messages() -> dict[str, tuple[bytes, bool]]:
         "release of a disk not held": ("release", other),
     }
     return {
-        case: (control.encode({"op": op, "gen": 1, "resource": res}), False)
+        case: (wire.encode({"op": op, "gen": 1, "resource": res}), False)
         for case, (op, res) in cases.items()
     }
 
@@ -544,7 +545,7 @@ def test_several_requests_on_one_connection(guest: Guest) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(TIMEOUT)
         s.connect(path)
-        s.sendall(b"nonsense\n" + control.encode({"op": "hello"}))
+        s.sendall(b"nonsense\n" + wire.encode({"op": "hello"}))
         s.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := s.recv(65536):

@@ -10,23 +10,24 @@ from typing import Any
 
 import pytest
 
-from lockfsm import _tables, spec
-from lockfsm.core import build
-from lockfsm.engine import Instance, Table, choose
+from lockfsm.daemon.machine import build
 from lockfsm.errors import IllegalTransition, InvalidArgument, LockFSMError
+from lockfsm.protocol import states, tables
+from lockfsm.protocol.engine import Instance, Table, choose
+from lockfsm.tools import spec
 
 ENUMS: dict[str, type[enum.Enum]] = {
-    "domain": _tables.DomainState,
-    "supervisor": _tables.SupervisorState,
-    "lease": _tables.LeaseState,
+    "domain": states.DomainState,
+    "supervisor": states.SupervisorState,
+    "lease": states.LeaseState,
 }
 
 
 def test_generated_tables_are_fresh() -> None:
-    """lockfsm/_tables.py and lockfsm/_machines.py are what `lockfsm spec gen` makes of specs/."""
+    """lockfsm/tables.py and lockfsm/_machines.py are what `lockfsm spec gen` makes of specs/."""
     specs = spec.load_all()
     assert spec.GENERATED.read_text() == spec.generate(specs), (
-        "lockfsm/_tables.py is stale: run `lockfsm spec gen`"
+        "lockfsm/tables.py is stale: run `lockfsm spec gen`"
     )
     assert spec.GENERATED_MACHINES.read_text() == spec.generate_machines(specs), (
         "lockfsm/_machines.py is stale: run `lockfsm spec gen`"
@@ -40,7 +41,7 @@ def test_generation_is_byte_stable() -> None:
 
 @pytest.mark.parametrize("name", spec.TABLE_NAMES)
 def test_enum_lists_every_state(name: str) -> None:
-    table: Table = _tables.TABLES[name]
+    table: Table = tables.TABLES[name]
     assert [s.value for s in ENUMS[name]] == list(table.states)
     assert table.terminal, f"{name} has no terminal state"
 
@@ -118,7 +119,7 @@ def _outcome(run: Any) -> tuple[str, Any]:
 def test_both_engines_give_the_same_answer_everywhere(name: str) -> None:
     """For every state, event and combination of guard outcomes, the supervisor's light engine
     and the daemon's transitions machine make the same move with the same actions, or refuse."""
-    table: Table = _tables.TABLES[name]
+    table: Table = tables.TABLES[name]
     states = ENUMS[name]
     cls = _probe_class(table)
     machine = build(table, states, cls, "fsm")
@@ -147,7 +148,7 @@ def test_both_engines_give_the_same_answer_everywhere(name: str) -> None:
 
 @pytest.mark.parametrize("name", spec.TABLE_NAMES)
 def test_a_failing_action_leaves_the_old_state(name: str) -> None:
-    table: Table = _tables.TABLES[name]
+    table: Table = tables.TABLES[name]
     states = ENUMS[name]
     cls = _probe_class(table)
     machine = build(table, states, cls, "fsm")
@@ -169,15 +170,15 @@ def test_a_failing_action_leaves_the_old_state(name: str) -> None:
 def test_a_bad_argument_says_more_than_the_wrong_mode() -> None:
     """get_child on an ATTACH manager without a uuid: the missing uuid is the error, not the
     start-mode guard of the other branch."""
-    outcomes = {g: False for m in _tables.DOMAIN.moves for g in m.guards}
+    outcomes = {g: False for m in tables.DOMAIN.moves for g in m.guards}
     outcomes.update(attach_mode=True, found_running=True)
-    probe = _Probe(_tables.DomainState.IDLE, outcomes)
+    probe = _Probe(states.DomainState.IDLE, outcomes)
     with pytest.raises(InvalidArgument, match="identity_set says no"):
-        choose(_tables.DOMAIN, "idle", "get_child", probe._guard, {})
+        choose(tables.DOMAIN, "idle", "get_child", probe._guard, {})
 
 
 def test_no_transitions_back_door() -> None:
     """auto_transitions is off: no to_<state>() event exists."""
-    machine = build(_tables.DOMAIN, _tables.DomainState, _probe_class(_tables.DOMAIN), "fsm")
+    machine = build(tables.DOMAIN, states.DomainState, _probe_class(tables.DOMAIN), "fsm")
     assert not [e for e in machine.events if e.startswith("to_")]
-    assert set(machine.events) == {m.event for m in _tables.DOMAIN.moves}
+    assert set(machine.events) == {m.event for m in tables.DOMAIN.moves}

@@ -3,7 +3,7 @@
     pip install atheris
     PYTHONPATH=. python tools/fuzz_control.py -runs=100000 [CORPUS_DIR ...]
 
-Every input goes through ``lockfsm.control.parse_request``: it must give a request or raise
+Every input goes through ``lockfsm.protocol.wire.parse_request``: it must give a request or raise
 InvalidArgument (any other exception is a crash that atheris reports with the input), an error
 message must be short, and an accepted request must read the same once encoded again.  The
 number of inputs tried is libFuzzer's closing line, "Done N runs".  tests/test_fuzz.py runs it
@@ -22,8 +22,8 @@ with atheris.instrument_imports():
     import json.decoder
     import json.scanner
 
-    from lockfsm import control
     from lockfsm.errors import InvalidArgument
+    from lockfsm.protocol import wire
 
 # The pure-Python JSON scanner, so that coverage sees the grammar (the C one is opaque to it).
 json.scanner.make_scanner = json.scanner.py_make_scanner  # type: ignore[attr-defined]
@@ -43,13 +43,13 @@ SEEDS = [
 
 def one(data: bytes) -> None:
     try:
-        op, fields = control.parse_request(data)
+        op, fields = wire.parse_request(data)
     except InvalidArgument as e:
-        if len(str(e)) >= control.MAX_ERROR:
+        if len(str(e)) >= wire.MAX_ERROR:
             raise AssertionError(f"error message of {len(str(e))} characters") from None
         return
-    again = control.encode({"op": op, **fields}, control.MAX_MESSAGE)
-    if control.parse_request(again) != (op, fields):
+    again = wire.encode({"op": op, **fields}, wire.MAX_MESSAGE)
+    if wire.parse_request(again) != (op, fields):
         raise AssertionError(f"{data!r} does not round-trip")
 
 

@@ -1,9 +1,10 @@
 """What the lease handoff adds to a live migration of a real QEMU guest.
 
-Two simulated hosts per backend (lockfsm.host daemons in this process, one lockspace or none),
+Two simulated hosts per backend (lockfsm.embed.host daemons in this process, one lockspace or none),
 one guest per backend migrated back and forth between them; the backends' migrations are
 interleaved in one run (the order alternates each round) so that drift on a shared machine
-touches both alike.  For each migration, lockfsm.host.migrate reports QEMU's transfer, QEMU's own
+touches both alike.  For each migration, lockfsm.embed.host.migrate
+reports QEMU's transfer, QEMU's own
 downtime, the handoff (from QEMU's ``completed`` until the target's CPUs run: both
 ``complete_migrate_in`` calls and ``cont``) and the whole (from ``prepare_migrate`` on); the
 setup is the rest (prepare_migrate, the target's supervisor and incoming QEMU); take_over is
@@ -31,8 +32,8 @@ import time
 import uuid as uuidlib
 from contextlib import suppress
 
-from lockfsm import status
-from lockfsm.host import Disk, Guest, Host, MigrationTimes, migrate
+from lockfsm.embed.host import Disk, Guest, Host, MigrationTimes, migrate
+from lockfsm.tools import status
 
 FIELDS = ("total", "setup", "qemu", "downtime", "handoff", "take_over")
 
@@ -53,7 +54,7 @@ def image(top: str, name: str) -> str:
 
 
 class Sample:
-    """One migration: lockfsm.host's times, and how long the target's complete_migrate_in took
+    """One migration: lockfsm.embed.host's times, and how long the target's complete_migrate_in took
     (it returns once the target holds every lease)."""
 
     def __init__(self, times: MigrationTimes, take_over: float) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from lockfsm.backends import Capabilities, ConfigKey
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
-from lockfsm.paths import default_state_dir, safe_dir
+from lockfsm.protocol.paths import default_state_dir, safe_dir
 
 CAPABILITIES = Capabilities(
     per_disk=True,

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockfsm.backends import Capabilities, ConfigKey
 from lockfsm.errors import BackendError, LeaseConflict
-from lockfsm.paths import default_state_dir, safe_dir
+from lockfsm.protocol.paths import default_state_dir, safe_dir
 
 if TYPE_CHECKING:
     import subprocess

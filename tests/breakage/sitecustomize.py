@@ -51,7 +51,7 @@ def target_ignores_conflicts() -> None:
 def resume_drops_leases() -> None:
     """(b) A cancelled source resumes without its leases: the supervisor's resume (the source's
     complete_migrate_in(cancel=True)) lets every lease go, and the guest runs on."""
-    from lockfsm import supervisor
+    from lockfsm.supervisor import process as supervisor
 
     original = supervisor.Supervisor._do_forget_migration
 
@@ -65,7 +65,7 @@ def resume_drops_leases() -> None:
 def hand_off_before_kill() -> None:
     """(c) The source's hand_off gives the leases up before its guest is dead: it lets every
     lease go, then kills the guest, which (as a real QEMU does) takes a moment to stop."""
-    from lockfsm import supervisor
+    from lockfsm.supervisor import process as supervisor
 
     original = supervisor.Supervisor._do_kill_guest
 
@@ -137,7 +137,7 @@ def etcd_takeover_skips_handoff() -> None:
 
         agent.value = value
 
-    _after_import("lockfsm.etcd_agent", patch)
+    _after_import("lockfsm.agent.main", patch)
 
 
 def sanlock_takeover_ignores_version() -> None:

@@ -19,14 +19,14 @@ APPLIED: str | None = None
 
 def no_pdeathsig() -> None:
     """The guest is not told to die with its supervisor (PR_SET_PDEATHSIG is never set)."""
-    from lockfsm import supervisor
+    from lockfsm.supervisor import process as supervisor
 
     supervisor.PR_SET_PDEATHSIG = 0  # prctl(0, ...) fails with EINVAL: nothing is set
 
 
 def attach_forgets_hotplug() -> None:
     """A re-attaching daemon drops the hot-plugged disks from what it tracks (S4)."""
-    from lockfsm import api
+    from lockfsm.daemon import manager as api
 
     original = api.LockManager._do_attach_supervisor
 
@@ -42,8 +42,9 @@ def attach_forgets_hotplug() -> None:
 def timeout_kills_supervisor() -> None:
     """A daemon whose supervisor does not answer kills it (a refused call changes the leases:
     S5)."""
-    from lockfsm import api, control
+    from lockfsm.daemon import manager as api
     from lockfsm.errors import BackendError
+    from lockfsm.protocol import rundir
 
     original = api.LockManager._call
 
@@ -52,7 +53,7 @@ def timeout_kills_supervisor() -> None:
             return original(self, launch, request, timeout)
         except BackendError as e:
             if "did not answer" in str(e):
-                record = control.read_record(self._run_dir, launch)
+                record = rundir.read_record(self._run_dir, launch)
                 if record is not None:
                     os.kill(int(record["pid"]), signal.SIGKILL)
             raise
@@ -62,7 +63,7 @@ def timeout_kills_supervisor() -> None:
 
 def take_over_without_leases() -> None:
     """A migration target's take-over reports success without taking the leases (S3, S2)."""
-    from lockfsm import supervisor
+    from lockfsm.supervisor import process as supervisor
 
     def acquire_leases(self: Any, args: Mapping[str, Any]) -> None:
         if self.sm.state != "incoming":

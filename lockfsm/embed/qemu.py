@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from lockfsm.config import POLICIES
+from lockfsm.daemon.config import POLICIES
+from lockfsm.daemon.flags import ResourceFlags
+from lockfsm.daemon.values import check_id, check_name, check_uuid
 from lockfsm.errors import InvalidArgument
-from lockfsm.flags import ResourceFlags
-from lockfsm.values import check_id, check_name, check_uuid
 
 if TYPE_CHECKING:
     from qemu.qmp import QMPClient

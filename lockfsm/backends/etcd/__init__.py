@@ -40,9 +40,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lockfsm import control
 from lockfsm.backends import Capabilities, ConfigKey
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
+from lockfsm.protocol import wire
 
 CAPABILITIES = Capabilities(
     per_disk=True,
@@ -210,8 +210,8 @@ def agent_call(path: str, request: Mapping[str, Any], timeout: float) -> dict[st
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
-            s.sendall(control.encode({"id": 1, **request}))
-            line = control.recv_line(s)
+            s.sendall(wire.encode({"id": 1, **request}))
+            line = wire.recv_line(s)
     except OSError as e:
         raise BackendError(
             f"no lockfsm-etcd-agent answers at {path} ({e.strerror or e}): start it with "
@@ -219,7 +219,7 @@ def agent_call(path: str, request: Mapping[str, Any], timeout: float) -> dict[st
         ) from None
     if not line:
         raise BackendError(f"the lockfsm-etcd-agent at {path} closed the connection")
-    reply = control.decode(line)
+    reply = wire.decode(line)
     _raise_reply(reply)
     return reply
 
@@ -395,7 +395,7 @@ class EtcdHolder:
                 self._gone("the lockfsm-etcd-agent closed the connection (it died or restarted)")
                 break
             self.buf += chunk
-            if len(self.buf) > 2 * control.MAX_MESSAGE and b"\n" not in self.buf:
+            if len(self.buf) > 2 * wire.MAX_MESSAGE and b"\n" not in self.buf:
                 self.buf = b""
                 self._gone("the lockfsm-etcd-agent sent a message over the size limit")
                 break
@@ -403,7 +403,7 @@ class EtcdHolder:
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
             try:
-                messages.append(control.decode(line))
+                messages.append(wire.decode(line))
             except InvalidArgument:
                 continue
         return messages
@@ -421,7 +421,7 @@ class EtcdHolder:
         self.ids += 1
         rid = self.ids
         deadline = time.monotonic() + (self.budget if timeout is None else timeout)
-        self._send(control.encode({**request, "id": rid}), deadline)
+        self._send(wire.encode({**request, "id": rid}), deadline)
         while True:
             reply = None
             for msg in self._drain():
@@ -472,7 +472,7 @@ class EtcdHolder:
             if msg.get("ok") is True and key:  # taken after all: give it back
                 try:
                     self._send(
-                        control.encode({"op": "release", "key": key, "id": 0}),
+                        wire.encode({"op": "release", "key": key, "id": 0}),
                         time.monotonic() + 1.0,
                     )
                 except BackendError:
@@ -614,7 +614,7 @@ class EtcdHolder:
             # supervisor is letting everything go after stopping the guest).
             try:
                 self._send(
-                    control.encode({"op": "release", "key": key, "id": 0}), time.monotonic() + 0.1
+                    wire.encode({"op": "release", "key": key, "id": 0}), time.monotonic() + 0.1
                 )
             except BackendError:
                 pass

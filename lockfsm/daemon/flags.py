@@ -1,8 +1,10 @@
-"""The flag and type enums of the seed API (light: the supervisor imports them too)."""
+"""The flag and type enums of the seed API (light: ``import lockfsm`` loads them)."""
 
 from __future__ import annotations
 
 import enum
+
+from lockfsm.errors import InvalidArgument, show
 
 
 class NewFlags(enum.IntFlag):
@@ -34,8 +36,6 @@ class ResourceFlags(enum.IntFlag):
 
 def check_flags(cls: type[enum.IntFlag], value: object, what: str) -> int:
     """``value`` as an int of known bits of ``cls``; raise InvalidArgument naming it otherwise."""
-    from lockfsm.control import show
-    from lockfsm.errors import InvalidArgument
 
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{what} must be {cls.__name__} flags, not {show(value)}")

@@ -36,8 +36,8 @@ import attrs
 
 import lockfsm
 from lockfsm import DomainState, NewFlags, ResourceType
+from lockfsm.embed.qemu import Disk, EventLoop, Guest, HypervisorError, Monitor
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
-from lockfsm.qemu import Disk, EventLoop, Guest, HypervisorError, Monitor
 
 __all__ = ["Disk", "Domain", "Guest", "Host", "HypervisorError", "MigrationTimes", "migrate"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from lockfsm.backends import ConfigKey
 from lockfsm.errors import InvalidArgument
-from lockfsm.paths import default_run_dir, safe_dir
+from lockfsm.protocol.paths import default_run_dir, safe_dir
 
 POLICIES = ("poweroff", "pause", "ignore")
 _MAX_RUN_DIR = 107 - len("/0123456789abcdef.sock")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lockfsm import demo
+    from lockfsm.tools import demo
 
     return demo.main(stand_in=args.stand_in, pause=args.pause)
 
 
 def _spec_gen(args: argparse.Namespace) -> int:
-    from lockfsm import spec
+    from lockfsm.tools import spec
 
     for path in spec.write_generated(Path(args.specs) if args.specs else None):
         print(f"wrote {path}")
@@ -22,7 +22,7 @@ def _spec_gen(args: argparse.Namespace) -> int:
 
 
 def _spec_check(args: argparse.Namespace) -> int:
-    from lockfsm import model, modelcheck, spec
+    from lockfsm.tools import model, modelcheck, spec
 
     specs_dir = Path(args.specs) if args.specs else spec.default_specs_dir()
     specs = spec.load_all(specs_dir)
@@ -40,19 +40,19 @@ def _spec_check(args: argparse.Namespace) -> int:
 
 
 def _diagrams(args: argparse.Namespace) -> int:
-    from lockfsm import diagrams
+    from lockfsm.tools import diagrams
 
     return diagrams.main(args.out, args.record)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lockfsm import status
+    from lockfsm.tools import status
 
     return status.main(args.driver, args.config, args.run_dir, args.json)
 
 
 def _config(args: argparse.Namespace) -> int:
-    from lockfsm import config
+    from lockfsm.daemon import config
     from lockfsm.errors import LockFSMError
 
     try:

@@ -38,11 +38,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from lockfsm import config as configuration
-from lockfsm import control
 from lockfsm.backends import etcd as backend
-from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
-from lockfsm.etcd_client import (
+from lockfsm.backends.etcd.client import (
     KV,
     Etcd,
     EtcdError,
@@ -58,6 +55,9 @@ from lockfsm.etcd_client import (
     put,
     value,
 )
+from lockfsm.daemon import config as configuration
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
+from lockfsm.protocol import wire
 
 _WHO = ("name", "uuid", "launch", "migration")
 _RETRY = 0.1  # pause after a failed keepalive before the next try
@@ -145,7 +145,7 @@ class Conn:
 
     def send(self, message: Mapping[str, Any]) -> None:
         if not self.writer.is_closing():
-            self.writer.write(control.encode(message))
+            self.writer.write(wire.encode(message))
 
 
 class Agent:
@@ -168,7 +168,7 @@ class Agent:
     # -- keys -------------------------------------------------------------------------------------
 
     def dir(self, key: str) -> bytes:
-        if not control.LEASE_KEY.fullmatch(key):
+        if not wire.LEASE_KEY.fullmatch(key):
             raise InvalidArgument(f"lease key {key!r} is malformed")
         return self.prefix + b"L/" + key.encode() + b"/"
 
@@ -376,7 +376,7 @@ class Agent:
         key, mode, resource = req.get("key"), req.get("mode"), req.get("resource", "")
         if not isinstance(key, str) or mode not in ("exclusive", "shared"):
             raise InvalidArgument("a lease needs a key and a mode")
-        return key, str(mode), control.check_text(resource or key, "resource", 4096)
+        return key, str(mode), wire.check_text(resource or key, "resource", 4096)
 
     async def op_acquire(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         key, mode, resource = self._owned(conn, req)
@@ -698,7 +698,7 @@ class Agent:
         )
         conn = Conn(writer, pid, self.host)
         if uid not in (os.geteuid(), 0):
-            conn.send(control.error_reply(PermissionError(f"uid {uid} may not")))
+            conn.send(wire.error_reply(PermissionError(f"uid {uid} may not")))
             writer.close()
             return
         self.conns.add(conn)
@@ -722,19 +722,19 @@ class Agent:
     async def _request(self, conn: Conn, line: bytes) -> None:
         rid: Any = None
         try:
-            req = control.decode(line)
+            req = wire.decode(line)
             rid = req.get("id")
             handler = getattr(self, f"op_{req.get('op')}", None)
             if handler is None:
                 raise InvalidArgument(f"unknown op {req.get('op')!r}")
             reply = {"ok": True, **await handler(conn, req)}
         except LockFSMError as e:
-            reply = control.error_reply(e)
+            reply = wire.error_reply(e)
             if isinstance(e, LeaseConflict):
                 reply["final"] = e.final
         except Exception as e:  # no request may kill the agent, and with it every lease
             log(f"request failed: {type(e).__name__}: {e}")
-            reply = control.error_reply(BackendError(f"{type(e).__name__}: {e}"))
+            reply = wire.error_reply(BackendError(f"{type(e).__name__}: {e}"))
         if rid:
             conn.send({**reply, "id": rid})
 
@@ -795,7 +795,7 @@ class Agent:
         old = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                self.serve_conn, self.path, limit=control.MAX_MESSAGE
+                self.serve_conn, self.path, limit=wire.MAX_MESSAGE
             )
         finally:
             os.umask(old)

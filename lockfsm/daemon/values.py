@@ -13,9 +13,8 @@ from typing import Any
 
 import attrs
 
-from lockfsm.control import show
-from lockfsm.errors import InvalidArgument
-from lockfsm.flags import ResourceFlags, ResourceType, check_flags
+from lockfsm.daemon.flags import ResourceFlags, ResourceType, check_flags
+from lockfsm.errors import InvalidArgument, show
 
 MAX_PATH = 4096
 MAX_NAME = 255
@@ -199,7 +198,7 @@ class MigrationCookie:
         import binascii
         import json
 
-        from lockfsm import control
+        from lockfsm.protocol import wire
 
         if not isinstance(text, str) or not text.startswith(COOKIE_PREFIX):
             raise InvalidArgument(
@@ -218,11 +217,11 @@ class MigrationCookie:
         if not isinstance(raw["resources"], list):
             raise InvalidArgument("migration_cookie resources must be a list")
         for res in raw["resources"]:
-            control.check_resource(res)
-        control.check_text(raw["migration"], "migration id", 16)
-        control.check_text(raw["driver"], "driver", 32)
-        control.check_text(raw["source"], "source host", 255)
-        control.check_text(raw["hosturi"], "hosturi", 1024)
+            wire.check_resource(res)
+        wire.check_text(raw["migration"], "migration id", 16)
+        wire.check_text(raw["driver"], "driver", 32)
+        wire.check_text(raw["source"], "source host", 255)
+        wire.check_text(raw["hosturi"], "hosturi", 1024)
         return cls(
             migration=raw["migration"],
             uuid=check_uuid(raw["uuid"]),

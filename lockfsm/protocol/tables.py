@@ -3,7 +3,7 @@
 # ruff: noqa
 from __future__ import annotations
 
-from lockfsm.engine import Move, Table
+from lockfsm.protocol.engine import Move, Table
 
 
 DOMAIN = Table(

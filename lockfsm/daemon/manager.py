@@ -21,19 +21,11 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from lockfsm import _tables, backends, config, control
-from lockfsm._tables import DomainState
-from lockfsm.core import build, triggers
-from lockfsm.errors import (
-    BackendError,
-    IllegalTransition,
-    InvalidArgument,
-    LeaseConflict,
-    LeaseLost,
-    Unsupported,
-)
-from lockfsm.flags import NewFlags, ResourceFlags, ResourceType, check_flags
-from lockfsm.values import (
+from lockfsm import backends
+from lockfsm.daemon import config
+from lockfsm.daemon.flags import NewFlags, ResourceFlags, ResourceType, check_flags
+from lockfsm.daemon.machine import build, triggers
+from lockfsm.daemon.values import (
     HistoryEntry,
     MigrationCookie,
     Resource,
@@ -41,6 +33,17 @@ from lockfsm.values import (
     check_name,
     check_uuid,
 )
+from lockfsm.errors import (
+    BackendError,
+    IllegalTransition,
+    InvalidArgument,
+    LeaseConflict,
+    LeaseLost,
+    Unsupported,
+    show,
+)
+from lockfsm.protocol import rundir, tables, wire
+from lockfsm.protocol.states import DomainState
 
 log = logging.getLogger("lockfsm.core")  # one line per move of a domain machine
 log_control = logging.getLogger("lockfsm.control")  # one line per request to a supervisor
@@ -215,7 +218,7 @@ class LockManager:
                 self._launch = secrets.token_hex(8)
             cookie = self._params.get("migration_cookie")
             spec = {
-                "v": control.PROTOCOL,
+                "v": wire.PROTOCOL,
                 "driver": self._driver.name,
                 "config": self._driver.config,
                 "launch": self._launch,
@@ -294,7 +297,7 @@ class LockManager:
             or not 0 < timeout <= 86400
         ):
             raise InvalidArgument(
-                f"timeout {control.show(timeout)} must be a number of seconds in (0, 86400]"
+                f"timeout {show(timeout)} must be a number of seconds in (0, 86400]"
             )
         with self._lock:
             if self._flags & NewFlags.ATTACH and self._fsm is DomainState.IDLE:
@@ -343,7 +346,7 @@ class LockManager:
         """
         with self._lock:
             self._legal("prepare_migrate")
-            self._fire("prepare_migrate", hosturi=control.check_text(hosturi, "hosturi", 1024))
+            self._fire("prepare_migrate", hosturi=wire.check_text(hosturi, "hosturi", 1024))
             assert self._cookie is not None
             return self._cookie
 
@@ -388,7 +391,7 @@ class LockManager:
         try:
             info = self._call(self._launch, {"op": "hello"}, 5.0)
         except (BackendError, LeaseLost):
-            record = control.read_record(self._run_dir, self._launch)
+            record = rundir.read_record(self._run_dir, self._launch)
             if record is None or not record.get("failure"):
                 raise
             info = record
@@ -414,14 +417,14 @@ class LockManager:
 
     def _legal(self, event: str) -> None:
         """Raise before any argument is even looked at if the event cannot happen now."""
-        capability = _tables.DOMAIN.requires.get(event)
+        capability = tables.DOMAIN.requires.get(event)
         if capability and not getattr(self._driver.capabilities, capability):
             raise Unsupported(f"the {self._driver.name} driver does not support {capability}")
-        if not _tables.DOMAIN.candidates(self._fsm.value, event):
+        if not tables.DOMAIN.candidates(self._fsm.value, event):
             raise IllegalTransition("domain", self._fsm.value, event)
 
     def _fire(self, event: str, **args: Any) -> None:
-        from lockfsm.engine import choose
+        from lockfsm.protocol.engine import choose
 
         self._legal(event)
         source = self._fsm
@@ -433,11 +436,11 @@ class LockManager:
             # it asked for happened) and the manager moves to failed, as check() would.
             if event != "check" and self._fsm is not DomainState.FAILED:
                 self._failure = {"reason": str(e), "policy": self._policy()}
-                if _tables.DOMAIN.candidates(self._fsm.value, "check"):
+                if tables.DOMAIN.candidates(self._fsm.value, "check"):
                     self._fire("check")
             raise
         if not moved:
-            choose(_tables.DOMAIN, source.value, event, self._guard, args)  # raises the refusal
+            choose(tables.DOMAIN, source.value, event, self._guard, args)  # raises the refusal
             raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
         seconds = time.monotonic() - started
         self._history.append(HistoryEntry(source.value, event, self._fsm.value, seconds=seconds))
@@ -627,11 +630,11 @@ class LockManager:
             try:
                 return self._send(launch, request, timeout)
             except (FileNotFoundError, ConnectionError, TimeoutError):
-                record = control.read_record(self._run_dir, launch)
-                if record and record.get("state") in _tables.SUPERVISOR.terminal:
-                    control.forget(self._run_dir, launch, record.get("uuid"))
+                record = rundir.read_record(self._run_dir, launch)
+                if record and record.get("state") in tables.SUPERVISOR.terminal:
+                    rundir.forget(self._run_dir, launch, record.get("uuid"))
                     self._raise_ended(record)
-                if record and not control.supervisor_alive(record, launch):
+                if record and not rundir.supervisor_alive(record, launch):
                     raise BackendError(
                         f"the supervisor of {self.label!r} (pid {record.get('pid')}) is gone: "
                         "killed, its guest died with it and its leases are free"
@@ -647,18 +650,18 @@ class LockManager:
     def _raise_ended(self, record: Mapping[str, Any]) -> None:
         error = record.get("error")
         if error:
-            control.raise_reply(error)
+            wire.raise_reply(error)
         raise BackendError(
             f"the guest of {self.label!r} has exited (status {record.get('status')}); "
             "its leases are released"
         )
 
     def _send(self, launch: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """control.call to this launch's supervisor, logged (one line per request)."""
+        """wire.call to this launch's supervisor, logged (one line per request)."""
         started = time.monotonic()
         outcome = "ok"
         try:
-            return control.call(control.socket_path(self._run_dir, launch), request, timeout)
+            return wire.call(rundir.socket_path(self._run_dir, launch), request, timeout)
         except BaseException as e:
             outcome = type(e).__name__
             raise
@@ -677,9 +680,9 @@ class LockManager:
         try:
             return self._send(launch, request, timeout)
         except (FileNotFoundError, ConnectionError) as e:
-            record = control.read_record(self._run_dir, launch)
+            record = rundir.read_record(self._run_dir, launch)
             if record is not None and record.get("failure"):
-                raise LeaseLost(control.lost_message(record)) from None
+                raise LeaseLost(wire.lost_message(record)) from None
             raise BackendError(f"the supervisor of {self.label!r} is gone ({e})") from None
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label!r} did not answer") from None
@@ -687,7 +690,7 @@ class LockManager:
     def _find_supervisor(self, timeout: float) -> dict[str, Any]:
         """The hello of the supervisor ``dom-<uuid>`` names, checked to be this domain's."""
         uuid = self._params["uuid"]
-        launch = control.pointed(self._run_dir, uuid)
+        launch = rundir.pointed(self._run_dir, uuid)
         if launch is None:
             raise BackendError(f"no supervisor of uuid {uuid} is known in {self._run_dir}")
         hello = self._reach(launch, {"op": "hello"}, min(timeout, 5.0))
@@ -753,8 +756,8 @@ class LockManager:
         try:
             self._send(launch, request, grace + 30.0)
         except (FileNotFoundError, ConnectionError):
-            record = control.read_record(self._run_dir, launch)
-            if record is not None and control.supervisor_alive(record, launch):
+            record = rundir.read_record(self._run_dir, launch)
+            if record is not None and rundir.supervisor_alive(record, launch):
                 raise BackendError(
                     f"the supervisor of {self.label!r} (pid {record['pid']}) runs but does not "
                     "answer on its control socket"
@@ -763,7 +766,7 @@ class LockManager:
             # kernel or the supervisor released every lease.
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label!r} did not stop in time") from None
-        control.forget(self._run_dir, launch, self._params.get("uuid"))
+        rundir.forget(self._run_dir, launch, self._params.get("uuid"))
 
     def _request(self, op: str, wait: float, **fields: Any) -> dict[str, Any]:
         """One request to this launch's supervisor, as its current controller."""
@@ -809,14 +812,14 @@ class LockManager:
             # migration stream breaks): its supervisor then let every reservation go and exited.
             # The cancel has nothing left to undo.
             assert self._launch is not None
-            record = control.read_record(self._run_dir, self._launch)
-            if record is None or control.supervisor_alive(record, self._launch):
+            record = rundir.read_record(self._run_dir, self._launch)
+            if record is None or rundir.supervisor_alive(record, self._launch):
                 raise
         self._forget_launch()
 
     def _forget_launch(self) -> None:
         if self._launch is not None:
-            control.forget(self._run_dir, self._launch, self._params.get("uuid"))
+            rundir.forget(self._run_dir, self._launch, self._params.get("uuid"))
 
     def _do_forget(self, args: Mapping[str, Any]) -> None:
         self._driver._managers.discard(self)
@@ -825,7 +828,7 @@ class LockManager:
         return f"<LockManager {self.label!r} {self._fsm.value} flags={self._flags!r}>"
 
 
-_TRIGGERS = triggers(build(_tables.DOMAIN, DomainState, LockManager, "_fsm"))
+_TRIGGERS = triggers(build(tables.DOMAIN, DomainState, LockManager, "_fsm"))
 
 __all__ = [
     "LeaseConflict",

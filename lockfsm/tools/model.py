@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lockfsm.errors import InvalidArgument
-from lockfsm.spec import Spec
+from lockfsm.tools.spec import Spec
 
 # A supervisor that lost a lease and applied the lock-failure policy.
 _FAILED = (

@@ -7,8 +7,8 @@ once cancelled and once for real, and shuts it down, printing each step, each st
 holds each lease after every step.  Needs no configuration.
 
 The guest is a real QEMU (``qemu-system-x86_64``, TCG, no guest OS) driven over QMP by the
-reference embedding :mod:`lockfsm.host` when QEMU and ``qemu.qmp`` are installed, and a stand-in
-process otherwise (or with ``--stand-in``); the demo says which it used.
+reference embedding :mod:`lockfsm.embed.host` when QEMU and ``qemu.qmp`` are installed, and a
+stand-in process otherwise (or with ``--stand-in``); the demo says which it used.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import uuid as uuidlib
 from typing import Any, TextIO
 
 import lockfsm
-from lockfsm import NewFlags, ResourceType, status
+from lockfsm import NewFlags, ResourceType
+from lockfsm.tools import status
 
 GUEST = ["sleep", "600"]
 QEMU = "qemu-system-x86_64"
@@ -280,11 +281,11 @@ class StandInDemo(Stage):
 
 class QemuDemo(Stage):
     """The guest is a real QEMU; each simulated host's daemon is the reference embedding
-    :class:`lockfsm.host.Host`, which makes the lock-manager calls at the seed's points."""
+    :class:`lockfsm.embed.host.Host`, which makes the lock-manager calls at the seed's points."""
 
     def __init__(self, out: TextIO) -> None:
         super().__init__(out)
-        from lockfsm import host
+        from lockfsm.embed import host
 
         self.host = host
         self.config = {"lockspace_dir": self.lockspace, "shutdown_grace": 2.0}
@@ -312,7 +313,7 @@ class QemuDemo(Stage):
         say("lockfsm demo: disk leases for a guest's whole life, on the fcntl backend")
         say(f"   two simulated hosts share the lockspace {self.lockspace}")
         say(f"   guest: a real QEMU ({QEMU}, TCG, no guest OS) run by lockfsm-supervisor;")
-        say("   each host's daemon is lockfsm.host, which drives QEMU over QMP")
+        say("   each host's daemon is lockfsm.embed.host, which drives QEMU over QMP")
 
         step(1, "host-a starts guest vm-a with disks a.img and b.img")
         pid = a.start(self.guest("vm-a", ["a.img", "b.img"]))

@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lockfsm import _machines, control
 from lockfsm.backends import make_holder
-from lockfsm.engine import Instance
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
+from lockfsm.protocol import rundir, tables, wire
+from lockfsm.protocol.engine import Instance
 
 EXIT_USAGE = 2
 EXIT_REFUSED = 75  # EX_TEMPFAIL: a lease was held elsewhere, no guest was started
@@ -54,12 +54,12 @@ def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     if len(opts) % 2 or "--launch" not in opts[::2]:
         raise ValueError("options must be '--key value' pairs and include --launch")
     spec = json.loads(opts[opts.index("--launch") + 1])
-    if not isinstance(spec, dict) or spec.get("v") != control.PROTOCOL:
+    if not isinstance(spec, dict) or spec.get("v") != wire.PROTOCOL:
         raise ValueError("--launch is not a launch of this lockfsm version")
-    if not control.LAUNCH.fullmatch(str(spec.get("launch"))):
+    if not wire.LAUNCH.fullmatch(str(spec.get("launch"))):
         raise ValueError(f"launch id {spec.get('launch')!r} is malformed")
     for res in spec.get("resources", []):
-        control.check_resource(res)
+        wire.check_resource(res)
     return spec, guest
 
 
@@ -104,7 +104,7 @@ class Supervisor:
         self.guest_pid: int | None = None
         self.status: int | None = None
         self.error: dict[str, Any] | None = None
-        self.sm = Instance(_machines.SUPERVISOR, self._guard, self._act)
+        self.sm = Instance(tables.SUPERVISOR, self._guard, self._act)
         self.mode: str = spec.get("mode", "start")
         if self.mode not in ("start", "incoming"):
             raise ValueError(f"launch mode {self.mode!r} is unknown")
@@ -121,7 +121,7 @@ class Supervisor:
         self.buffers: dict[socket.socket, bytes] = {}
         self.accepting = True
         self.accept_at: float | None = None  # out of descriptors: try accepting again then
-        for action in {a for m in _machines.SUPERVISOR.moves for a in m.actions}:
+        for action in {a for m in tables.SUPERVISOR.moves for a in m.actions}:
             getattr(self, f"_do_{action}")  # every action of the table exists, or fail now
 
     # -- the machine's callbacks ----------------------------------------------------------------
@@ -151,7 +151,7 @@ class Supervisor:
             for lease, res in wanted:
                 if lease["key"] in self.leases:
                     raise InvalidArgument(f"{res['path']}: lease {lease['key']} is already held")
-                machine = Instance(_machines.LEASE, self._guard, self._lease_act)
+                machine = Instance(tables.LEASE, self._guard, self._lease_act)
                 self._fire_lease(machine, event, lease, res)
                 self.leases[lease["key"]] = machine
                 taken.append(lease)
@@ -190,12 +190,12 @@ class Supervisor:
         """Say which local guest holds lease ``key``, when its supervisor's record tells."""
         for name in sorted(os.listdir(self.run_dir)):
             launch = name.removesuffix(".json")
-            if launch == self.launch or not control.LAUNCH.fullmatch(launch):
+            if launch == self.launch or not wire.LAUNCH.fullmatch(launch):
                 continue
-            rec = control.read_record(self.run_dir, launch)
+            rec = rundir.read_record(self.run_dir, launch)
             if not rec or rec.get("state") not in ("running", "stopping", "migrating_out"):
                 continue
-            if not control.supervisor_alive(rec, launch):  # killed: its record still says so
+            if not rundir.supervisor_alive(rec, launch):  # killed: its record still says so
                 continue
             for res in rec.get("resources", []):
                 if any(lease.get("key") == key for lease in res.get("leases", [])):
@@ -250,7 +250,7 @@ class Supervisor:
         os.kill(self.guest_pid, signal.SIGKILL)
 
     def _do_report_refusal(self, args: Mapping[str, Any]) -> None:
-        self.error = control.error_reply(args["error"])
+        self.error = wire.error_reply(args["error"])
         self._record()
 
     def _do_spawn_guest(self, args: Mapping[str, Any]) -> None:
@@ -310,10 +310,10 @@ class Supervisor:
                 except LockFSMError as e:
                     print(f"lockfsm-supervisor: letting {lease['key']} go: {e}", file=sys.stderr)
         self.resources.clear()
-        self._end_take_over(control.error_reply(self._lost_error()))
+        self._end_take_over(wire.error_reply(self._lost_error()))
 
     def _lost_error(self) -> LeaseLost:
-        return LeaseLost(control.lost_message(self.info()))
+        return LeaseLost(wire.lost_message(self.info()))
 
     def _do_new_controller(self, args: Mapping[str, Any]) -> None:
         self.gen += 1
@@ -333,7 +333,7 @@ class Supervisor:
 
     def info(self) -> dict[str, Any]:
         return {
-            "v": control.PROTOCOL,
+            "v": wire.PROTOCOL,
             "pid": os.getpid(),
             "launch": self.launch,
             "driver": self.spec["driver"],
@@ -354,7 +354,7 @@ class Supervisor:
         }
 
     def _record(self) -> None:
-        control.write_record(self.run_dir, self.launch, self.info())
+        rundir.write_record(self.run_dir, self.launch, self.info())
 
     def fire(self, event: str, **args: Any) -> None:
         started = time.monotonic()
@@ -371,7 +371,7 @@ class Supervisor:
             )
 
     def _listen(self) -> socket.socket:
-        path = control.socket_path(self.run_dir, self.launch)
+        path = rundir.socket_path(self.run_dir, self.launch)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is born 0600
         try:
@@ -426,7 +426,7 @@ class Supervisor:
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         self.sel.register(self.pidfd, selectors.EVENT_READ, "guest")
-        while self.sm.state not in _machines.SUPERVISOR.terminal:
+        while self.sm.state not in tables.SUPERVISOR.terminal:
             self._watch_holder()
             check = self.holder.next_check() if self.failure is None else None
             timers = [
@@ -488,7 +488,7 @@ class Supervisor:
             head = [program]
         else:
             head = [sys.executable, "-m", "lockfsm.supervisor"]
-        return [*head, "--lease-lost", control.socket_path(self.run_dir, self.launch)]
+        return [*head, "--lease-lost", rundir.socket_path(self.run_dir, self.launch)]
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True
@@ -502,20 +502,20 @@ class Supervisor:
         except LeaseConflict as e:
             now = time.monotonic()
             if e.final:
-                self._end_take_over(control.error_reply(e))
+                self._end_take_over(wire.error_reply(e))
                 return
             if now < deadline:
                 pause = min(pause * 2, 0.002)  # a probe is a cheap query per lease
                 self.take_over = (conn, deadline, min(now + pause, deadline), pause)
                 return
             self._end_take_over(
-                control.error_reply(
+                wire.error_reply(
                     LeaseConflict(f"the source did not give up the lease in time: {e}", e.resource)
                 )
             )
             return
         except LockFSMError as e:
-            self._end_take_over(control.error_reply(e))
+            self._end_take_over(wire.error_reply(e))
             return
         self._point(take=True)  # this launch runs the guest now: ATTACH must find it
         self._end_take_over({"ok": True, **self.info()})
@@ -527,12 +527,12 @@ class Supervisor:
         uuid = self.spec.get("uuid")
         if not uuid:
             return
-        other = control.pointed(self.run_dir, uuid)
+        other = rundir.pointed(self.run_dir, uuid)
         if not take and other is not None and other != self.launch:
-            record = control.read_record(self.run_dir, other)
-            if record is not None and control.supervisor_alive(record, other):
+            record = rundir.read_record(self.run_dir, other)
+            if record is not None and rundir.supervisor_alive(record, other):
                 return
-        control.point(self.run_dir, uuid, self.launch)
+        rundir.point(self.run_dir, uuid, self.launch)
 
     def _end_take_over(self, reply: Mapping[str, Any]) -> None:
         if self.take_over is not None:
@@ -566,7 +566,7 @@ class Supervisor:
         self.fire("guest_exited", status=code if code >= 0 else 128 - code)
         self.kill_at = None
         self._end_take_over(
-            control.error_reply(BackendError(f"the guest exited (status {self.status})"))
+            wire.error_reply(BackendError(f"the guest exited (status {self.status})"))
         )
         for conn in list(self.waiters):
             self._reply(conn, {"ok": True, "status": self.status})
@@ -574,7 +574,7 @@ class Supervisor:
 
     def _close(self) -> None:
         try:
-            os.unlink(control.socket_path(self.run_dir, self.launch))
+            os.unlink(rundir.socket_path(self.run_dir, self.launch))
         except FileNotFoundError:
             pass
         self.listener.close()
@@ -599,7 +599,7 @@ class Supervisor:
                 why = (
                     f"uid {uid} may not control this supervisor (only uid {os.geteuid()} and root)"
                 )
-                self._reply(conn, control.error_reply(PermissionError(why)))
+                self._reply(conn, wire.error_reply(PermissionError(why)))
                 conn.close()
                 continue
             conn.setblocking(False)
@@ -639,7 +639,7 @@ class Supervisor:
             left = self.buffers.get(conn, b"")
             if left:  # the peer stopped mid-message: say so (it may still read)
                 why = f"truncated message: {len(left)} bytes without a newline"
-                self._reply(conn, control.error_reply(InvalidArgument(why)))
+                self._reply(conn, wire.error_reply(InvalidArgument(why)))
             if conn in self.buffers:
                 self._drop(conn)
             return
@@ -649,8 +649,8 @@ class Supervisor:
             self._request(conn, line)
             if conn not in self.buffers:
                 return  # dropped while answering (it did not read its reply)
-        if len(buf) > control.MAX_MESSAGE:
-            self._reply(conn, control.error_reply(InvalidArgument("message over the size limit")))
+        if len(buf) > wire.MAX_MESSAGE:
+            self._reply(conn, wire.error_reply(InvalidArgument("message over the size limit")))
             self._drop(conn)
             return
         if conn in self.buffers:
@@ -660,9 +660,9 @@ class Supervisor:
         """Send one reply; a peer that does not take it within REPLY_TIMEOUT (or is gone) is
         dropped with what it still had buffered, so no peer can stall the supervisor."""
         try:
-            data = control.encode(reply)
+            data = wire.encode(reply)
         except InvalidArgument as e:  # a reply over the limit: say so rather than die
-            data = control.encode(control.error_reply(BackendError(f"reply not sent: {e}")))
+            data = wire.encode(wire.error_reply(BackendError(f"reply not sent: {e}")))
         try:
             conn.setblocking(True)
             conn.settimeout(REPLY_TIMEOUT)
@@ -674,12 +674,12 @@ class Supervisor:
 
     def _request(self, conn: socket.socket, line: bytes) -> None:
         try:
-            op, fields = control.parse_request(line)
+            op, fields = wire.parse_request(line)
             reply = self._handle(conn, op, fields)
         except LockFSMError as e:
-            reply = control.error_reply(e)
+            reply = wire.error_reply(e)
         except Exception as e:  # no message may kill the supervisor, and with it the guest
-            reply = control.error_reply(BackendError(f"request refused: {type(e).__name__}: {e}"))
+            reply = wire.error_reply(BackendError(f"request refused: {type(e).__name__}: {e}"))
         if reply is not None:
             self._reply(conn, reply)
 
@@ -696,7 +696,7 @@ class Supervisor:
             # A take-over the superseded controller asked for ends now: its daemon is gone (or
             # no longer drives this guest), and the new one decides whether to complete.
             self._end_take_over(
-                control.error_reply(
+                wire.error_reply(
                     BackendError(
                         f"the take-over was superseded by a later attach (generation {self.gen})"
                     )
@@ -763,7 +763,7 @@ def report_loss(args: list[str]) -> int:
         return EXIT_USAGE
     why = " ".join(args[1:]) or "the lock service revoked the leases"
     try:
-        control.call(args[0], {"op": "lease_lost", "reason": why[:1024]}, 5.0)
+        wire.call(args[0], {"op": "lease_lost", "reason": why[:1024]}, 5.0)
     except (OSError, LockFSMError) as e:
         print(f"lockfsm-supervisor --lease-lost: {args[0]}: {e}", file=sys.stderr)
         return 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import enum
 
-from lockfsm._machines import TABLES as TABLES
-from lockfsm._machines import DOMAIN as DOMAIN
-from lockfsm._machines import SUPERVISOR as SUPERVISOR
-from lockfsm._machines import LEASE as LEASE
+from lockfsm.protocol.tables import TABLES as TABLES
+from lockfsm.protocol.tables import DOMAIN as DOMAIN
+from lockfsm.protocol.tables import SUPERVISOR as SUPERVISOR
+from lockfsm.protocol.tables import LEASE as LEASE
 
 
 class DomainState(enum.Enum):

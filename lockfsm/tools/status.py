@@ -22,8 +22,8 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lockfsm import control
 from lockfsm.errors import LockFSMError
+from lockfsm.protocol import rundir, wire
 
 #: Supervisor states in which every lease is held, and those in which every lease is reserved.
 HOLDING = frozenset({"holding", "running", "stopping", "migrating_out", "handing_off"})
@@ -40,11 +40,11 @@ def supervisors(run_dir: str) -> list[dict[str, Any]]:
         return []
     for name in names:
         launch = name.removesuffix(".json")
-        if not name.endswith(".json") or not control.LAUNCH.fullmatch(launch):
+        if not name.endswith(".json") or not wire.LAUNCH.fullmatch(launch):
             continue
-        record = control.read_record(run_dir, launch)
+        record = rundir.read_record(run_dir, launch)
         if record is not None:
-            record["alive"] = control.supervisor_alive(record, launch)
+            record["alive"] = rundir.supervisor_alive(record, launch)
             found.append(record)
     return sorted(found, key=lambda r: (str(r.get("name")), str(r.get("launch"))))
 
@@ -294,7 +294,8 @@ def main(
     """``lockfsm status``: print the survey; 2 on a bad configuration."""
     import json
 
-    from lockfsm import backends, config
+    from lockfsm import backends
+    from lockfsm.daemon import config
 
     try:
         keys = {**config.COMMON_KEYS, **backends.module(driver).BACKEND.config_keys}

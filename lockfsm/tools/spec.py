@@ -24,15 +24,16 @@ JOIN_NAMES = ("migration_source", "migration_target", "lock_failure")
 #: Capabilities an event may require (see lockfsm.backends.Capabilities).
 CAPABILITIES = ("hotplug", "migration")
 
-GENERATED = Path(__file__).with_name("_tables.py")
+_PROTOCOL = Path(__file__).resolve().parent.parent / "protocol"
+GENERATED = _PROTOCOL / "states.py"
 #: The tables alone, without the state enums: what the supervisor imports (it runs once per guest,
 #: and the enum classes cost it half a megabyte).
-GENERATED_MACHINES = Path(__file__).with_name("_machines.py")
+GENERATED_MACHINES = _PROTOCOL / "tables.py"
 
 
 def default_specs_dir() -> Path:
     """``specs/`` of the source tree this package was imported from."""
-    return Path(__file__).resolve().parent.parent / "specs"
+    return Path(__file__).resolve().parent.parent.parent / "specs"
 
 
 @dataclass(frozen=True)
@@ -254,8 +255,8 @@ def generate(specs: dict[str, Spec]) -> str:
         *_HEADER,
         "import enum",
         "",
-        "from lockfsm._machines import TABLES as TABLES",
-        *(f"from lockfsm._machines import {n.upper()} as {n.upper()}" for n in specs),
+        "from lockfsm.protocol.tables import TABLES as TABLES",
+        *(f"from lockfsm.protocol.tables import {n.upper()} as {n.upper()}" for n in specs),
         "",
     ]
     for name, spec in specs.items():
@@ -274,7 +275,7 @@ def generate_machines(specs: dict[str, Spec]) -> str:
     """The text of ``lockfsm/_machines.py`` for these tables (byte-stable)."""
     out = [
         *_HEADER,
-        "from lockfsm.engine import Move, Table",
+        "from lockfsm.protocol.engine import Move, Table",
         "",
     ]
     for name, spec in specs.items():
@@ -301,7 +302,7 @@ def generate_machines(specs: dict[str, Spec]) -> str:
 
 def write_generated(specs_dir: Path | None = None) -> list[Path]:
     """Regenerate ``lockfsm/_tables.py`` and the formal models in ``specs/``; return the paths."""
-    from lockfsm import model, modelcheck
+    from lockfsm.tools import model, modelcheck
 
     d = specs_dir or default_specs_dir()
     specs = load_all(d)

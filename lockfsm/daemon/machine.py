@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from transitions import EventData, Machine
 
-from lockfsm.engine import Table
+from lockfsm.protocol.engine import Table
 
 # transitions reports every callback at INFO: a daemon with many guests would drown in it.  Quiet
 # it unless the application configured that logger itself; lockfsm logs each move once, its way.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lockfsm.errors import BackendError
-from lockfsm.spec import TABLE_NAMES, Spec, default_specs_dir, load_all
+from lockfsm.tools.spec import TABLE_NAMES, Spec, default_specs_dir, load_all
 
 #: Edge colours by the table a row is written in.
 COLOURS = {"migration_source": "#1f5fbf", "migration_target": "#2a8a3a"}
@@ -85,7 +85,8 @@ def record(out: Path) -> Path:
     """Run a cancelled and a completed migration between two simulated hosts and write what the
     managers did to ``out``/migration-run.json."""
     import lockfsm
-    from lockfsm import NewFlags, ResourceType, status
+    from lockfsm import NewFlags, ResourceType
+    from lockfsm.tools import status
 
     top = tempfile.mkdtemp(prefix="lfrec")
     procs: list[subprocess.Popen[bytes]] = []

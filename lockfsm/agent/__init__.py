@@ -1,0 +1,1 @@
+"""``lockfsm-etcd-agent``: the per-host etcd lease agent of the etcd backend."""
