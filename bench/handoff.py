@@ -182,8 +182,8 @@ def handoff_fcntl(ctx: Context) -> list[Row]:
 # `sanlock client acquire -p PID` has someone to acquire for.
 _REGISTERED = """
 import json, os, sys
-from lockfsm.backends import make_holder
-make_holder("sanlock", json.loads(sys.argv[1])).reserve({"key": "x", "mode": "exclusive"}, "b")
+from lockfsm.supervisor.leases import LeaseMachines
+LeaseMachines("sanlock", json.loads(sys.argv[1])).reserve({"key": "x", "mode": "exclusive"}, "b")
 print(os.getpid(), flush=True)
 sys.stdin.read()
 """

@@ -30,10 +30,11 @@ def _raw(path: str) -> None:
 
 def acquire_release(ctx: Context) -> Row:
     """fcntl lease acquire+release through the backend vs the raw system calls."""
-    from lockfsm.backends.fcntl import FcntlHolder
+    from lockfsm.supervisor.leases import LeaseMachines
 
     lockspace = ctx.tmpdir("lfbl")
-    holder = FcntlHolder(lockspace)
+    # The backend's own cost: its holder, called as a lease machine's actions call it.
+    holder = LeaseMachines("fcntl", {"lockspace_dir": lockspace}).holder
     key = "0" * 64  # a lease file name as the daemon names it (a SHA-256 hex)
     lease = {"key": key, "mode": "exclusive"}
     path = os.path.join(lockspace, key)

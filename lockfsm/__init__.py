@@ -30,9 +30,9 @@ from lockfsm.errors import (
 )
 
 if TYPE_CHECKING:
-    from lockfsm.daemon.manager import LockDriver as LockDriver
+    from lockfsm.daemon.driver import LockDriver as LockDriver
+    from lockfsm.daemon.driver import load_driver as load_driver
     from lockfsm.daemon.manager import LockManager as LockManager
-    from lockfsm.daemon.manager import load_driver as load_driver
     from lockfsm.daemon.values import HistoryEntry as HistoryEntry
     from lockfsm.daemon.values import Resource as Resource
     from lockfsm.protocol.states import DomainState as DomainState
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_driver": "lockfsm.daemon.manager",
-    "LockDriver": "lockfsm.daemon.manager",
+    "load_driver": "lockfsm.daemon.driver",
+    "LockDriver": "lockfsm.daemon.driver",
     "LockManager": "lockfsm.daemon.manager",
     "DomainState": "lockfsm.protocol.states",
     "HistoryEntry": "lockfsm.daemon.values",

@@ -1,5 +1,5 @@
 /* GENERATED from specs/*.toml by `lockfsm spec model`: 2 hosts. Do not edit. */
-/* Lease loss (the lost_* events): modelled. */
+/* Lease loss and signals (the lost, terminate and grace_over events): modelled. */
 #define N 2
 
 /* domain manager states (daemon side) */
@@ -52,7 +52,7 @@ inline release(h) {
     if :: gate == h -> gate = 0 :: else -> skip fi
 }
 
-#define executing(h) (guest[h] && (sup[h] == S_running || sup[h] == S_stopping || sup[h] == S_migrating_out || sup[h] == S_handing_off || sup[h] == S_unprotected))
+#define executing(h) (guest[h] && (sup[h] == S_running || sup[h] == S_stopping || sup[h] == S_migrating_out || sup[h] == S_unprotected))
 
 proctype host(byte h) {
     do
@@ -62,6 +62,9 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_idle && (true) ->
          dm[h] = D_idle;
          printf("STEP host %d: domain idle --register_resource--> idle\n", h) }
+    :: atomic { dm[h] == D_idle && (mode[h] == M_START) && (true) && (true) ->
+         dm[h] = D_idle;
+         printf("STEP host %d: domain idle --supervisor_args--> idle\n", h) }
     :: atomic { dm[h] == D_idle && (mode[h] == M_START) && (true) && sup[h] == S_running && supmode[h] == mode[h] ->
          dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> started\n", h) }
@@ -71,14 +74,14 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_started ->
          dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain started --get_child--> started\n", h) }
-    :: atomic { dm[h] == D_started && (true) && ((sup[h] == S_running && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
+    :: atomic { dm[h] == D_started && (true) && ((sup[h] == S_running && (true) && (true))) ->
+         if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain started --acquire_resource--> started\n", h) }
-    :: atomic { dm[h] == D_started && (true) && ((sup[h] == S_running && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
+    :: atomic { dm[h] == D_started && (true) && ((sup[h] == S_running && (true) && (true))) ->
+         if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain started --release_resource--> started\n", h) }
-    :: atomic { dm[h] == D_started && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_started && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain started --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_idle ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -89,20 +92,20 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_stopped ->
          dm[h] = D_freed; mode[h] = M_START;
          printf("STEP host %d: domain stopped --free--> freed\n", h) }
-    :: atomic { dm[h] == D_started && ((sup[h] == S_running && (true))) ->
-         if :: sup[h] == S_running && (true) -> skip; sup[h] = S_migrating_out :: else -> assert(false) fi; cookie = h; dm[h] = D_migrating_out; mode[h] = M_START;
+    :: atomic { dm[h] == D_started && ((sup[h] == S_running && (true) && (true))) ->
+         if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_migrating_out :: else -> assert(false) fi; cookie = h; dm[h] = D_migrating_out; mode[h] = M_START;
          printf("STEP host %d: domain started --prepare_migrate--> migrating_out\n", h) }
-    :: atomic { dm[h] == D_migrating_out && (true) && ((sup[h] == S_migrating_out && (true))) ->
-         if :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_out && (true) && ((sup[h] == S_migrating_out && (true) && (true))) ->
+         if :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --complete_migrate_in--> started\n", h) }
-    :: atomic { dm[h] == D_migrating_out && (true) && ((sup[h] == S_migrating_out && (true))) ->
-         if :: sup[h] == S_migrating_out && (true) -> guest[h] = false; sup[h] = S_handing_off :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_done; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_out && (true) && ((sup[h] == S_migrating_out && (true) && (true))) ->
+         if :: sup[h] == S_migrating_out && (true) && (true) -> guest[h] = false; sup[h] = S_handing_off :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_done; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --complete_migrate_in--> done\n", h) }
-    :: atomic { dm[h] == D_migrating_out && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_out && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain migrating_out --shutdown--> stopped\n", h) }
-    :: atomic { dm[h] == D_done && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_done && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain done --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_migrating_out ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -113,20 +116,23 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && (sup[h] == S_migrating_out) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
          if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_migrating_out; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> migrating_out\n", h) }
+    :: atomic { dm[h] == D_idle && (mode[h] == M_MIGRATE) && (true) && (cookie != 0 && cookie != h) && (true) ->
+         dm[h] = D_idle;
+         printf("STEP host %d: domain idle --supervisor_args--> idle\n", h) }
     :: atomic { dm[h] == D_idle && (mode[h] == M_MIGRATE) && (true) && (cookie != 0 && cookie != h) && sup[h] == S_incoming && supmode[h] == mode[h] ->
          dm[h] = D_migrating_in; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> migrating_in\n", h) }
-    :: atomic { dm[h] == D_migrating_in && (true) && ((sup[h] == S_incoming && (lease == 0 && (gate == 0 || gate == h)))) ->
-         if :: sup[h] == S_incoming && (lease == 0 && (gate == 0 || gate == h)) -> lease = h; if :: gate == h -> gate = 0 :: else -> skip fi; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_in && (true) && ((sup[h] == S_incoming && (true) && (true) && (lease == 0 && (gate == 0 || gate == h)))) ->
+         if :: sup[h] == S_incoming && (true) && (true) && (lease == 0 && (gate == 0 || gate == h)) -> lease = h; if :: gate == h -> gate = 0 :: else -> skip fi; sup[h] = S_running :: else -> assert(false) fi; dm[h] = D_started; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --complete_migrate_in--> started\n", h) }
-    :: atomic { dm[h] == D_migrating_in && (true) && ((sup[h] == S_incoming && (true))) ->
-         if :: sup[h] == S_incoming && (true) -> guest[h] = false; sup[h] = S_cancelling :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_cancelled; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_in && (true) && ((sup[h] == S_incoming && (true) && (true))) ->
+         if :: sup[h] == S_incoming && (true) && (true) -> guest[h] = false; sup[h] = S_cancelling :: else -> assert(false) fi; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi; dm[h] = D_cancelled; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --complete_migrate_in--> cancelled\n", h) }
-    :: atomic { dm[h] == D_migrating_in && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_migrating_in && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --shutdown--> stopped\n", h) }
-    :: atomic { dm[h] == D_cancelled && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_cancelled && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain cancelled --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_migrating_in ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -155,11 +161,20 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_migrating_in && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
          dm[h] = D_failed; mode[h] = M_START;
          printf("STEP host %d: domain migrating_in --check--> failed\n", h) }
+    :: atomic { dm[h] == D_started && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain started --lease_lost--> failed\n", h) }
+    :: atomic { dm[h] == D_migrating_out && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_out --lease_lost--> failed\n", h) }
+    :: atomic { dm[h] == D_migrating_in && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing || sup[h] == S_lost)) ->
+         dm[h] = D_failed; mode[h] = M_START;
+         printf("STEP host %d: domain migrating_in --lease_lost--> failed\n", h) }
     :: atomic { dm[h] == D_failed ->
          dm[h] = D_failed; mode[h] = M_START;
          printf("STEP host %d: domain failed --check--> failed\n", h) }
-    :: atomic { dm[h] == D_failed && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing)) ->
-         if :: (sup[h] == S_running && (true)) || (sup[h] == S_stopping) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing) -> if :: sup[h] == S_running && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_paused && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
+    :: atomic { dm[h] == D_failed && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost) || (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true))) ->
+         if :: (sup[h] == S_running && (true) && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true) && (true)) || (sup[h] == S_incoming && (true) && (true)) || (sup[h] == S_paused && (true) && (true)) || (sup[h] == S_unprotected && (true) && (true)) || (sup[h] == S_fencing && (true)) -> if :: sup[h] == S_running && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_stopping && (true) -> sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_incoming && (true) && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_unprotected && (true) && (true) -> guest[h] = false; sup[h] = S_fencing :: sup[h] == S_fencing && (true) -> sup[h] = S_fencing :: else -> assert(false) fi; guest[h] = false; if :: sup[h] == S_running && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_stopping && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_handing_off && (true) -> release(h); sup[h] = S_handed_off :: sup[h] == S_migrating_out && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_cancelling && (true) -> release(h); sup[h] = S_cancelled :: sup[h] == S_incoming && (true) -> release(h); sup[h] = S_exited :: sup[h] == S_paused && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_unprotected && (true) -> release(h); sup[h] = S_lost :: sup[h] == S_fencing && (true) -> release(h); sup[h] = S_lost :: else -> assert(false) fi :: else -> skip fi; dm[h] = D_stopped; mode[h] = M_START;
          printf("STEP host %d: domain failed --shutdown--> stopped\n", h) }
     :: atomic { dm[h] == D_failed ->
          dm[h] = D_freed; mode[h] = M_START;
@@ -167,12 +182,12 @@ proctype host(byte h) {
     :: atomic { dm[h] == D_idle && (mode[h] == M_ATTACH) && (true) && ((sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing)) && ((sup[h] == S_running && (true)) || (sup[h] == S_stopping && (true)) || (sup[h] == S_migrating_out && (true)) || (sup[h] == S_handing_off && (true)) || (sup[h] == S_incoming && (true)) || (sup[h] == S_cancelling && (true)) || (sup[h] == S_paused && (true)) || (sup[h] == S_unprotected && (true)) || (sup[h] == S_fencing && (true))) ->
          if :: sup[h] == S_running && (true) -> skip; sup[h] = S_running :: sup[h] == S_stopping && (true) -> skip; sup[h] = S_stopping :: sup[h] == S_migrating_out && (true) -> skip; sup[h] = S_migrating_out :: sup[h] == S_handing_off && (true) -> skip; sup[h] = S_handing_off :: sup[h] == S_incoming && (true) -> skip; sup[h] = S_incoming :: sup[h] == S_cancelling && (true) -> skip; sup[h] = S_cancelling :: sup[h] == S_paused && (true) -> skip; sup[h] = S_paused :: sup[h] == S_unprotected && (true) -> skip; sup[h] = S_unprotected :: sup[h] == S_fencing && (true) -> skip; sup[h] = S_fencing :: else -> assert(false) fi; dm[h] = D_failed; mode[h] = M_START;
          printf("STEP host %d: domain idle --get_child--> failed\n", h) }
-    :: atomic { sup[h] == S_starting && supmode[h] == M_START && (lease == 0 && (gate == 0 || gate == h)) ->
+    :: atomic { sup[h] == S_starting && true && (supmode[h] == M_START) && (lease == 0 && (gate == 0 || gate == h)) ->
          lease = h; if :: gate == h -> gate = 0 :: else -> skip fi; sup[h] = S_holding;
-         printf("STEP host %d: supervisor starting --acquire_all--> holding\n", h) }
-    :: atomic { sup[h] == S_starting && supmode[h] == M_MIGRATE && (gate == 0) ->
+         printf("STEP host %d: supervisor starting --begin--> holding\n", h) }
+    :: atomic { sup[h] == S_starting && true && (supmode[h] == M_MIGRATE) && (gate == 0) ->
          gate = h; sup[h] = S_reserved;
-         printf("STEP host %d: supervisor starting --reserve--> reserved\n", h) }
+         printf("STEP host %d: supervisor starting --begin--> reserved\n", h) }
     :: atomic { sup[h] == S_starting && true && ((supmode[h] == M_START && !(lease == 0 && (gate == 0 || gate == h))) || (supmode[h] == M_MIGRATE && !(gate == 0))) ->
          skip; sup[h] = S_refused;
          printf("STEP host %d: supervisor starting --refuse--> refused\n", h) }
@@ -209,87 +224,78 @@ proctype host(byte h) {
     :: atomic { sup[h] == S_fencing && !guest[h] && (true) ->
          release(h); sup[h] = S_lost;
          printf("STEP host %d: supervisor fencing --guest_exited--> lost\n", h) }
-    :: atomic { sup[h] == S_running && true && (true) && (true) ->
+    :: atomic { sup[h] == S_running && true && (true) && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor running --lost_poweroff--> fencing\n", h) }
-    :: atomic { sup[h] == S_migrating_out && true && (true) && (true) ->
+         printf("STEP host %d: supervisor running --lost--> fencing\n", h) }
+    :: atomic { sup[h] == S_migrating_out && true && (true) && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor migrating_out --lost_poweroff--> fencing\n", h) }
+         printf("STEP host %d: supervisor migrating_out --lost--> fencing\n", h) }
+    :: atomic { sup[h] == S_running && true && (true) && (true) && (true) ->
+         skip; release(h); sup[h] = S_paused;
+         printf("STEP host %d: supervisor running --lost--> paused\n", h) }
+    :: atomic { sup[h] == S_migrating_out && true && (true) && (true) && (true) ->
+         skip; release(h); sup[h] = S_paused;
+         printf("STEP host %d: supervisor migrating_out --lost--> paused\n", h) }
+    :: atomic { sup[h] == S_running && true && (false) && (true) ->
+         release(h); sup[h] = S_unprotected;
+         printf("STEP host %d: supervisor running --lost--> unprotected\n", h) }
+    :: atomic { sup[h] == S_migrating_out && true && (false) && (true) ->
+         release(h); sup[h] = S_unprotected;
+         printf("STEP host %d: supervisor migrating_out --lost--> unprotected\n", h) }
     :: atomic { sup[h] == S_stopping && true && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor stopping --lost_poweroff--> fencing\n", h) }
+         printf("STEP host %d: supervisor stopping --lost--> fencing\n", h) }
     :: atomic { sup[h] == S_handing_off && true && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor handing_off --lost_poweroff--> fencing\n", h) }
+         printf("STEP host %d: supervisor handing_off --lost--> fencing\n", h) }
     :: atomic { sup[h] == S_incoming && true && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor incoming --lost_poweroff--> fencing\n", h) }
+         printf("STEP host %d: supervisor incoming --lost--> fencing\n", h) }
     :: atomic { sup[h] == S_cancelling && true && (true) && (true) ->
          guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor cancelling --lost_poweroff--> fencing\n", h) }
+         printf("STEP host %d: supervisor cancelling --lost--> fencing\n", h) }
     :: atomic { sup[h] == S_paused && true ->
          sup[h] = S_paused;
-         printf("STEP host %d: supervisor paused --lost_poweroff--> paused\n", h) }
+         printf("STEP host %d: supervisor paused --lost--> paused\n", h) }
     :: atomic { sup[h] == S_unprotected && true ->
          sup[h] = S_unprotected;
-         printf("STEP host %d: supervisor unprotected --lost_poweroff--> unprotected\n", h) }
+         printf("STEP host %d: supervisor unprotected --lost--> unprotected\n", h) }
     :: atomic { sup[h] == S_fencing && true ->
          sup[h] = S_fencing;
-         printf("STEP host %d: supervisor fencing --lost_poweroff--> fencing\n", h) }
-    :: atomic { sup[h] == S_running && true && (true) && (true) ->
-         skip; release(h); sup[h] = S_paused;
-         printf("STEP host %d: supervisor running --lost_pause--> paused\n", h) }
-    :: atomic { sup[h] == S_migrating_out && true && (true) && (true) ->
-         skip; release(h); sup[h] = S_paused;
-         printf("STEP host %d: supervisor migrating_out --lost_pause--> paused\n", h) }
-    :: atomic { sup[h] == S_stopping && true && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor stopping --lost_pause--> fencing\n", h) }
-    :: atomic { sup[h] == S_handing_off && true && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor handing_off --lost_pause--> fencing\n", h) }
-    :: atomic { sup[h] == S_incoming && true && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor incoming --lost_pause--> fencing\n", h) }
-    :: atomic { sup[h] == S_cancelling && true && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor cancelling --lost_pause--> fencing\n", h) }
-    :: atomic { sup[h] == S_paused && true ->
-         sup[h] = S_paused;
-         printf("STEP host %d: supervisor paused --lost_pause--> paused\n", h) }
-    :: atomic { sup[h] == S_unprotected && true ->
-         sup[h] = S_unprotected;
-         printf("STEP host %d: supervisor unprotected --lost_pause--> unprotected\n", h) }
+         printf("STEP host %d: supervisor fencing --lost--> fencing\n", h) }
+    :: atomic { sup[h] == S_running && true && (true) ->
+         skip; sup[h] = S_stopping;
+         printf("STEP host %d: supervisor running --terminate--> stopping\n", h) }
+    :: atomic { sup[h] == S_stopping && true && (true) ->
+         guest[h] = false; sup[h] = S_stopping;
+         printf("STEP host %d: supervisor stopping --terminate--> stopping\n", h) }
+    :: atomic { sup[h] == S_migrating_out && true && (true) ->
+         skip; sup[h] = S_stopping;
+         printf("STEP host %d: supervisor migrating_out --terminate--> stopping\n", h) }
+    :: atomic { sup[h] == S_handing_off && true && (true) ->
+         guest[h] = false; sup[h] = S_handing_off;
+         printf("STEP host %d: supervisor handing_off --terminate--> handing_off\n", h) }
+    :: atomic { sup[h] == S_incoming && true && (true) ->
+         skip; sup[h] = S_cancelling;
+         printf("STEP host %d: supervisor incoming --terminate--> cancelling\n", h) }
+    :: atomic { sup[h] == S_cancelling && true && (true) ->
+         guest[h] = false; sup[h] = S_cancelling;
+         printf("STEP host %d: supervisor cancelling --terminate--> cancelling\n", h) }
+    :: atomic { sup[h] == S_paused && true && (true) ->
+         guest[h] = false; sup[h] = S_fencing;
+         printf("STEP host %d: supervisor paused --terminate--> fencing\n", h) }
+    :: atomic { sup[h] == S_unprotected && true && (true) ->
+         guest[h] = false; sup[h] = S_fencing;
+         printf("STEP host %d: supervisor unprotected --terminate--> fencing\n", h) }
     :: atomic { sup[h] == S_fencing && true ->
          sup[h] = S_fencing;
-         printf("STEP host %d: supervisor fencing --lost_pause--> fencing\n", h) }
-    :: atomic { sup[h] == S_running && false && (true) ->
-         release(h); sup[h] = S_unprotected;
-         printf("STEP host %d: supervisor running --lost_ignore--> unprotected\n", h) }
-    :: atomic { sup[h] == S_migrating_out && false && (true) ->
-         release(h); sup[h] = S_unprotected;
-         printf("STEP host %d: supervisor migrating_out --lost_ignore--> unprotected\n", h) }
-    :: atomic { sup[h] == S_stopping && false && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor stopping --lost_ignore--> fencing\n", h) }
-    :: atomic { sup[h] == S_handing_off && false && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor handing_off --lost_ignore--> fencing\n", h) }
-    :: atomic { sup[h] == S_incoming && false && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor incoming --lost_ignore--> fencing\n", h) }
-    :: atomic { sup[h] == S_cancelling && false && (true) && (true) ->
-         guest[h] = false; release(h); sup[h] = S_fencing;
-         printf("STEP host %d: supervisor cancelling --lost_ignore--> fencing\n", h) }
-    :: atomic { sup[h] == S_paused && false ->
-         sup[h] = S_paused;
-         printf("STEP host %d: supervisor paused --lost_ignore--> paused\n", h) }
-    :: atomic { sup[h] == S_unprotected && false ->
-         sup[h] = S_unprotected;
-         printf("STEP host %d: supervisor unprotected --lost_ignore--> unprotected\n", h) }
-    :: atomic { sup[h] == S_fencing && false ->
-         sup[h] = S_fencing;
-         printf("STEP host %d: supervisor fencing --lost_ignore--> fencing\n", h) }
+         printf("STEP host %d: supervisor fencing --terminate--> fencing\n", h) }
+    :: atomic { sup[h] == S_stopping && guest[h] && (true) ->
+         guest[h] = false; sup[h] = S_stopping;
+         printf("STEP host %d: supervisor stopping --grace_over--> stopping\n", h) }
+    :: atomic { sup[h] == S_cancelling && guest[h] && (true) ->
+         guest[h] = false; sup[h] = S_cancelling;
+         printf("STEP host %d: supervisor cancelling --grace_over--> cancelling\n", h) }
     /* the environment: what no table lists */
     :: atomic { dm[h] == D_idle && mode[h] != M_ATTACH && (sup[h] == S_gone || (sup[h] == S_refused || sup[h] == S_exited || sup[h] == S_handed_off || sup[h] == S_cancelled || sup[h] == S_lost)) &&
          (mode[h] != M_MIGRATE || (cookie != 0 && cookie != h)) ->

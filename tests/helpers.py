@@ -277,7 +277,7 @@ def lease_inode(lockspace: str, key: str) -> int:
 def leases_of(mgr: lockfsm.LockManager) -> Iterator[tuple[str, str]]:
     """(key, mode) of every lease the manager's supervisor holds: its resources' and the
     guest's own lease on its uuid (domain_lease)."""
-    for res, leases in mgr._all_resources():
+    for res, leases in mgr._registry.everything(mgr._params.get("uuid")):
         del res
         for lease in leases:
             yield lease["key"], lease["mode"]

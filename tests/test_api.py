@@ -155,7 +155,7 @@ def test_shared_and_readonly_take_shared_leases(mgr: lockfsm.LockManager, disks:
     mgr.register_resource(DISK, disks[0], ResourceFlags.SHARED)
     mgr.register_resource(DISK, disks[1], ResourceFlags.READONLY)
     mgr.register_resource(DISK, disks[2])
-    modes = [lease["mode"] for _, leases in mgr._resources.values() for lease in leases]
+    modes = [lease["mode"] for _, leases in mgr._registry.items.values() for lease in leases]
     assert modes == ["shared", "shared", "exclusive"]
 
 
@@ -169,7 +169,7 @@ def test_lease_names_follow_libvirt_lockd(
     os.symlink(disks[1], link)
     mgr.register_resource(DISK, disks[0])
     mgr.register_resource(DISK, link)
-    keys = [[lease["key"] for lease in leases] for _, leases in mgr._resources.values()]
+    keys = [[lease["key"] for lease in leases] for _, leases in mgr._registry.items.values()]
     sha = lambda p: hashlib.sha256(p.encode()).hexdigest()  # noqa: E731
     assert keys == [[sha(disks[0])], [sha(link), sha(disks[1])]]
 

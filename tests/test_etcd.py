@@ -31,10 +31,10 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
-from lockfsm.backends import make_holder
 from lockfsm.backends.etcd import EtcdHolder
 from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
 from lockfsm.daemon.values import MigrationCookie
+from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.conftest import require
 from tests.etcd_cluster import Agent, Cluster, keys_under
@@ -88,11 +88,12 @@ class Site:
         self.hosts.append(host)
         return host
 
-    def holder(self) -> EtcdHolder:
-        """A holder in the test process, as a supervisor of this host would have."""
-        holder = make_holder("etcd", {"run_dir": self.dir, **self.config})
-        assert isinstance(holder, EtcdHolder)
-        return holder
+    def holder(self) -> LeaseMachines:
+        """Lease machines and their holder in the test process, as a supervisor of this host
+        would have them."""
+        leases = LeaseMachines("etcd", {"run_dir": self.dir, **self.config})
+        assert isinstance(leases.holder, EtcdHolder)
+        return leases
 
     def close(self) -> None:
         for host in self.hosts:
@@ -222,7 +223,7 @@ class DeathWatch:
 
 
 def acquire_when_free(
-    holder: EtcdHolder, lease: dict[str, str], limit: float, pause: float = 0.01
+    holder: LeaseMachines, lease: dict[str, str], limit: float, pause: float = 0.01
 ) -> tuple[float, int]:
     """Try to acquire until it succeeds; (monotonic instant the successful request was sent,
     number of refusals before it)."""
@@ -286,7 +287,7 @@ def test_the_supervisor_and_the_daemon_import_no_etcd_client() -> None:
 
     code = (
         "import sys, lockfsm.supervisor.process, lockfsm.backends.etcd as e, lockfsm;"
-        "e.EtcdHolder({'run_dir': '/tmp', 'ttl': 4});"
+        "e.EtcdHolder({'run_dir': '/tmp', 'ttl': 4}, None);"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'aetcd', 'asyncio') "
         "or m == 'lockfsm.backends.etcd.client'))"
     )
@@ -879,9 +880,8 @@ def test_latency_against_a_bare_transaction(
         dst.reserve({**lease, **data}, "bench")
         t = time.perf_counter()
         src.release(lease)  # the source hands off (its guest is dead)
-        dst.acquire({**lease, **data}, "bench")  # one take-over transaction
+        dst.take_over([({**lease, **data}, "bench")])  # one take-over transaction, settled
         figures["hand"].append(time.perf_counter() - t)
-        dst.settle(lease)
     (b if rounds % 2 else a).release(lease)
 
     async def bare(etcd: Any) -> None:

@@ -68,13 +68,33 @@ def hook(event, args):
                 busy[0] = False
 
 sys.addaudithook(hook)
-holder = FcntlHolder(lockspace)
+leases = {}
+
+
+class View:
+    # The lease machines a supervisor would have: held while the holder has the file.
+
+    def state(self, key):
+        return "held" if key in holder.fds else None
+
+    def keys(self, *states):
+        return sorted(k for k in holder.fds if "held" in states)
+
+    def lease(self, key):
+        return leases[key]
+
+    def label(self, key):
+        return key
+
+
+holder = FcntlHolder(lockspace, View())
 print(json.dumps({"ready": True, "nfds": len(os.listdir("/proc/self/fd"))}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     reply = {"ok": True}
     try:
         if req["op"] == "acquire":
+            leases[req["lease"]["key"]] = req["lease"]
             holder.acquire(req["lease"], req["resource"])
         else:
             holder.release(req["lease"])

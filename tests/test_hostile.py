@@ -372,7 +372,7 @@ def test_wrong_fields_are_named(guest: Guest, data: bytes, words: list[str]) -> 
 @pytest.mark.parametrize(
     ("op", "fields", "words"),
     [
-        ("take_over", {"timeout": 1.0}, ["take-over", "running"]),
+        ("take_over", {"timeout": 1.0}, ["'take_over'", "'running'"]),
         ("hand_off", {}, ["'hand_off'", "'running'"]),
         ("resume", {}, ["'resume'", "'running'"]),
         ("cancel", {}, ["'cancel'", "'running'"]),
@@ -412,7 +412,7 @@ def test_out_of_order_on_a_migrating_source(guest: Guest) -> None:
             {"op": "release", "resource": hotplug_resource(guest, guest.disks[0])},
             ["'release'", "'migrating_out'"],
         ),
-        ({"op": "take_over", "timeout": 1.0}, ["take-over", "migrating_out"]),
+        ({"op": "take_over", "timeout": 1.0}, ["'take_over'", "'migrating_out'"]),
     ]
     for request, words in cases:
         refused(guest, wire.encode({**request, "gen": gen}), *words)

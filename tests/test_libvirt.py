@@ -28,8 +28,9 @@ from contextlib import suppress
 import pytest
 
 from lockfsm import LeaseConflict
-from lockfsm.backends.fcntl import CHECK_EVERY, GATE_BYTE, FcntlHolder
+from lockfsm.backends.fcntl import CHECK_EVERY, GATE_BYTE
 from lockfsm.embed.host import Disk, Guest
+from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.tools import status
 from tests.conftest import IN_CI, require
 from tests.helpers import Host, lock_ranges, read_proc_locks, short_tmpdir, wait_until
@@ -324,27 +325,28 @@ def test_a_migration_targets_reservation_outlives_virtlockd_deleting_the_lease_f
 
 def test_a_take_over_locks_the_file_now_at_the_path(lockspace: str) -> None:
     """A reserved lease whose file was deleted meanwhile (as virtlockd does above) is taken
-    over on the file now at the path, gate and lease; a rival on that file refuses it, and the
+    over on the file now at the path (then settled: the gate let go); a rival on that file
+    refuses it, and the
     reservation is kept for a later try."""
     key = hashlib.sha256(b"/images/deleted-under-a-gate.raw").hexdigest()
     path = os.path.join(lockspace, key)
     lease = {"key": key, "mode": "shared"}
-    holder = FcntlHolder(lockspace)
-    holder.reserve(lease, "disk x")
+    leases = LeaseMachines("fcntl", {"lockspace_dir": lockspace})
+    leases.reserve(lease, "disk x")
     os.unlink(path)
     rival = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.lockf(rival, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # virtlockd's kind of lock
         with pytest.raises(LeaseConflict, match=f"another lock manager \\(pid {os.getpid()}"):
-            holder.acquire(lease, "disk x")
-        assert holder.reserved == {key} and key not in holder.kinds
+            leases.take_over([(lease, "disk x")])
+        assert leases.state(key) == "reserved"
     finally:
         os.close(rival)
-    holder.acquire(lease, "disk x")
+    leases.take_over([(lease, "disk x")])
     mine = {(ino, byte, kind) for ino, byte, kind in lock_ranges(os.getpid())}
     inode = os.stat(path).st_ino
-    assert os.fstat(holder.fds[key]).st_ino == inode
-    assert {(inode, 0, "READ"), (inode, GATE_BYTE, "WRITE")} <= mine
-    holder.settle(lease)
-    assert holder.poll() is None
-    holder.release(lease)
+    assert os.fstat(leases.holder.fds[key]).st_ino == inode  # type: ignore[attr-defined]
+    assert {(inode, 0, "READ")} <= mine
+    assert (inode, GATE_BYTE, "WRITE") not in mine, "settled: the gate is let go"
+    assert leases.poll() is None
+    leases.release(lease)

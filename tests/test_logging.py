@@ -38,7 +38,7 @@ def test_each_layer_logs_one_line_per_step(
     moves = [MOVE.match(ln) for ln in lines if ln.startswith("move ")]
     assert moves and all(moves)
     assert [(m.group(3), m.group(4), m.group(5)) for m in moves if m] == [
-        ("starting", "acquire_all", "holding"),
+        ("starting", "begin", "holding"),
         ("holding", "spawn", "running"),
         ("running", "stop", "stopping"),
         ("stopping", "guest_exited", "exited"),

@@ -55,8 +55,8 @@ MUTATIONS = {
     # The target's supervisor runs the guest without taking the leases on take-over.
     "take-over without acquiring": (
         "migration_target.toml",
-        'event = "take_over"\nactions = ["acquire_leases"]',
-        'event = "take_over"',
+        'event = "take_over"\nguards = ["no_take_over_pending"]\nactions = ["take_over_leases"]',
+        'event = "take_over"\nguards = ["no_take_over_pending"]',
         "S3",
         "migrating_in --complete_migrate_in--> started",
     ),
@@ -71,12 +71,21 @@ MUTATIONS = {
     # On a lost lease (policy poweroff) the running guest is not killed: it runs on unprotected.
     "lost lease, guest left running": (
         "lock_failure.toml",
-        'from = ["running", "migrating_out"]\nevent = "lost_poweroff"\n'
+        'event = "lost"\nguards = ["policy_poweroff"]\n'
         'actions = ["kill_guest", "forfeit_leases"]\nto = "fencing"',
-        'from = ["running", "migrating_out"]\nevent = "lost_poweroff"\n'
+        'event = "lost"\nguards = ["policy_poweroff"]\n'
         'actions = ["forfeit_leases"]\nto = "unprotected"',
         "S3",
-        "--lost_poweroff--> unprotected",
+        "--lost--> unprotected",
+    ),
+    # An incoming target told to stop counts as holding its leases (the bug spin found when
+    # SIGTERM became a table row): it goes to stopping, not cancelling.
+    "stopped incoming target claims the leases": (
+        "migration_target.toml",
+        'event = "terminate"\nactions = ["signal_guest"]\nto = "cancelling"',
+        'event = "terminate"\nactions = ["signal_guest"]\nto = "stopping"',
+        "S3",
+        "incoming --terminate--> stopping",
     ),
 }
 

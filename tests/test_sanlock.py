@@ -460,9 +460,9 @@ def test_a_third_host_in_the_handoff_window_fails_the_handoff_safely(
 
 WORKER = r"""
 import json, os, sys, time
-from lockfsm.backends import make_holder
+from lockfsm.supervisor.leases import LeaseMachines
 config = json.loads(sys.argv[1])
-h = make_holder("sanlock", config)
+h = LeaseMachines("sanlock", config)
 h.reserve({"key": "x", "mode": "exclusive"}, "bench")  # registers
 print(json.dumps({"pid": os.getpid()}), flush=True)
 for line in sys.stdin:

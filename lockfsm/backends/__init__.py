@@ -22,36 +22,50 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
     are to be taken.  A key is a name without ``/``.  A backend with VM-level leases returns ``[]``.
     Pure: it takes nothing.
 
+Every holder is driven by the supervisor's lease machines (``specs/lease.toml``): each call
+below is the action of one lease move, made only from the state the table names, and the
+holder reads the machines' states through the :class:`LeaseView` it was made with.  A holder
+keeps no lease state of its own (what it keeps is its own resources: open files, connections,
+lease versions).
+
 ``Holder.acquire(lease, resource)``
-    Called in the supervisor, before the guest starts, on hot-plug, or on a migration target's
-    take-over of a lease it reserved.  Takes the lease without waiting.  Raises
-    :class:`~lockfsm.LeaseConflict` (naming ``resource`` and, where it can, the holder) when the
-    lease is held elsewhere, :class:`~lockfsm.BackendError` otherwise.  On a raise
-    nothing is held.
+    Called in the supervisor for an unheld lease (``acquire``: before the guest starts, or on
+    hot-plug).  Takes the lease without waiting.  Raises :class:`~lockfsm.LeaseConflict`
+    (naming ``resource`` and, where it can, the holder) when the lease is held elsewhere,
+    :class:`~lockfsm.BackendError` otherwise.  On a raise nothing is held.
 
 ``Holder.reserve(lease, resource)``
-    Called in an incoming migration's supervisor before its guest starts.  Makes sure that no one
-    but this holder can acquire the lease from now on, while the source may still hold it.
-    Raises LeaseConflict if another holder reserved it.  A backend whose handoff is atomic may
-    do nothing here.
+    Called in an incoming migration's supervisor before its guest starts (``reserve``).  Makes
+    sure that no one but this holder can acquire the lease from now on, while the source may
+    still hold it.  Raises LeaseConflict if another holder reserved it.  A backend whose handoff
+    is atomic may do nothing here.
 
 ``Holder.probe(lease, resource)``
     Called in a migration target's supervisor, for every reserved lease, before a take-over
-    attempt takes any: raises LeaseConflict (as ``acquire`` would) if the lease is visibly held
-    elsewhere right now, so that an attempt bound to fail takes nothing, not even for a moment.
-    Takes nothing.  A backend that cannot tell without taking returns (the attempt's acquire
-    then decides, and revert undoes).
+    attempt: raises LeaseConflict (as ``acquire`` would) if the lease is visibly held elsewhere
+    right now, so that an attempt bound to fail takes nothing, not even for a moment.  Takes
+    nothing.  A backend that cannot tell without taking returns (the take-over then decides).
 
-``Holder.revert(lease)`` and ``Holder.settle(lease)``
-    A migration target's take-over is all or nothing: it acquires its reserved leases one by one;
-    if one cannot be had, it reverts those it took in this attempt (back to reserved: nothing
-    lost, the attempt may be made again); once all are held, it settles each (the reservation is
-    no longer needed).
+``Holder.take_over(group)``
+    A migration target's take-over (``take_over``, one step for every reserved lease of the
+    guest): ``group`` is ``[(lease, resource)]``, exclusive leases first, then by key, each with
+    the handoff data the cookie carried.  All or nothing: takes every lease over from the source
+    (the reservations stay until ``settle``), or raises LeaseConflict (``final`` when it can
+    never succeed: the lease changed hands since the cookie was made) and then holds none of
+    them, each still reserved, so that the attempt may be made again.
+
+``Holder.settle(lease)``
+    The take-over is whole (``settle``, ``taken`` to ``held``): the reservation is no longer
+    needed.
 
 ``Holder.release(lease)``
-    Called in the supervisor after the guest exited, on hot-unplug, or on a handoff (after the
-    guest is dead); also lets a reservation go.  Never raises for a lease it
-    holds; releasing a lease it does not hold is a BackendError.
+    Called for a held lease (``release``): after the guest exited, on hot-unplug, on a handoff
+    (after the guest is dead), or when a lease is lost.  Never raises for a lease it holds;
+    releasing a lease it does not hold is a BackendError.
+
+``Holder.unreserve(lease)``
+    Called for a reserved lease (``release`` from ``reserved``): the migration was cancelled or
+    the incoming guest exited.
 
 ``Holder.handoff_data(lease)``
     Called in a migration source's supervisor when the migration is prepared, for each lease it
@@ -84,7 +98,7 @@ The contract of each method, in the manner of libvirt's ``lock_driver.h``:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from lockfsm.errors import InvalidArgument
@@ -113,12 +127,36 @@ class ConfigKey(NamedTuple):
     doc: str
 
 
+class LeaseView(Protocol):
+    """The supervisor's lease machines, read-only: what a holder is driven by."""
+
+    def state(self, key: str) -> str | None:
+        """The state of lease ``key`` (a state of specs/lease.toml), None if it has no machine."""
+        ...
+
+    def keys(self, *states: str) -> list[str]:
+        """The keys of the leases in one of ``states``, sorted."""
+        ...
+
+    def lease(self, key: str) -> Mapping[str, Any]:
+        """The lease ``key`` as the daemon named it (``key``, ``mode``, maybe ``version``)."""
+        ...
+
+    def label(self, key: str) -> str:
+        """The resource lease ``key`` protects, as errors name it."""
+        ...
+
+
 class Holder(Protocol):
     def reserve(self, lease: Mapping[str, str], resource: str) -> None: ...
 
     def acquire(self, lease: Mapping[str, str], resource: str) -> None: ...
 
+    def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None: ...
+
     def release(self, lease: Mapping[str, str]) -> None: ...
+
+    def unreserve(self, lease: Mapping[str, str]) -> None: ...
 
     def inheritable_fds(self) -> list[int]: ...
 
@@ -133,8 +171,6 @@ class Holder(Protocol):
     def next_check(self) -> float | None: ...
 
     def poll(self) -> str | None: ...
-
-    def revert(self, lease: Mapping[str, str]) -> None: ...
 
     def settle(self, lease: Mapping[str, str]) -> None: ...
 
@@ -165,7 +201,8 @@ def module(name: object) -> Any:
     return importlib.import_module(MODULES[name])
 
 
-def make_holder(name: str, config: Mapping[str, Any]) -> Holder:
-    """The holding half of backend ``name`` (in the supervisor), from a validated config."""
-    holder: Holder = module(name).make_holder(config)
+def make_holder(name: str, config: Mapping[str, Any], view: LeaseView) -> Holder:
+    """The holding half of backend ``name`` (in the supervisor), from a validated config, driven
+    by the lease machines ``view`` shows."""
+    holder: Holder = module(name).make_holder(config, view)
     return holder

@@ -29,11 +29,12 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
+from lockfsm.protocol import tables
 from lockfsm.protocol.paths import default_state_dir, safe_dir
 
 CAPABILITIES = Capabilities(
@@ -136,14 +137,15 @@ class FcntlHolder:
     the whole migration; every other acquire passes the gate (read-locks it for the moment of
     taking byte 0), so while a target holds the gate no other lockfsm host can take the lease, even
     in the instant between the source's release and the target's acquire.
+
+    Which locks a lease's file carries follows from its lease machine's state (the view): the
+    gate while reserved or taken, byte 0 while taken or held.
     """
 
-    def __init__(self, lockspace_dir: str) -> None:
+    def __init__(self, lockspace_dir: str, view: LeaseView) -> None:
         self.dir = lockspace_dir
+        self.view = view
         self.fds: dict[str, int] = {}
-        self.reserved: set[str] = set()
-        self.kinds: dict[str, int] = {}  # key -> the lock held on its byte 0, once taken
-        self.labels: dict[str, str] = {}  # key -> the resource it protects, for reports
         self.lost: str | None = None
         self.next_at: float | None = None
 
@@ -210,76 +212,74 @@ class FcntlHolder:
         if key in self.fds:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         self.fds[key] = self._locked_file(key, resource, [(fcntl.F_WRLCK, GATE_BYTE)])
-        self.reserved.add(key)
-        self.labels[key] = resource
 
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
         key = lease["key"]
-        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
-        if key in self.reserved:
-            # A take-over: the reservation stays until settle(), so that a take-over that does
-            # not get every lease can go back (revert) with nothing lost.
-            path = os.path.join(self.dir, key)
-            self._lock(self.fds[key], kind, LEASE_BYTE, path, resource)
-            self.kinds[key] = kind
-            if not self._still_there(self.fds[key], path):
-                # virtlockd deletes a lease file it lets go even while a gate is held on it (it
-                # locks byte 0 only): take gate and lease on the file now at the path.
-                try:
-                    self._retake(key)
-                except BaseException:
-                    self.revert(lease)
-                    raise
-            return
         if key in self.fds:
             raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        kind = _kind(lease)
         fd = self._locked_file(key, resource, [(fcntl.F_RDLCK, GATE_BYTE), (kind, LEASE_BYTE)])
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
         self.fds[key] = fd
-        self.kinds[key] = kind
-        self.labels[key] = resource
+
+    def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        """Lock byte 0 of each reserved lease file, the gate kept; if one cannot be had, unlock
+        the ones this attempt locked (back to reserved, nothing lost) and raise."""
+        taken: list[str] = []
+        try:
+            for lease, resource in group:
+                self._take_over_one(lease, resource)
+                taken.append(lease["key"])
+        except BaseException:
+            for key in taken:
+                fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
+            raise
+
+    def _take_over_one(self, lease: Mapping[str, Any], resource: str) -> None:
+        key = lease["key"]
+        if key not in self.fds:
+            raise BackendError(f"lease {key} of {resource} is not reserved by this supervisor")
+        path = os.path.join(self.dir, key)
+        kind = _kind(lease)
+        self._lock(self.fds[key], kind, LEASE_BYTE, path, resource)
+        if not self._still_there(self.fds[key], path):
+            # virtlockd deletes a lease file it lets go even while a gate is held on it (it
+            # locks byte 0 only): take gate and lease on the file now at the path.
+            try:
+                self._retake(key, gate=True, kind=kind)
+            except BaseException:
+                fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
+                raise
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
         key = lease["key"]
-        if key not in self.reserved:
+        if key not in self.fds:
             raise BackendError(f"lease {key} of {resource} is not reserved by this supervisor")
-        kind = fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
         path = os.path.join(self.dir, key)
         try:  # our own description's gate lock never conflicts with this query
-            got = fcntl.fcntl(self.fds[key], fcntl.F_OFD_GETLK, _flock(kind))
+            got = fcntl.fcntl(self.fds[key], fcntl.F_OFD_GETLK, _flock(_kind(lease)))
         except OSError as e:
             raise BackendError(f"querying {path} for {resource}: {e.strerror}") from None
         if struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK:
-            holder = _holder_of(self.fds[key], kind)
+            holder = _holder_of(self.fds[key], _kind(lease))
             raise LeaseConflict(
                 f"{resource} is locked by {holder} (lease file {path})", resource, holder
             )
 
-    def revert(self, lease: Mapping[str, str]) -> None:
-        key = lease["key"]
-        if key not in self.reserved:
-            raise BackendError(f"lease {key} was not taken over by this supervisor")
-        fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
-        self.kinds.pop(key, None)
-
     def settle(self, lease: Mapping[str, str]) -> None:
-        key = lease["key"]
-        if key in self.reserved:
-            fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
-            self.reserved.discard(key)
+        fcntl.fcntl(self.fds[lease["key"]], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
 
     def release(self, lease: Mapping[str, str]) -> None:
         fd = self.fds.pop(lease["key"], None)
-        self.reserved.discard(lease["key"])
-        self.kinds.pop(lease["key"], None)
-        self.labels.pop(lease["key"], None)
         if fd is None:
             raise BackendError(f"lease {lease['key']} is not held by this supervisor")
         try:
-            # Unlock explicitly: the guest may share this open file description.
+            # Unlock explicitly (lease and gate): the guest may share this open file description.
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
         finally:
             os.close(fd)
+
+    unreserve = release  # the gate goes the same way: unlock both bytes, close
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         return {}  # no atomic handoff: the target's reservation covers the window
@@ -293,19 +293,19 @@ class FcntlHolder:
     def next_check(self) -> float | None:
         return self.next_at if self.fds else None
 
-    def _retake(self, key: str) -> None:
+    def _retake(self, key: str, gate: bool, kind: int | None) -> None:
         """The file of a lease held or reserved here is no longer the one at its path: take the
-        same locks (the gate if reserved, byte 0 if taken), at once, on the file now at the path
+        same locks (the ``gate``, byte 0 with ``kind``), at once, on the file now at the path
         (made anew if missing), and put it in the old one's place.  The old open file
         description is unlocked and the supervisor's descriptor of it closed; a guest that
         inherited it keeps it open until it exits, on an inode no lock manager looks at.  The
         new lock is the supervisor's alone, like a hot-plugged lease's.  The holder restores
         its own lease, so it does not pass the gate.  Raises LeaseConflict (a rival locked the
         new file first) or BackendError; then nothing changed."""
-        steps = [(fcntl.F_WRLCK, GATE_BYTE)] if key in self.reserved else []
-        if key in self.kinds:
-            steps.append((self.kinds[key], LEASE_BYTE))
-        fd = self._locked_file(key, self.labels.get(key, key), steps)
+        steps = [(fcntl.F_WRLCK, GATE_BYTE)] if gate else []
+        if kind is not None:
+            steps.append((kind, LEASE_BYTE))
+        fd = self._locked_file(key, self.view.label(key), steps)
         old, self.fds[key] = self.fds[key], fd
         try:
             fcntl.fcntl(old, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
@@ -325,9 +325,15 @@ class FcntlHolder:
                 path = os.path.join(self.dir, key)
                 if self._still_there(fd, path):
                     continue
-                what = f"the lease file {path} of {self.labels.get(key, key)}"
+                what = f"the lease file {path} of {self.view.label(key)}"
+                state = self.view.state(key)
+                held = state in tables.LEASE_HOLDS
                 try:
-                    self._retake(key)
+                    self._retake(
+                        key,
+                        gate=state in tables.LEASE_RESERVES,
+                        kind=_kind(self.view.lease(key)) if held else None,
+                    )
                 except LockFSMError as e:
                     self.lost = f"{what} was deleted or replaced while held; not taken again: {e}"
                     break
@@ -341,8 +347,13 @@ class FcntlHolder:
         return list(self.fds.values())
 
 
+def _kind(lease: Mapping[str, Any]) -> int:
+    """The lock a lease takes on byte 0: a read lock for a shared lease, else a write lock."""
+    return fcntl.F_RDLCK if lease["mode"] == "shared" else fcntl.F_WRLCK
+
+
 BACKEND = FcntlBackend
 
 
-def make_holder(config: Mapping[str, Any]) -> FcntlHolder:
-    return FcntlHolder(config["lockspace_dir"])
+def make_holder(config: Mapping[str, Any], view: LeaseView) -> FcntlHolder:
+    return FcntlHolder(config["lockspace_dir"], view)

@@ -4,10 +4,10 @@ and as the baseline of the benchmarks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView
 
 CAPABILITIES = Capabilities(
     per_disk=False,
@@ -48,7 +48,10 @@ class NopHolder:
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def revert(self, lease: Mapping[str, str]) -> None:
+    def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        raise AssertionError("the nop backend names no lease")  # pragma: no cover
+
+    def unreserve(self, lease: Mapping[str, str]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def settle(self, lease: Mapping[str, str]) -> None:
@@ -76,5 +79,5 @@ class NopHolder:
 BACKEND = NopBackend
 
 
-def make_holder(config: Mapping[str, Any]) -> NopHolder:
+def make_holder(config: Mapping[str, Any], view: LeaseView) -> NopHolder:
     return NopHolder()

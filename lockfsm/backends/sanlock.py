@@ -38,11 +38,12 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView
 from lockfsm.errors import BackendError, LeaseConflict
+from lockfsm.protocol import tables
 from lockfsm.protocol.paths import default_state_dir, safe_dir
 
 if TYPE_CHECKING:
@@ -432,20 +433,20 @@ def _binding(private_dir: str) -> Any:
 
 class SanlockHolder:
     """The holding half (supervisor side): one registered connection to this host's daemon,
-    through which every lease of the guest is held."""
+    through which every lease of the guest is held.  Whether a lease is held or only reserved
+    is its lease machine's state (the view)."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], view: LeaseView) -> None:
         self.dir: str = config["lease_dir"]
         self.lockspace = str(config["lockspace"]).encode()
         self.host_id: int = config["host_id"]
         self.run_dir: str = config["sanlock_run_dir"]
         self.private = os.path.join(config["run_dir"], ".sanlock-py")
+        self.view = view
         self.sanlock: Any = None
         self.fd: int | None = None
-        self.held: dict[str, bool] = {}  # key -> shared
-        self.reserved: set[str] = set()  # nothing is held for these: see reserve()
         # key -> the version a take-over now expects, where an attempt that took the lease
-        # gave it back (revert): the acquire moved the version on, to our own.
+        # gave it back: the acquire moved the version on, to our own.
         self.expect: dict[str, int] = {}
 
     def _connect(self) -> int:
@@ -524,19 +525,15 @@ class SanlockHolder:
         # sanlock refuses it if anyone else took the lease meanwhile.  Connect now, though, so
         # that the incoming guest, started before the take-over, inherits the connection that
         # will hold the leases.
-        key = lease["key"]
-        if key in self.held or key in self.reserved:
-            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         self._connect()
-        self.reserved.add(key)
 
     def acquire(self, lease: Mapping[str, Any], resource: str) -> None:
+        self._acquire(lease, resource, None)
+
+    def _acquire(self, lease: Mapping[str, Any], resource: str, version: Any) -> None:
         key = lease["key"]
-        if key in self.held:
-            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
         fd = self._connect()
         shared = lease["mode"] == "shared"
-        version = self.expect.get(key, lease.get("version"))
         lver = int(version) if version is not None and not shared else None
         # Never waits: SANLK_ACQUIRE_OWNER_NOWAIT.  Without it, a lease whose owner's host
         # stopped renewing would block this single-threaded supervisor inside the acquire
@@ -545,16 +542,29 @@ class SanlockHolder:
         code = _acquire_function()(fd, self.lockspace, key.encode(), path, offset, shared, lver)
         if code != 0:
             raise self._conflict(code, key, resource, version)
-        self.reserved.discard(key)
-        self.held[key] = shared
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        key = lease["key"]
-        if key in self.reserved:
-            self.reserved.discard(key)  # a reservation let go: nothing to tell sanlock
-            return
-        if self.held.pop(key, None) is None:
-            raise BackendError(f"lease {key} is not held by this supervisor")
+    def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        """Acquire each lease with the version the cookie carries (sanlock refuses it, -240, if
+        anyone took the lease after the source).  If one cannot be had, release those taken in
+        this attempt: each release keeps the version our acquire moved it to, which the next
+        attempt then expects, so that only a third holder in between (a version further on)
+        fails it for good."""
+        taken: list[Mapping[str, Any]] = []
+        try:
+            for lease, resource in group:
+                key = lease["key"]
+                self._acquire(lease, resource, self.expect.get(key, lease.get("version")))
+                taken.append(lease)
+        except BaseException:
+            for lease in taken:
+                key = lease["key"]
+                ours = self._version_now(key) if lease["mode"] == "exclusive" else None
+                self._release(key)
+                if ours is not None:
+                    self.expect[key] = ours
+            raise
+
+    def _release(self, key: str) -> None:
         try:
             self.sanlock.release(self.lockspace, key.encode(), self._disks(key), slkfd=self.fd)
         except self.sanlock.SanlockException as e:
@@ -562,28 +572,25 @@ class SanlockHolder:
             # not held by this supervisor any more either way.
             print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
 
+    def release(self, lease: Mapping[str, str]) -> None:
+        if self.view.state(lease["key"]) not in tables.LEASE_HOLDS:
+            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
+        self._release(lease["key"])
+
+    def unreserve(self, lease: Mapping[str, str]) -> None:
+        pass  # nothing was reserved: nothing to tell sanlock
+
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
         # sanlock tells a lease's owner only by reading the lease area from disk (io_timeout
         # bound); the take-over's acquire, carrying the source's version, decides instead.
         return
-
-    def revert(self, lease: Mapping[str, str]) -> None:
-        # Nothing was reserved: going back from a partial take-over is a release.  The acquire
-        # moved an exclusive lease's version on (to ours): the next attempt expects that one,
-        # so that only a third holder in between (a version further on) fails it for good.
-        key = lease["key"]
-        ours = self._version_now(key) if self.held.get(key) is False else None
-        self.release(lease)
-        self.reserved.add(key)
-        if ours is not None:
-            self.expect[key] = ours
 
     def settle(self, lease: Mapping[str, str]) -> None:
         pass  # nothing was reserved
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         key = lease["key"]
-        if key not in self.held or self.held[key]:
+        if self.view.state(key) != "held" or lease["mode"] != "exclusive":
             return {}  # shared leases coexist: nothing to hand over atomically
         try:
             held = self.sanlock.inquire(slkfd=self.fd)
@@ -627,5 +634,5 @@ class SanlockHolder:
 BACKEND = SanlockBackend
 
 
-def make_holder(config: Mapping[str, Any]) -> SanlockHolder:
-    return SanlockHolder(config)
+def make_holder(config: Mapping[str, Any], view: LeaseView) -> SanlockHolder:
+    return SanlockHolder(config, view)

@@ -13,9 +13,10 @@ from typing import Any
 
 from lockfsm.backends import ConfigKey
 from lockfsm.errors import InvalidArgument
+from lockfsm.protocol import launch
 from lockfsm.protocol.paths import default_run_dir, safe_dir
 
-POLICIES = ("poweroff", "pause", "ignore")
+POLICIES = launch.POLICIES
 _MAX_RUN_DIR = 107 - len("/0123456789abcdef.sock")
 
 

@@ -6,20 +6,23 @@ is fired with ``machine.events[event].trigger(model)``.  Guards are the machine'
 actions its ``before`` callbacks, so an action that raises leaves the state as it was; the state
 is committed only after every action succeeded.  No ``to_<state>`` back door exists
 (``auto_transitions=False``), and every callback is a callable bound when the machine is built, so
-a table naming an action the code lacks fails at import, not in the middle of a move.
+a table naming a guard, read or action the code lacks fails at import, not in the middle of a move.
+
+A guard that needs a read makes it (once per call) before it is evaluated, as
+lockfsm/protocol/engine.py does: the call's arguments carry a ``_memo`` dict that keeps each
+read's result for the other candidate moves, the actions, and the refusal that may follow.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
 
 from transitions import EventData, Machine
 
-from lockfsm.protocol.engine import Table
+from lockfsm.protocol.engine import Table, check_model, run_reads
 
 # transitions reports every callback at INFO: a daemon with many guests would drown in it.  Quiet
 # it unless the application configured that logger itself; lockfsm logs each move once, its way.
@@ -27,31 +30,21 @@ if logging.getLogger("transitions").level == logging.NOTSET:
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
-class Model(Protocol):
-    """What a model of a table must offer: guard and action callbacks by name."""
-
-    def _guard(self, name: str, args: Mapping[str, Any]) -> str | None: ...
-
-    def _act(self, name: str, args: Mapping[str, Any]) -> None: ...
-
-
-def _condition(name: str, event: EventData) -> bool:
-    model: Model = event.model  # type: ignore[assignment]
-    return model._guard(name, event.kwargs) is None
+def _condition(table: Table, name: str, event: EventData) -> bool:
+    run_reads(table, name, event.kwargs, event.model)
+    guard: Callable[[dict[str, object]], str | None] = getattr(event.model, f"_guard_{name}")
+    return guard(event.kwargs) is None
 
 
 def _before(name: str, event: EventData) -> None:
-    model: Model = event.model  # type: ignore[assignment]
-    model._act(name, event.kwargs)
+    getattr(event.model, f"_do_{name}")(event.kwargs)
 
 
 def build(table: Table, states: type[enum.Enum], model_cls: type, attribute: str) -> Machine:
-    """The shared machine of ``table``; ``model_cls`` must define ``_do_<action>`` for each
-    action of the table.  Raises AssertionError (at import time) if one is missing."""
-    missing = sorted(
-        {a for m in table.moves for a in m.actions if not hasattr(model_cls, f"_do_{a}")}
-    )
-    assert not missing, f"{model_cls.__name__} lacks actions of the {table.name} table: {missing}"
+    """The shared machine of ``table``; ``model_cls`` must define the table's callbacks
+    (lockfsm.protocol.engine.check_model).  Raises AssertionError (at import time) if one is
+    missing."""
+    check_model(table, model_cls)
     machine = Machine(
         model=None,
         states=states,
@@ -65,7 +58,7 @@ def build(table: Table, states: type[enum.Enum], model_cls: type, attribute: str
             move.event,
             states(move.source),
             states(move.dest),
-            conditions=[partial(_condition, g) for g in move.guards],
+            conditions=[partial(_condition, table, g) for g in move.guards],
             before=[partial(_before, a) for a in move.actions],
         )
     return machine

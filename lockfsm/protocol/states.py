@@ -54,3 +54,4 @@ class LeaseState(enum.Enum):
     HELD = 'held'
     RELEASED = 'released'
     RESERVED = 'reserved'
+    TAKEN = 'taken'

@@ -28,7 +28,7 @@ from lockfsm.tools.spec import TABLE_NAMES, Spec, default_specs_dir, load_all
 #: Edge colours by the table a row is written in.
 COLOURS = {"migration_source": "#1f5fbf", "migration_target": "#2a8a3a"}
 RECORDING = "migration-run.json"
-NOISE = {"set_parameter", "register_resource"}  # self-loops on idle, left out of the sequence
+NOISE = {"set_parameter", "register_resource", "supervisor_args"}  # self-loops on idle, left out
 
 
 def default_dir() -> Path:
@@ -68,16 +68,14 @@ def machine_graph(spec: Spec) -> Any:
         style = "filled" if state.attrs.get("guest") else ""
         g.node(name, shape=shape, style=style, fillcolor="#f2f2f2", tooltip=state.doc)
     g.edge("__start", spec.initial)
-    for src, event, guards, actions, dest in spec.expanded():
-        origin = next(
-            m.origin
-            for m in spec.moves
-            if m.event == event and src in m.sources and m.guards == guards and m.actions == actions
-        )
-        label = event + (f" [{', '.join(guards)}]" if guards else "")
-        label += f"\n/ {', '.join(actions)}" if actions else ""
-        colour = COLOURS.get(origin, "black")
-        g.edge(src, dest, label=label, color=colour, fontcolor=colour)
+    for move in spec.moves:
+        guards = spec.guards_of(move)
+        label = move.event + (f" [{', '.join(guards)}]" if guards else "")
+        label += f"\n/ {', '.join(move.actions)}" if move.actions else ""
+        colour = COLOURS.get(move.origin, "black")
+        for src in move.sources:
+            dest = src if move.dest == "=" else move.dest
+            g.edge(src, dest, label=label, color=colour, fontcolor=colour)
     return g
 
 

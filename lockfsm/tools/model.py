@@ -54,6 +54,21 @@ DOMAIN_GUARDS = {
     "found_failed": "(sup[h] == S_paused || sup[h] == S_unprotected || sup[h] == S_fencing)",
     "supervisor_failed": _FAILED,
     "supervisor_sound": f"!{_FAILED}",
+    "loss_reported": _FAILED,
+    "leases_required": "true",
+}
+
+# The meaning of the supervisor table's guards: conditions on host h's supervisor.  The model's
+# daemon is always the current controller, and the ignore policy gives S1 up by the operator's
+# choice: not explored.
+SUPERVISOR_GUARDS = {
+    "start_launch": "supmode[h] == M_START",
+    "incoming_launch": "supmode[h] == M_MIGRATE",
+    "current_controller": "true",
+    "no_take_over_pending": "true",
+    "policy_poweroff": "true",
+    "policy_pause": "true",
+    "policy_ignore": "false",
 }
 
 # The meaning of the supervisor table's actions: (condition, effect) for host h.
@@ -61,6 +76,10 @@ _CAN_ACQUIRE = "lease == 0 && (gate == 0 || gate == h)"
 _CAN_RESERVE = "gate == 0"
 SUPERVISOR_ACTIONS = {
     "acquire_leases": (_CAN_ACQUIRE, "lease = h; if :: gate == h -> gate = 0 :: else -> skip fi"),
+    "take_over_leases": (
+        _CAN_ACQUIRE,
+        "lease = h; if :: gate == h -> gate = 0 :: else -> skip fi",
+    ),
     "reserve_leases": (_CAN_RESERVE, "gate = h"),
     "report_refusal": (
         f"(supmode[h] == M_START && !({_CAN_ACQUIRE})) || "
@@ -80,21 +99,19 @@ SUPERVISOR_ACTIONS = {
     "forfeit_leases": ("true", "release(h)"),
 }
 
-# Which supervisor events a supervisor fires by itself (not on a daemon's request), with the
-# launch mode each needs.
+# Which supervisor events a supervisor fires by itself or the environment gives it (not on a
+# daemon's request), with the condition each needs besides its rows' guards.
 OWN_EVENTS = {
-    "acquire_all": "supmode[h] == M_START",
-    "reserve": "supmode[h] == M_MIGRATE",
+    "begin": "true",
     "refuse": "true",
     "spawn": "true",
     "guest_exited": "!guest[h]",  # the guest's pidfd is readable only once it is dead
     # A lease lost at any moment, fenced by the policy in the same step (the lock service's
     # promise: sanlock kills or runs the kill path, etcd's holder fences before the TTL ends,
-    # before any other holder can be granted the lease).  The ignore policy gives S1 up by the
-    # operator's choice: not explored.
-    "lost_poweroff": "true",
-    "lost_pause": "true",
-    "lost_ignore": "false",
+    # before any other holder can be granted the lease).
+    "lost": "true",
+    "terminate": "true",  # a signal to the supervisor, at any moment
+    "grace_over": "guest[h]",  # a signalled guest that did not exit in time
 }
 
 # The meaning of the domain table's actions: the supervisor events the daemon's call drives, in
@@ -115,6 +132,8 @@ DOMAIN_ACTIONS: dict[str, list[str] | None] = {
     "supervisor_take_over": ["take_over"],
     "supervisor_cancel": ["cancel", "guest_exited"],
     "record_failure": None,
+    "record_loss": None,
+    "make_launch": None,
 }
 
 # Extra effects of domain actions on the world the model keeps.
@@ -132,6 +151,7 @@ def _check_meanings(domain: Spec, supervisor: Spec) -> None:
     missing = [g for g in domain.guards if g not in DOMAIN_GUARDS]
     missing += [a for a in domain.actions if a not in DOMAIN_ACTIONS]
     missing += [a for a in supervisor.actions if a not in SUPERVISOR_ACTIONS]
+    missing += [g for g in supervisor.guards if g not in SUPERVISOR_GUARDS]
     missing += [
         e for e in supervisor.events if e not in OWN_EVENTS and not _requested(e, DOMAIN_ACTIONS)
     ]
@@ -155,9 +175,11 @@ class _Writer:
         in: one branch per table row (with the row's actions), or not enabled at all."""
         rows = [r for r in self.s_rows if r[1] == event]
         conds, branches = [], []
-        for src, _, _, actions, dest in rows:
+        for src, _, guards, actions, dest in rows:
             cond = " && ".join(
-                [f"sup[h] == {_c(src, 'S')}"] + [f"({SUPERVISOR_ACTIONS[a][0]})" for a in actions]
+                [f"sup[h] == {_c(src, 'S')}"]
+                + [f"({SUPERVISOR_GUARDS[g]})" for g in guards]
+                + [f"({SUPERVISOR_ACTIONS[a][0]})" for a in actions]
             )
             effect = "; ".join(
                 [SUPERVISOR_ACTIONS[a][1] for a in actions] + [f"sup[h] = {_c(dest, 'S')}"]
@@ -219,12 +241,13 @@ class _Writer:
 
     def own_steps(self, lease_loss: bool) -> Iterable[str]:
         for event, mode in OWN_EVENTS.items():
-            if event.startswith("lost_") and not lease_loss:
+            if event in ENVIRONMENT_EVENTS and not lease_loss:
                 continue
-            for src, ev, _, actions, dest in self.s_rows:
+            for src, ev, guards, actions, dest in self.s_rows:
                 if ev != event:
                     continue
                 conds = [f"sup[h] == {_c(src, 'S')}", mode]
+                conds += [f"({SUPERVISOR_GUARDS[g]})" for g in guards]
                 conds += [f"({SUPERVISOR_ACTIONS[a][0]})" for a in actions]
                 effects = [SUPERVISOR_ACTIONS[a][1] for a in actions]
                 effects.append(f"sup[h] = {_c(dest, 'S')}")
@@ -236,9 +259,14 @@ class _Writer:
                 )
 
 
-#: Up to this many hosts the model loses leases too.  Beyond, the lost_* steps are left out: with
-#: them 3 hosts reach 108 million states (211 s, measured here) against 12 million without, and
-#: the lease-loss rows' interplay with the handoff is the same with 2 hosts as with 3.
+#: Supervisor events the environment gives at any moment (a lost lease, a signal, a grace period
+#: over), explored up to LEASE_LOSS_HOSTS hosts.
+ENVIRONMENT_EVENTS = ("lost", "terminate", "grace_over")
+
+#: Up to this many hosts the model loses leases and takes signals too.  Beyond, those steps are
+#: left out: with lease loss 3 hosts reach 108 million states (211 s, measured here), with
+#: signals alone 22 million (52 s), against 12 million without; their interplay with the
+#: handoff is the same with 2 hosts as with 3.
 LEASE_LOSS_HOSTS = 2
 
 
@@ -250,7 +278,7 @@ def generate(specs: dict[str, Spec], hosts: int) -> str:
     w = _Writer(domain, supervisor)
     out = [
         f"/* GENERATED from specs/*.toml by `lockfsm spec model`: {hosts} hosts. Do not edit. */",
-        "/* Lease loss (the lost_* events): "
+        "/* Lease loss and signals (the lost, terminate and grace_over events): "
         + ("modelled." if lease_loss else f"left out beyond {LEASE_LOSS_HOSTS} hosts.")
         + " */",
         f"#define N {hosts}",

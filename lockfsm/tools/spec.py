@@ -1,4 +1,4 @@
-"""The protocol tables in ``specs/``: load, check, and generate ``lockfsm/_tables.py`` from them.
+"""The protocol tables in ``specs/``: load, check, and generate ``lockfsm/protocol/`` from them.
 
 ``specs/*.toml`` is the single source of the protocol.  The runtime reads only the generated
 module (so the supervisor needs no TOML parser and an installed package no ``specs/`` folder);
@@ -8,6 +8,7 @@ a test fails when the generated module is stale.  Rebuild it with ``lockfsm spec
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,17 +69,24 @@ class Spec:
     actions: dict[str, Item]
     moves: tuple[SpecMove, ...]
     path: Path
+    reads: dict[str, Item] = field(default_factory=dict)
 
     @property
     def terminal(self) -> tuple[str, ...]:
         return tuple(n for n, s in self.states.items() if s.attrs.get("terminal"))
 
+    def guards_of(self, move: SpecMove) -> tuple[str, ...]:
+        """A move's guards: its event's own first (events.<name>.guards), then its own."""
+        first = self.events[move.event].attrs.get("guards", ()) if move.event in self.events else ()
+        return tuple(dict.fromkeys((*first, *move.guards)))
+
     def expanded(self) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], str]]:
         """One (source, event, guards, actions, dest) row per source state, in table order."""
         rows = []
         for m in self.moves:
+            guards = self.guards_of(m)
             for src in m.sources:
-                rows.append((src, m.event, m.guards, m.actions, src if m.dest == "=" else m.dest))
+                rows.append((src, m.event, guards, m.actions, src if m.dest == "=" else m.dest))
         return rows
 
 
@@ -102,7 +110,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _merge(base: dict[str, Any], part: dict[str, Any], origin: str, path: Path) -> None:
     """Join ``part`` (a join file's rows for one machine) into ``base``, refusing a name that
     both declare differently."""
-    for section in ("states", "events", "guards", "actions"):
+    for section in ("states", "events", "guards", "reads", "actions"):
         into = base.setdefault(section, {})
         for name, body in part.get(section, {}).items():
             if name in into and into[name] != body:
@@ -140,6 +148,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Spec:
         actions=_items(raw, "actions", path),
         moves=tuple(moves),
         path=path,
+        reads=_items(raw, "reads", path),
     )
 
 
@@ -188,11 +197,53 @@ def check(spec: Spec) -> None:
     for g in spec.guards.values():
         if g.attrs.get("refuse", "IllegalTransition") not in BY_NAME:
             problems.append(f"guard {g.name}: unknown error {g.attrs['refuse']!r}")
+        problems += [
+            f"guard {g.name}: unknown read {r!r}"
+            for r in g.attrs.get("reads", ())
+            if r not in spec.reads
+        ]
+    problems += _check_state_attrs(spec)
+    for e in spec.events.values():
+        problems += [
+            f"event {e.name}: unknown guard {g!r}"
+            for g in e.attrs.get("guards", ())
+            if g not in spec.guards
+        ]
+        if "raised_by" in e.attrs and e.attrs["raised_by"] not in BY_NAME:
+            problems.append(f"event {e.name}: raised_by unknown error {e.attrs['raised_by']!r}")
     for e in spec.events.values():
         if "requires" in e.attrs and e.attrs["requires"] not in CAPABILITIES:
             problems.append(f"event {e.name}: unknown capability {e.attrs['requires']!r}")
     if problems:
         raise InvalidArgument(f"{where}: " + "; ".join(problems))
+
+
+#: State attributes a table may set: the flags, and ``exit`` and ``refuse``.
+STATE_FLAGS = ("terminal", "holds", "reserves", "guest", "executes", "unprotected")
+
+
+def _check_state_attrs(spec: Spec) -> list[str]:
+    problems = []
+    exits = any("exit" in s.attrs for s in spec.states.values())
+    for s in spec.states.values():
+        for key, value in s.attrs.items():
+            if key in STATE_FLAGS and not isinstance(value, bool):
+                problems.append(f"state {s.name}: {key} must be true or false")
+            elif key not in (*STATE_FLAGS, "exit", "refuse"):
+                problems.append(f"state {s.name}: unknown attribute {key!r}")
+        if "executes" in s.attrs and not s.attrs.get("guest"):
+            problems.append(f"state {s.name}: executes without guest")
+        if "refuse" in s.attrs and s.attrs["refuse"] not in BY_NAME:
+            problems.append(f"state {s.name}: refuse unknown error {s.attrs['refuse']!r}")
+        if "exit" in s.attrs:
+            code = s.attrs["exit"]
+            if not s.attrs.get("terminal"):
+                problems.append(f"state {s.name}: exit on a state that is not terminal")
+            if code != "guest" and (isinstance(code, bool) or not isinstance(code, int)):
+                problems.append(f"state {s.name}: exit {code!r} is not a status or 'guest'")
+        elif exits and s.attrs.get("terminal"):
+            problems.append(f"terminal state {s.name} has no exit status")
+    return problems
 
 
 def load_joins(specs_dir: Path | None = None) -> dict[str, dict[str, Spec]]:
@@ -249,8 +300,8 @@ _HEADER = [
 
 
 def generate(specs: dict[str, Spec]) -> str:
-    """The text of ``lockfsm/_tables.py`` for these tables (byte-stable): the state enums, and the
-    tables of ``lockfsm/_machines.py`` re-exported."""
+    """The text of ``lockfsm/protocol/states.py`` for these tables (byte-stable): the state
+    enums, and the tables of ``lockfsm/protocol/tables.py`` re-exported."""
     out = [
         *_HEADER,
         "import enum",
@@ -271,37 +322,99 @@ def generate(specs: dict[str, Spec]) -> str:
     return "\n".join(out)
 
 
-def generate_machines(specs: dict[str, Spec]) -> str:
-    """The text of ``lockfsm/_machines.py`` for these tables (byte-stable)."""
+#: State sets generated for each table from the states' attributes: constant suffix -> (what it
+#: is, the test on a state's attributes).  No set of states is written by hand anywhere else.
+STATE_SETS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "HOLDS": ("the leases are held", lambda a: bool(a.get("holds"))),
+    "RESERVES": (
+        "the leases are reserved for an incoming migration",
+        lambda a: bool(a.get("reserves")),
+    ),
+    "GUEST": ("the guest process exists", lambda a: bool(a.get("guest"))),
+    "EXECUTES": (
+        "the guest may execute",
+        lambda a: bool(a.get("guest")) and a.get("executes", True) is not False,
+    ),
+    "UNPROTECTED": (
+        "the guest runs without its leases, by the operator's choice",
+        lambda a: bool(a.get("unprotected")),
+    ),
+}
+
+
+def state_sets(spec: Spec) -> dict[str, tuple[str, frozenset[str]]]:
+    """The generated state sets of ``spec`` that are not empty: suffix -> (doc, states)."""
+    sets = {}
+    for suffix, (doc, test) in STATE_SETS.items():
+        states = frozenset(n for n, s in spec.states.items() if test(s.attrs))
+        if states:
+            sets[suffix] = (doc, states)
+    return sets
+
+
+def _table_text(name: str, spec: Spec) -> list[str]:
+    requires = {e.name: e.attrs["requires"] for e in spec.events.values() if "requires" in e.attrs}
+    refuse = {g.name: g.attrs.get("refuse", "IllegalTransition") for g in spec.guards.values()}
+    attrs = {
+        n: {k: v for k, v in s.attrs.items() if k not in ("terminal", "refuse")}
+        for n, s in spec.states.items()
+    }
+    reads = {g.name: tuple(g.attrs["reads"]) for g in spec.guards.values() if g.attrs.get("reads")}
+    raised = {e.attrs["raised_by"]: e.name for e in spec.events.values() if "raised_by" in e.attrs}
+    state_refuse = {n: s.attrs["refuse"] for n, s in spec.states.items() if "refuse" in s.attrs}
+    batch = sorted(a.name for a in spec.actions.values() if a.attrs.get("batch"))
+    event_guards = {
+        e.name: tuple(e.attrs["guards"]) for e in spec.events.values() if e.attrs.get("guards")
+    }
     out = [
-        *_HEADER,
-        "from lockfsm.protocol.engine import Move, Table",
         "",
+        f"{name.upper()} = Table(",
+        f"    name={name!r},",
+        f"    initial={spec.initial!r},",
+        f"    states={tuple(spec.states)!r},",
+        f"    terminal=frozenset({sorted(spec.terminal)!r}),",
+        f"    requires={requires!r},",
+        f"    refuse={refuse!r},",
+        "    moves=(",
+        *(f"        Move{row!r}," for row in spec.expanded()),
+        "    ),",
+        f"    attrs={ {k: v for k, v in attrs.items() if v}!r},",
+        f"    reads={reads!r},",
+        f"    raised_by={raised!r},",
+        f"    state_refuse={state_refuse!r},",
+        f"    batch=frozenset({batch!r}),",
+        f"    event_guards={event_guards!r},",
+        ")",
     ]
-    for name, spec in specs.items():
-        requires = {
-            e.name: e.attrs["requires"] for e in spec.events.values() if "requires" in e.attrs
-        }
-        refuse = {g.name: g.attrs.get("refuse", "IllegalTransition") for g in spec.guards.values()}
+    for suffix, (doc, states) in state_sets(spec).items():
         out += [
             "",
-            f"{name.upper()} = Table(",
-            f"    name={name!r},",
-            f"    initial={spec.initial!r},",
-            f"    states={tuple(spec.states)!r},",
-            f"    terminal=frozenset({sorted(spec.terminal)!r}),",
-            f"    requires={requires!r},",
-            f"    refuse={refuse!r},",
-            "    moves=(",
+            f"#: {name} states in which {doc}",
+            f"{name.upper()}_{suffix} = frozenset({sorted(states)!r})",
         ]
-        out += [f"        Move{row!r}," for row in spec.expanded()]
-        out += ["    ),", ")"]
+    exits = {n: s.attrs["exit"] for n, s in spec.states.items() if "exit" in s.attrs}
+    if exits:
+        out += [
+            "",
+            f"#: {name} terminal state -> the process's exit status ('guest': the guest's own)",
+            f"{name.upper()}_EXIT: dict[str, int | str] = {exits!r}",
+        ]
+    return out
+
+
+def generate_machines(specs: dict[str, Spec]) -> str:
+    """The text of ``lockfsm/protocol/tables.py`` for these tables (byte-stable): the tables and
+    the state sets their attributes define."""
+    out = [*_HEADER, "from lockfsm.protocol.engine import Move, Table", ""]
+    for name, spec in specs.items():
+        out += _table_text(name, spec)
     out += ["", f"TABLES = {{{', '.join(f'{n!r}: {n.upper()}' for n in specs)}}}", ""]
     return "\n".join(out)
 
 
 def write_generated(specs_dir: Path | None = None) -> list[Path]:
-    """Regenerate ``lockfsm/_tables.py`` and the formal models in ``specs/``; return the paths."""
+    """Regenerate ``lockfsm/protocol/{states,tables}.py`` and the formal models in ``specs/``;
+    return the paths."""
     from lockfsm.tools import model, modelcheck
 
     d = specs_dir or default_specs_dir()

@@ -30,22 +30,21 @@ def _unlock_leases(holder: Any) -> None:
 
 def target_ignores_conflicts() -> None:
     """(a) The target completes while the source still holds the leases: a migration target's
-    acquire of a lease it reserved ignores the conflict and reports success."""
+    take-over of a lease it reserved ignores the conflict and reports success (and its probe,
+    which would have found the source, finds nothing)."""
     from lockfsm.backends import fcntl as backend
     from lockfsm.errors import LeaseConflict
 
-    original = backend.FcntlHolder.acquire
+    original = backend.FcntlHolder._take_over_one
 
-    def acquire(self: Any, lease: Mapping[str, str], resource: str) -> None:
-        reserved = lease["key"] in self.reserved
+    def take_over_one(self: Any, lease: Mapping[str, Any], resource: str) -> None:
         try:
             original(self, lease, resource)
         except LeaseConflict:
-            if not reserved:
-                raise
-            # "Had", though the kernel refused it: the take-over goes on as if it held it.
+            pass
 
-    backend.FcntlHolder.acquire = acquire  # type: ignore[method-assign]
+    backend.FcntlHolder._take_over_one = take_over_one  # type: ignore[method-assign]
+    backend.FcntlHolder.probe = lambda self, lease, resource: None  # type: ignore[method-assign]
 
 
 def resume_drops_leases() -> None:
@@ -57,7 +56,7 @@ def resume_drops_leases() -> None:
 
     def forget_migration(self: Any, args: Mapping[str, Any]) -> None:
         original(self, args)
-        _unlock_leases(self.holder)
+        _unlock_leases(self.leases.holder)
 
     supervisor.Supervisor._do_forget_migration = forget_migration  # type: ignore[method-assign]
 
@@ -71,7 +70,7 @@ def hand_off_before_kill() -> None:
 
     def kill_guest(self: Any, args: Mapping[str, Any]) -> None:
         if self.sm.state == "migrating_out":  # hand_off (a target's cancel kills from incoming)
-            _unlock_leases(self.holder)
+            _unlock_leases(self.leases.holder)
             time.sleep(0.05)
         original(self, args)
 
@@ -146,12 +145,12 @@ def sanlock_takeover_ignores_version() -> None:
     that a stale cookie names."""
     from lockfsm.backends import sanlock as backend
 
-    original = backend.SanlockHolder.acquire
+    original = backend.SanlockHolder._acquire
 
-    def acquire(self: Any, lease: Mapping[str, Any], resource: str) -> None:
-        original(self, {k: v for k, v in lease.items() if k != "version"}, resource)
+    def acquire(self: Any, lease: Mapping[str, Any], resource: str, version: Any) -> None:
+        original(self, lease, resource, None)
 
-    backend.SanlockHolder.acquire = acquire  # type: ignore[method-assign]
+    backend.SanlockHolder._acquire = acquire  # type: ignore[method-assign]
 
 
 BREAKAGES: dict[str, Callable[[], None]] = {

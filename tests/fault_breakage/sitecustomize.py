@@ -19,9 +19,9 @@ APPLIED: str | None = None
 
 def no_pdeathsig() -> None:
     """The guest is not told to die with its supervisor (PR_SET_PDEATHSIG is never set)."""
-    from lockfsm.supervisor import process as supervisor
+    from lockfsm.supervisor import guest
 
-    supervisor.PR_SET_PDEATHSIG = 0  # prctl(0, ...) fails with EINVAL: nothing is set
+    guest.PR_SET_PDEATHSIG = 0  # prctl(0, ...) fails with EINVAL: nothing is set
 
 
 def attach_forgets_hotplug() -> None:
@@ -32,9 +32,10 @@ def attach_forgets_hotplug() -> None:
 
     def attach(self: Any, args: Mapping[str, Any]) -> None:
         original(self, args)
-        for ident in list(self._resources)[1:]:
-            if ident[0].value == "disk" and len(self._resources) > 2:
-                del self._resources[ident]
+        items = self._registry.items
+        for ident in list(items)[1:]:
+            if ident[0].value == "disk" and len(items) > 2:
+                del items[ident]
 
     api.LockManager._do_attach_supervisor = attach  # type: ignore[method-assign]
 
@@ -42,35 +43,33 @@ def attach_forgets_hotplug() -> None:
 def timeout_kills_supervisor() -> None:
     """A daemon whose supervisor does not answer kills it (a refused call changes the leases:
     S5)."""
-    from lockfsm.daemon import manager as api
+    from lockfsm.daemon import client
     from lockfsm.errors import BackendError
     from lockfsm.protocol import rundir
 
-    original = api.LockManager._call
+    original = client.SupervisorClient.call
 
     def call(self: Any, launch: str, request: dict[str, Any], timeout: float) -> Any:
         try:
             return original(self, launch, request, timeout)
         except BackendError as e:
             if "did not answer" in str(e):
-                record = rundir.read_record(self._run_dir, launch)
+                record = rundir.read_record(self.run_dir, launch)
                 if record is not None:
                     os.kill(int(record["pid"]), signal.SIGKILL)
             raise
 
-    api.LockManager._call = call  # type: ignore[method-assign]
+    client.SupervisorClient.call = call  # type: ignore[method-assign]
 
 
 def take_over_without_leases() -> None:
     """A migration target's take-over reports success without taking the leases (S3, S2)."""
     from lockfsm.supervisor import process as supervisor
 
-    def acquire_leases(self: Any, args: Mapping[str, Any]) -> None:
-        if self.sm.state != "incoming":
-            original(self, args)
+    def take_over_leases(self: Any, args: Mapping[str, Any]) -> None:
+        pass
 
-    original = supervisor.Supervisor._do_acquire_leases
-    supervisor.Supervisor._do_acquire_leases = acquire_leases  # type: ignore[method-assign]
+    supervisor.Supervisor._do_take_over_leases = take_over_leases  # type: ignore[method-assign]
 
 
 BREAKAGES: dict[str, Callable[[], None]] = {

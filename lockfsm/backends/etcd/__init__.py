@@ -30,19 +30,19 @@ etcd could grant the keys to anyone else.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lockfsm.backends import Capabilities, ConfigKey
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
-from lockfsm.protocol import wire
+from lockfsm.protocol import tables, wire
+from lockfsm.protocol.launch import LaunchSpec
 
 CAPABILITIES = Capabilities(
     per_disk=True,
@@ -287,35 +287,15 @@ class EtcdBackend:
 
 
 def _identity() -> dict[str, Any]:
-    """Who this supervisor is, for the value of its keys (read from the ``--name``/``--uuid``
-    /``--launch`` words of its command line, which are there for readers like this one)."""
+    """Who this supervisor is, for the value of its keys: from the launch spec on its command
+    line (which names it there for readers like this one)."""
     ident: dict[str, Any] = {"pid": os.getpid()}
-    argv = sys.argv[1:]
-    opts = argv[: argv.index("--")] if "--" in argv else []
-    for i in range(0, len(opts) - 1, 2):
-        if opts[i] in ("--name", "--uuid"):
-            ident[opts[i][2:]] = opts[i + 1][:256]
-        elif opts[i] == "--launch":
-            try:
-                spec = json.loads(opts[i + 1])
-                ident["launch"] = str(spec["launch"])
-                if spec.get("migration"):
-                    ident["migration"] = str(spec["migration"]["id"])
-            except (ValueError, KeyError, TypeError):
-                pass
+    spec = LaunchSpec.of_process(sys.argv[1:])
+    if spec is not None:
+        ident.update(name=str(spec.name)[:256], uuid=str(spec.uuid)[:256], launch=spec.launch)
+        if spec.migration:
+            ident["migration"] = str(spec.migration["id"])
     return ident
-
-
-class _Lease:
-    """One lease key as this holder sees it."""
-
-    __slots__ = ("mode", "revision", "state", "version")
-
-    def __init__(self, mode: str, state: str, version: int | None = None) -> None:
-        self.mode = mode
-        self.state = state  # "held", "reserved", "taken" (in a take-over, not yet settled)
-        self.version = version  # the cookie's create revision (a migration target)
-        self.revision: int | None = None  # the create revision of our exclusive key
 
 
 class EtcdHolder:
@@ -328,7 +308,8 @@ class EtcdHolder:
     does not answer it in time, and LeaseLost when the fencing deadline passes during the
     call (the supervisor is then told by :meth:`poll`)."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], view: LeaseView) -> None:
+        self.view = view
         self.path = agent_socket(config)
         ttl = float(config["ttl"])
         # The agent answers within its own budget (a few tries of min(1, ttl/4) s each).
@@ -337,7 +318,7 @@ class EtcdHolder:
         self.buf = b""
         self.eof = False
         self.ids = 0
-        self.leases: dict[str, _Lease] = {}
+        self.revisions: dict[str, int] = {}  # key -> the create revision of our exclusive key
         self.lease_id: int | None = None  # the etcd lease our held keys are on
         self.valid_until = 0.0  # monotonic instant until which that lease is proven alive
         self.lost: str | None = None
@@ -480,8 +461,9 @@ class EtcdHolder:
 
     # -- fencing ------------------------------------------------------------------------------
 
-    def _holding(self) -> bool:
-        return any(le.state in ("held", "taken") for le in self.leases.values())
+    def _holding(self, besides: str = "") -> bool:
+        """Whether a key other than ``besides`` is held (its lease machine says so)."""
+        return any(k != besides for k in self.view.keys(*tables.LEASE_HOLDS))
 
     def _lose(self, why: str) -> None:
         if self.lost is None:
@@ -523,90 +505,68 @@ class EtcdHolder:
     # -- the contract ---------------------------------------------------------------------------
 
     def reserve(self, lease: Mapping[str, Any], resource: str) -> None:
-        """Put this migration's reservation ``r`` (the cookie's version is kept for the
-        take-over).  Raises LeaseConflict if another target reserves the lease."""
-        key = lease["key"]
-        if key in self.leases:
-            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        """Put this migration's reservation ``r``.  Raises LeaseConflict if another target
+        reserves the lease."""
         self._connect()
-        version = lease.get("version")
-        self._call({"op": "reserve", "key": key, "mode": lease["mode"], "resource": resource})
-        self.leases[key] = _Lease(
-            lease["mode"], "reserved", int(version) if version is not None else None
+        self._call(
+            {"op": "reserve", "key": lease["key"], "mode": lease["mode"], "resource": resource}
         )
 
     def acquire(self, lease: Mapping[str, Any], resource: str) -> None:
-        """Take the lease in one transaction; on a reserved lease, take over *every* reserved
-        lease in one transaction (later calls of the same attempt then return at once).
-        Raises LeaseConflict naming the holder (``final`` when a take-over can never succeed:
-        the lease changed hands or vanished since the cookie was made)."""
-        key = lease["key"]
-        mine = self.leases.get(key)
-        if mine is not None and mine.state == "taken":
-            return  # moved by this attempt's take-over transaction, with every other one
-        if mine is not None and mine.state == "reserved":
-            self._take_over(resource)
-            return
-        if mine is not None:
-            raise BackendError(f"lease {key} of {resource} is already held by this supervisor")
+        """Take the lease in one transaction.  Raises LeaseConflict naming the holder."""
         self._connect()
         reply = self._call(
-            {"op": "acquire", "key": key, "mode": lease["mode"], "resource": resource}
+            {"op": "acquire", "key": lease["key"], "mode": lease["mode"], "resource": resource}
         )
-        entry = _Lease(lease["mode"], "held")
-        entry.revision = reply.get("revision")
         self._held_on(reply)
-        self.leases[key] = entry
+        if reply.get("revision") is not None:
+            self.revisions[lease["key"]] = int(reply["revision"])
 
-    def _take_over(self, resource: str) -> None:
-        """One transaction moves every reserved lease from the source to us, or none."""
-        wanted = {k: le for k, le in self.leases.items() if le.state == "reserved"}
+    def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        """One transaction moves every lease of ``group`` from the source to us, or none (each
+        compared with the handoff marker and the create revision the cookie carries).  Raises
+        LeaseConflict, ``final`` when the lease changed hands or vanished since the cookie was
+        made."""
         reply = self._call(
             {
                 "op": "take_over",
                 "leases": [
-                    {"key": k, "mode": le.mode, "version": le.version} for k, le in wanted.items()
+                    {"key": le["key"], "mode": le["mode"], "version": le.get("version")}
+                    for le, _ in group
                 ],
-                "resource": resource,
+                "resource": group[0][1] if group else "",
             }
         )
         self._held_on(reply)
-        revisions = reply.get("revisions", {})
-        for key, entry in wanted.items():
-            entry.state = "taken"
-            entry.revision = revisions.get(key)
+        for key, revision in reply.get("revisions", {}).items():
+            if revision is not None:
+                self.revisions[key] = int(revision)
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
         # The take-over is one transaction that takes every lease or none: an attempt bound to
         # fail takes nothing, so there is nothing to find out first.
         return
 
-    def revert(self, lease: Mapping[str, str]) -> None:
-        """Put back, in one transaction, everything this attempt's take-over moved: reserved
-        again, handed off to us again.  Raises BackendError if they are no longer ours."""
-        taken = [k for k, le in self.leases.items() if le.state == "taken"]
-        if lease["key"] not in taken:
-            if lease["key"] in self.leases and self.leases[lease["key"]].state == "reserved":
-                return  # already reverted with the rest of its take-over
-            raise BackendError(f"lease {lease['key']} was not taken over by this supervisor")
-        self._call({"op": "revert", "keys": taken})
-        for key in taken:
-            self.leases[key].state = "reserved"
-
     def settle(self, lease: Mapping[str, str]) -> None:
-        entry = self.leases.get(lease["key"])
-        if entry is not None and entry.state == "taken":
-            entry.state = "held"  # the reservation went in the take-over transaction
+        pass  # the reservation went in the take-over transaction
 
     def release(self, lease: Mapping[str, str]) -> None:
-        """Give the lease (or the reservation) back; a lease given up while a migration target
-        reserves it is handed off to that target.  Raises BackendError for a lease this holder
-        does not have; never for one it has (a failure is reported and left to the agent)."""
+        """Give the lease back; a lease given up while a migration target reserves it is handed
+        off to that target.  Raises BackendError for a lease this holder does not have; never
+        for one it has (a failure is reported and left to the agent)."""
         key = lease["key"]
-        if self.leases.pop(key, None) is None:
+        if self.view.state(key) not in tables.LEASE_HOLDS:
             raise BackendError(f"lease {key} is not held by this supervisor")
-        if not self._holding():
+        self.revisions.pop(key, None)
+        if not self._holding(besides=key):
             self.lease_id = None
+        self._give(key)
+
+    def unreserve(self, lease: Mapping[str, str]) -> None:
+        """Let the reservation go (the migration was called off)."""
+        self._give(lease["key"])
+
+    def _give(self, key: str) -> None:
         if self.eof:
             return  # the agent is gone: its keys go with its lease
         if self.lost is not None:
@@ -627,10 +587,10 @@ class EtcdHolder:
             print(f"lockfsm-supervisor: etcd release of {key}: {e}", file=sys.stderr)
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
-        entry = self.leases.get(lease["key"])
-        if entry is None or entry.mode != "exclusive" or entry.revision is None:
+        revision = self.revisions.get(lease["key"])
+        if lease["mode"] != "exclusive" or revision is None:
             return {}  # shared leases coexist: nothing to hand over atomically
-        return {"version": int(entry.revision)}
+        return {"version": revision}
 
     def inheritable_fds(self) -> list[int]:
         return [] if self.sock is None else [self.sock.fileno()]
@@ -639,5 +599,5 @@ class EtcdHolder:
 BACKEND = EtcdBackend
 
 
-def make_holder(config: Mapping[str, Any]) -> EtcdHolder:
-    return EtcdHolder(config)
+def make_holder(config: Mapping[str, Any], view: LeaseView) -> EtcdHolder:
+    return EtcdHolder(config, view)
