@@ -38,7 +38,7 @@ def snapshot(mgr: lockfsm.LockManager) -> tuple[Any, ...]:
         if "lockspace_dir" in mgr._driver.config
         else {}
     )
-    return (mgr.state, len(mgr.history), mgr.resources, dict(mgr._params), locks)
+    return (mgr.state, mgr.moves, mgr.resources, dict(mgr._params), locks)
 
 
 def refused(
@@ -402,7 +402,7 @@ def test_threads_may_share_a_manager(mgr: lockfsm.LockManager, workdir: str) -> 
     for t in threads:
         t.join()
     assert len(mgr.resources) == 40
-    assert len(mgr.history) == 3 + 40
+    assert mgr.moves == 3 + 40
 
 
 def test_the_package_imports_lazily() -> None:

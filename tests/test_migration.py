@@ -161,12 +161,12 @@ def test_hot_plug_is_refused_during_migration(pair: HostPair, disks: list[str]) 
     pair.prepare()
     tgt = pair.incoming_start()
     for mgr in (src.mgr, tgt.mgr):
-        before = (mgr.state, len(mgr.history), mgr.resources)
+        before = (mgr.state, mgr.moves, mgr.resources)
         with pytest.raises(IllegalTransition, match="acquire_resource"):
             mgr.acquire_resource(ResourceType.DISK, disks[1])
         with pytest.raises(IllegalTransition, match="release_resource"):
             mgr.release_resource(ResourceType.DISK, disks[0])
-        assert (mgr.state, len(mgr.history), mgr.resources) == before
+        assert (mgr.state, mgr.moves, mgr.resources) == before
 
 
 def test_the_cookie_is_checked(pair: HostPair, disks: list[str]) -> None:

@@ -79,10 +79,10 @@ MUTATIONS = {
         "--lost--> unprotected",
     ),
     # An incoming target told to stop counts as holding its leases (the bug spin found when
-    # SIGTERM became a table row): it goes to stopping, not cancelling.
+    # SIGTERM became a table row): it goes to stopping, not stopping_incoming.
     "stopped incoming target claims the leases": (
         "migration_target.toml",
-        'event = "terminate"\nactions = ["signal_guest"]\nto = "cancelling"',
+        'event = "terminate"\nactions = ["signal_guest"]\nto = "stopping_incoming"',
         'event = "terminate"\nactions = ["signal_guest"]\nto = "stopping"',
         "S3",
         "incoming --terminate--> stopping",

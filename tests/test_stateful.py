@@ -368,7 +368,7 @@ class OneHost(RuleBasedStateMachine):
         files = lease_files(self.lockspace)
         return {
             "managers": [
-                (m.label, m.state, len(m.history), frozenset(m.resources), m.flags)
+                (m.label, m.state, m.moves, frozenset(m.resources), m.flags)
                 for m in [*self.managers(), *extra]
             ],
             "lease states": lease_states(self.lockspace),
@@ -449,7 +449,7 @@ class OneHost(RuleBasedStateMachine):
             for use in dom.uses:
                 mgr.register_resource(DISK, self.path(use.name), use.flags)
         clashes = {use: self.clashers(use, dom) for use in dom.uses}
-        moves = len(mgr.history)
+        moves = mgr.moves
         if any(clashes.values()):
             procs: list[subprocess.Popen[bytes]] = []
 
@@ -467,7 +467,7 @@ class OneHost(RuleBasedStateMachine):
         proc = self.host.launch(mgr)
         dom.guest = mgr.get_child(timeout=10)
         self.guests.append(dom.guest)
-        assert mgr.state is DomainState.STARTED and len(mgr.history) == moves + 1
+        assert mgr.state is DomainState.STARTED and mgr.moves == moves + 1
         self.runs += 1
         dom.phase, dom.mgr, dom.proc, dom.run = Phase.RUNNING, mgr, proc, self.runs
         dom.held = {use.disk: use for use in dom.uses}
@@ -492,9 +492,9 @@ class OneHost(RuleBasedStateMachine):
             self.check_conflict(self.refused(LeaseConflict, call), {use: who})
             event("hot-plug: refused, LeaseConflict")
         else:
-            moves = len(mgr.history)
+            moves = mgr.moves
             call()
-            assert mgr.state is DomainState.STARTED and len(mgr.history) == moves + 1
+            assert mgr.state is DomainState.STARTED and mgr.moves == moves + 1
             dom.held[use.disk] = use
             event("hot-plug: ok")
 
@@ -511,9 +511,9 @@ class OneHost(RuleBasedStateMachine):
             self.refused(BackendError, call)
             event("hot-unplug: refused, supervisor gone")
             return
-        moves = len(mgr.history)
+        moves = mgr.moves
         call()
-        assert mgr.state is DomainState.STARTED and len(mgr.history) == moves + 1
+        assert mgr.state is DomainState.STARTED and mgr.moves == moves + 1
         del dom.held[disk]
         dom.inherited.discard(disk)
         event("hot-unplug: ok")
@@ -521,9 +521,9 @@ class OneHost(RuleBasedStateMachine):
     def shutdown(self, data: st.DataObject) -> None:
         dom = self.pick(data, self.controlled(), "shut down")
         assert dom.mgr is not None
-        moves = len(dom.mgr.history)
+        moves = dom.mgr.moves
         dom.mgr.shutdown()
-        assert dom.mgr.state is DomainState.STOPPED and len(dom.mgr.history) == moves + 1
+        assert dom.mgr.state is DomainState.STOPPED and dom.mgr.moves == moves + 1
         if dom.phase is Phase.RUNNING:
             assert dom.proc is not None and dom.guest is not None
             # "Returns once every lease is released": at once, not when the supervisor exits.
@@ -537,9 +537,9 @@ class OneHost(RuleBasedStateMachine):
     def free(self, data: st.DataObject) -> None:
         dom = self.pick(data, self.freeable(), "free the manager of")
         assert dom.mgr is not None
-        moves = len(dom.mgr.history)
+        moves = dom.mgr.moves
         dom.mgr.free()  # never releases a lease: a running guest becomes an orphan
-        assert dom.mgr.state is DomainState.FREED and len(dom.mgr.history) == moves + 1
+        assert dom.mgr.state is DomainState.FREED and dom.mgr.moves == moves + 1
         event(f"free: of a {dom.phase.value} domain's manager")
         if dom.phase is Phase.CRASHED:
             self.ended(dom)
@@ -607,9 +607,9 @@ class OneHost(RuleBasedStateMachine):
         matches = self.described_uses(uses) in (set(), self.described_uses(dom.held.values()))
         if dom.phase is Phase.RUNNING and matches:
             before = self.snapshot()
-            moves = len(mgr.history)
+            moves = mgr.moves
             assert mgr.get_child(timeout=10) == dom.guest, "S4: ATTACH found another guest"
-            assert mgr.state is DomainState.STARTED and len(mgr.history) == moves + 1
+            assert mgr.state is DomainState.STARTED and mgr.moves == moves + 1
             assert self.described(mgr.resources) == self.described_uses(dom.held.values()), (
                 "S4: ATTACH came back with other resources"
             )

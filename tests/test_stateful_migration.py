@@ -385,7 +385,7 @@ class TwoHosts(RuleBasedStateMachine):
         mgrs = [s.mgr for s in self.managed()] + list(extra)
         return {
             "managers": [
-                (m.label, m.flags, m.state, len(m.history), frozenset(m.resources))
+                (m.label, m.flags, m.state, m.moves, frozenset(m.resources))
                 for m in mgrs
                 if m is not None
             ],

@@ -341,7 +341,7 @@ class SanlockTwoHosts(base.TwoHosts):
 
         return {
             "managers": [
-                (m.label, m.flags, m.state, len(m.history), frozenset(m.resources))
+                (m.label, m.flags, m.state, m.moves, frozenset(m.resources))
                 for m in mgrs
                 if m is not None
             ],

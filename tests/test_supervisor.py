@@ -354,13 +354,13 @@ def test_hotplug_round_trip(host: Host, other_host: Host, workdir: str) -> None:
     g = host.start("hot", [mine])
     other_host.start("holder", [theirs])
     before = snapshot(g)
-    state, resources, history = g.mgr.state, g.mgr.resources, len(g.mgr.history)
+    state, resources, history = g.mgr.state, g.mgr.resources, g.mgr.moves
 
     for path in (theirs, alias):
         with pytest.raises(LeaseConflict) as err:
             g.mgr.acquire_resource(DISK, path)
         assert path in err.value.resource
-        assert (g.mgr.state, g.mgr.resources, len(g.mgr.history)) == (state, resources, history)
+        assert (g.mgr.state, g.mgr.resources, g.mgr.moves) == (state, resources, history)
         assert snapshot(g) == before
 
     g.mgr.acquire_resource(DISK, spare)
@@ -389,7 +389,7 @@ def test_stale_controller_is_refused(host: Host, workdir: str) -> None:
     assert before["gen"] == 3
 
     for stale in (first, middle):
-        history = len(stale.history)
+        history = stale.moves
         calls = (
             lambda m=stale: m.acquire_resource(DISK, extra),
             lambda m=stale: m.release_resource(DISK, disk),
@@ -400,7 +400,7 @@ def test_stale_controller_is_refused(host: Host, workdir: str) -> None:
                 call()
             assert stale.state is DomainState.STARTED
             assert [r.path for r in stale.resources] == [disk]
-            assert len(stale.history) == history
+            assert stale.moves == history
             assert snapshot(g) == before
     request = {"op": "release", "gen": 2, "resource": resource(disk)}
     reply = json.loads(raw(sock_of(g), wire.encode(request)))

@@ -90,6 +90,13 @@ lease versions).
     The supervisor then applies the domain's lock-failure policy at once
     (``specs/lock_failure.toml``).
 
+``holders(config)`` (a function of the backend's module)
+    Called by ``lockfsm status``, in any process, with a validated configuration: every lease of
+    the lockspace that someone holds, as the lock service itself sees it, across hosts:
+    ``[{"key": str, "kind": "exclusive" | "shared" | "reserved" | "held" | ..., "holder":
+    {"manager": str, ...}}]``.  Takes nothing and joins nothing.  Raises OSError or
+    BackendError when the lock service cannot be read.
+
 ``Holder.inheritable_fds()``
     The file descriptors the guest must inherit so that its leases outlive the supervisor until
     the guest itself is dead (fcntl: the lock's open file descriptions).  May be empty.

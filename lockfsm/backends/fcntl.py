@@ -34,7 +34,8 @@ from typing import Any
 
 from lockfsm.backends import Capabilities, ConfigKey, LeaseView
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
-from lockfsm.protocol import tables
+from lockfsm.protocol import kernel, tables
+from lockfsm.protocol.launch import SUPERVISOR_NAMES, LaunchSpec
 from lockfsm.protocol.paths import default_state_dir, safe_dir
 
 CAPABILITIES = Capabilities(
@@ -357,3 +358,65 @@ BACKEND = FcntlBackend
 
 def make_holder(config: Mapping[str, Any], view: LeaseView) -> FcntlHolder:
     return FcntlHolder(config["lockspace_dir"], view)
+
+
+# -- who holds what (lockfsm status) ------------------------------------------------------------
+
+
+def _ofd_holder(pids: list[int]) -> dict[str, Any]:
+    """Who the processes holding an OFD lock are: a lockfsm supervisor (of this host, perhaps of
+    another run dir: its launch spec names the domain) or another program."""
+    for pid in pids:
+        argv = kernel.command_line(pid)
+        marks = [i for i, a in enumerate(argv) if a.endswith(SUPERVISOR_NAMES)]
+        if not marks:
+            continue
+        spec = LaunchSpec.of_process(argv[marks[0] + 1 :])
+        return {
+            "manager": "lockfsm",
+            "domain": spec.name if spec else None,
+            "uuid": spec.uuid if spec else None,
+            "supervisor_pid": pid,
+            "pids": pids,
+        }
+    return {"manager": "lockfsm or another OFD lock user", "pids": pids}
+
+
+def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every locked lease file of the lockspace: ``{"key", "kind": exclusive, shared or
+    reserved, "holder"}``, for each lock as far as this host's kernel tells (a lock over NFS
+    from another host is not listed by this kernel: its holder's pids are empty).  Raises
+    OSError when the kernel's lock table cannot be read."""
+    lockspace = config["lockspace_dir"]
+    files = {}
+    for name in sorted(os.listdir(lockspace)):
+        if _KEY.fullmatch(name):
+            try:
+                files[os.stat(os.path.join(lockspace, name), follow_symlinks=False).st_ino] = name
+            except FileNotFoundError:
+                continue
+    locks = [lock for lock in kernel.locks_on(files) if lock.cls in ("POSIX", "OFDLCK")]
+    ofd: dict[tuple[int, int], set[int]] = {}
+    if any(lock.cls == "OFDLCK" for lock in locks):
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            for inode, byte, _ in kernel.fd_locks(pid):
+                if inode in files:
+                    ofd.setdefault((inode, byte), set()).add(pid)
+    rows = []
+    for lock in sorted(locks, key=lambda lk: (files[lk.inode], lk.bytes.start)):
+        for byte in lock.bytes:
+            if byte not in (LEASE_BYTE, GATE_BYTE):
+                continue
+            what = (
+                "reserved"
+                if byte == GATE_BYTE
+                else "exclusive"
+                if lock.kind == "WRITE"
+                else "shared"
+            )
+            if lock.cls == "POSIX":
+                holder: dict[str, Any] = {"manager": "another lock manager", "pid": lock.pid}
+            else:
+                holder = _ofd_holder(sorted(ofd.get((lock.inode, byte), ())))
+            rows.append({"key": files[lock.inode], "kind": what, "holder": holder})
+    return rows

@@ -81,3 +81,8 @@ BACKEND = NopBackend
 
 def make_holder(config: Mapping[str, Any], view: LeaseView) -> NopHolder:
     return NopHolder()
+
+
+def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Nothing is ever held."""
+    return []

@@ -636,3 +636,44 @@ BACKEND = SanlockBackend
 
 def make_holder(config: Mapping[str, Any], view: LeaseView) -> SanlockHolder:
     return SanlockHolder(config, view)
+
+
+# -- who holds what (lockfsm status) ------------------------------------------------------------
+
+_KEY = re.compile(r"[0-9a-f]{47}")
+
+
+def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every lease of the lockspace that a host owns, from its leader record (shared holders
+    from the mode blocks): ``{"key", "kind": "held", "holder": {host id and name}}``.  The
+    records are read through this host's sanlock daemon (any daemon of the lockspace reads the
+    same ones).  Raises BackendError when the binding cannot be loaded."""
+    lease_dir = config["lease_dir"]
+    # The binding reads through a daemon: this host's, unless this process already chose one.
+    os.environ.setdefault("SANLOCK_RUN_DIR", config["sanlock_run_dir"])
+    binding = _binding(os.path.join(config["run_dir"], ".sanlock-py"))
+    space = str(config["lockspace"]).encode()
+    rows = []
+    for name in sorted(os.listdir(lease_dir)):
+        if not _KEY.fullmatch(name):
+            continue
+        try:
+            owners = binding.read_resource_owners(
+                space, name.encode(), [(os.path.join(lease_dir, name), 0)]
+            )
+        except binding.SanlockException:
+            continue
+        for o in owners:
+            host_id = int(o["host_id"])
+            rows.append(
+                {
+                    "key": name,
+                    "kind": "held",
+                    "holder": {
+                        "manager": "sanlock",
+                        "host_id": host_id,
+                        "host": host_name(lease_dir, host_id),
+                    },
+                }
+            )
+    return rows

@@ -341,6 +341,8 @@ class LockManager:
         if not moved:
             choose(tables.DOMAIN, source.value, event, self, {**args, "_memo": memo})
             raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
+        if event in tables.DOMAIN.unrecorded:
+            return
         seconds = time.monotonic() - started
         self._history.append(HistoryEntry(source.value, event, self._fsm.value, seconds=seconds))
         self._moves += 1

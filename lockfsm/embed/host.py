@@ -24,6 +24,7 @@ which a restarted daemon re-attaches.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import subprocess
@@ -38,20 +39,32 @@ import lockfsm
 from lockfsm import DomainState, NewFlags, ResourceType
 from lockfsm.embed.qemu import Disk, EventLoop, Guest, HypervisorError, Monitor
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
+from lockfsm.protocol import kernel
 
-__all__ = ["Disk", "Domain", "Guest", "Host", "HypervisorError", "MigrationTimes", "migrate"]
+__all__ = [
+    "Disk",
+    "Domain",
+    "Guest",
+    "Host",
+    "HypervisorError",
+    "MigrationTimes",
+    "Role",
+    "migrate",
+]
 
 UNTHROTTLED = 1 << 33  # bytes/s: a migration on loopback is limited by nothing else
 _POLL = 0.002
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+class Role(enum.Enum):
+    """What a host's daemon does with a guest."""
+
+    RUNNING = "running"
+    """It runs here."""
+    OUTGOING = "outgoing"
+    """It is the source of a migration."""
+    INCOMING = "incoming"
+    """It is the target of a migration (its CPUs do not run until the handoff)."""
 
 
 class Domain:
@@ -68,7 +81,7 @@ class Domain:
         mgr: lockfsm.LockManager,
         monitor: Monitor,
         pid: int,
-        role: str,
+        role: Role,
         supervisor: subprocess.Popen[bytes] | None,
     ) -> None:
         self.guest = guest
@@ -174,9 +187,9 @@ class Host:
         qmp = self._path(guest, "qmp")
         proc = self._launch(mgr, guest.argv(self.qemu, qmp), guest)
         pid = self._child(mgr, proc, timeout)
-        dom = Domain(guest, mgr, Monitor(self._loop, qmp, guest.name), pid, "running", proc)
+        dom = Domain(guest, mgr, Monitor(self._loop, qmp, guest.name), pid, Role.RUNNING, proc)
         try:
-            dom.monitor.connect(alive=lambda: _running(pid))
+            dom.monitor.connect(alive=lambda: kernel.alive(pid))
             dom.monitor.execute("cont")
         except HypervisorError as e:
             self._stop(dom)
@@ -194,7 +207,7 @@ class Host:
         drop what it had opened: then the lease stays held), BackendError if the supervisor is
         gone.
         """
-        dom = self._role(name, "running")
+        dom = self._role(name, Role.RUNNING)
         guest = dom.guest.with_disk(disk)
         placed = guest.disk(disk.path)
         dom.mgr.acquire_resource(ResourceType.DISK, placed.path, placed.flags)
@@ -223,7 +236,7 @@ class Host:
         HypervisorError if QEMU does not remove the device or close the image (the lease then
         stays held), BackendError if the supervisor is gone.
         """
-        dom = self._role(name, "running")
+        dom = self._role(name, Role.RUNNING)
         disk = dom.guest.disk(path)
         dom.monitor.device_del(disk.device_id)
         for node in reversed(disk.blockdevs()):
@@ -256,11 +269,11 @@ class Host:
             mgr.set_parameter(key, value)
         pid = mgr.get_child(timeout)
         role = {
-            DomainState.MIGRATING_OUT: "outgoing",
-            DomainState.MIGRATING_IN: "incoming",
-        }.get(mgr.state, "running")
+            DomainState.MIGRATING_OUT: Role.OUTGOING,
+            DomainState.MIGRATING_IN: Role.INCOMING,
+        }.get(mgr.state, Role.RUNNING)
         monitor = Monitor(self._loop, self._path(guest, "qmp"), guest.name)
-        monitor.connect(timeout, alive=lambda: _running(pid))
+        monitor.connect(timeout, alive=lambda: kernel.alive(pid))
         self._keep(Domain(guest, mgr, monitor, pid, role, None))
         return pid
 
@@ -286,9 +299,9 @@ class Host:
         Raises InvalidArgument for an unknown guest or one not running, what
         ``prepare_migrate`` raises (IllegalTransition, Unsupported, BackendError).
         """
-        dom = self._role(name, "running")
+        dom = self._role(name, Role.RUNNING)
         cookie = dom.mgr.prepare_migrate(hosturi)
-        dom.role = "outgoing"
+        dom.role = Role.OUTGOING
         return {"cookie": cookie, "guest": dom.guest.to_dict()}
 
     def migrate_prepare(self, offer: Mapping[str, Any], timeout: float = 30.0) -> str:
@@ -307,10 +320,10 @@ class Host:
         qmp = self._path(guest, "qmp")
         proc = self._launch(mgr, guest.argv(self.qemu, qmp, incoming=True), guest)
         pid = self._child(mgr, proc, timeout)
-        dom = Domain(guest, mgr, Monitor(self._loop, qmp, guest.name), pid, "incoming", proc)
+        dom = Domain(guest, mgr, Monitor(self._loop, qmp, guest.name), pid, Role.INCOMING, proc)
         uri = f"unix:{self._path(guest, 'mig')}"
         try:
-            dom.monitor.connect(alive=lambda: _running(pid))
+            dom.monitor.connect(alive=lambda: kernel.alive(pid))
             dom.monitor.execute("migrate-incoming", {"uri": uri})
         except HypervisorError as e:
             self._drop_incoming(dom)
@@ -334,7 +347,7 @@ class Host:
         Raises InvalidArgument for an unknown guest or one not migrating out, HypervisorError
         if QEMU's migration fails or is cancelled, or does not get there within ``timeout``.
         """
-        dom = self._role(name, "outgoing")
+        dom = self._role(name, Role.OUTGOING)
         bandwidth = UNTHROTTLED if max_bandwidth is None else max_bandwidth
         dom.monitor.execute("migrate-set-parameters", {"max-bandwidth": bandwidth})
         dom.monitor.execute("migrate", {"uri": uri})
@@ -353,7 +366,7 @@ class Host:
         Raises InvalidArgument for an unknown guest or one not migrating out, HypervisorError
         if QEMU does not answer.
         """
-        dom = self._role(name, "outgoing")
+        dom = self._role(name, Role.OUTGOING)
         dom.monitor.execute("migrate_cancel")
         return str(self._migration(dom, {"cancelled", "failed", "completed"}, timeout)["status"])
 
@@ -367,7 +380,7 @@ class Host:
         QEMU did not receive the guest (cancel then), LeaseConflict if the source did not give
         the leases up within ``handoff_timeout`` (cancel then; the CPUs never ran).
         """
-        dom = self._role(name, "incoming")
+        dom = self._role(name, Role.INCOMING)
         if cancel:
             self._drop_incoming(dom)
             return
@@ -380,7 +393,7 @@ class Host:
             raise HypervisorError(f"the incoming QEMU of {name!r} is {status}, not paused")
         dom.mgr.complete_migrate_in()
         dom.monitor.execute("cont")  # only now: the target holds every lease
-        dom.role = "running"
+        dom.role = Role.RUNNING
         self._save(dom)
 
     def migrate_confirm(self, name: str, cancel: bool = False) -> DomainState:
@@ -393,10 +406,10 @@ class Host:
         if QEMU's migration has not completed (never hand off a guest the target lacks), and
         what ``complete_migrate_in`` raises.
         """
-        dom = self._role(name, "outgoing")
+        dom = self._role(name, Role.OUTGOING)
         if cancel:
             dom.mgr.complete_migrate_in(cancel=True)
-            dom.role = "running"
+            dom.role = Role.RUNNING
             return dom.mgr.state
         status = dom.monitor.execute("query-migrate").get("status")
         if status != "completed":
@@ -426,10 +439,12 @@ class Host:
             if name in self._domains:
                 raise InvalidArgument(f"guest {name!r} is already on host {self.name}")
 
-    def _role(self, name: str, role: str) -> Domain:
+    def _role(self, name: str, role: Role) -> Domain:
         dom = self.domain(name)
         if dom.role != role:
-            raise InvalidArgument(f"guest {name!r} on host {self.name} is {dom.role}, not {role}")
+            raise InvalidArgument(
+                f"guest {name!r} on host {self.name} is {dom.role.value}, not {role.value}"
+            )
         return dom
 
     def _manager(self, guest: Guest, flags: NewFlags) -> lockfsm.LockManager:

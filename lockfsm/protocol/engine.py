@@ -68,6 +68,7 @@ class Table:
         "state_refuse",
         "states",
         "terminal",
+        "unrecorded",
     )
 
     def __init__(
@@ -85,6 +86,7 @@ class Table:
         state_refuse: Mapping[str, str] | None = None,
         batch: frozenset[str] = frozenset(),
         event_guards: Mapping[str, tuple[str, ...]] | None = None,
+        unrecorded: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.initial = initial
@@ -99,6 +101,7 @@ class Table:
         self.state_refuse = state_refuse or {}  # state -> error class for an event without move
         self.batch = batch  # actions run once for a group of machines
         self.event_guards = event_guards or {}  # event -> guards of every one of its moves
+        self.unrecorded = unrecorded  # events whose moves are not recorded (property reads)
         index: dict[tuple[str, str], list[Move]] = {}
         for move in moves:
             index.setdefault((move.source, move.event), []).append(move)

@@ -21,6 +21,9 @@ POLICIES = ("poweroff", "pause", "ignore")
 #: Launch modes: a fresh start, or the target of an incoming migration.
 MODES = ("start", "incoming")
 
+#: How a supervisor's command line names its program: the console script or the module.
+SUPERVISOR_NAMES = ("lockfsm-supervisor", "lockfsm.supervisor")
+
 USAGE = "usage: lockfsm-supervisor --launch JSON [--name N --uuid U] -- GUEST..."
 
 

@@ -40,6 +40,7 @@ class SupervisorState(enum.Enum):
     RESERVED = 'reserved'
     INCOMING = 'incoming'
     CANCELLING = 'cancelling'
+    STOPPING_INCOMING = 'stopping_incoming'
     CANCELLED = 'cancelled'
     PAUSED = 'paused'
     UNPROTECTED = 'unprotected'

@@ -63,12 +63,13 @@ DOMAIN = Table(
     state_refuse={},
     batch=frozenset([]),
     event_guards={},
+    unrecorded=frozenset(['supervisor_args']),
 )
 
 SUPERVISOR = Table(
     name='supervisor',
     initial='starting',
-    states=('starting', 'holding', 'running', 'stopping', 'refused', 'exited', 'migrating_out', 'handing_off', 'handed_off', 'reserved', 'incoming', 'cancelling', 'cancelled', 'paused', 'unprotected', 'fencing', 'lost'),
+    states=('starting', 'holding', 'running', 'stopping', 'refused', 'exited', 'migrating_out', 'handing_off', 'handed_off', 'reserved', 'incoming', 'cancelling', 'stopping_incoming', 'cancelled', 'paused', 'unprotected', 'fencing', 'lost'),
     terminal=frozenset(['cancelled', 'exited', 'handed_off', 'lost', 'refused']),
     requires={},
     refuse={'start_launch': 'IllegalTransition', 'current_controller': 'BackendError', 'incoming_launch': 'IllegalTransition', 'no_take_over_pending': 'InvalidArgument', 'policy_poweroff': 'IllegalTransition', 'policy_pause': 'IllegalTransition', 'policy_ignore': 'IllegalTransition'},
@@ -102,13 +103,17 @@ SUPERVISOR = Table(
         Move('incoming', 'take_over', ('current_controller', 'no_take_over_pending'), ('take_over_leases',), 'running'),
         Move('incoming', 'cancel', ('current_controller',), ('kill_guest',), 'cancelling'),
         Move('cancelling', 'guest_exited', (), ('release_all',), 'cancelled'),
-        Move('incoming', 'stop', ('current_controller',), ('signal_guest',), 'cancelling'),
+        Move('incoming', 'stop', ('current_controller',), ('signal_guest',), 'stopping_incoming'),
         Move('incoming', 'guest_exited', (), ('release_all',), 'exited'),
-        Move('incoming', 'terminate', (), ('signal_guest',), 'cancelling'),
-        Move('cancelling', 'grace_over', (), ('kill_guest',), 'cancelling'),
+        Move('incoming', 'terminate', (), ('signal_guest',), 'stopping_incoming'),
+        Move('stopping_incoming', 'stop', ('current_controller',), (), 'stopping_incoming'),
+        Move('stopping_incoming', 'terminate', (), ('kill_guest',), 'stopping_incoming'),
+        Move('stopping_incoming', 'grace_over', (), ('kill_guest',), 'stopping_incoming'),
+        Move('stopping_incoming', 'guest_exited', (), ('release_all',), 'exited'),
         Move('cancelling', 'terminate', (), ('kill_guest',), 'cancelling'),
         Move('incoming', 'attach', (), ('new_controller',), 'incoming'),
         Move('cancelling', 'attach', (), ('new_controller',), 'cancelling'),
+        Move('stopping_incoming', 'attach', (), ('new_controller',), 'stopping_incoming'),
         Move('running', 'lost', ('policy_poweroff',), ('kill_guest', 'forfeit_leases'), 'fencing'),
         Move('migrating_out', 'lost', ('policy_poweroff',), ('kill_guest', 'forfeit_leases'), 'fencing'),
         Move('running', 'lost', ('policy_pause',), ('pause_guest', 'forfeit_leases'), 'paused'),
@@ -119,6 +124,7 @@ SUPERVISOR = Table(
         Move('handing_off', 'lost', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
         Move('incoming', 'lost', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
         Move('cancelling', 'lost', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
+        Move('stopping_incoming', 'lost', (), ('kill_guest', 'forfeit_leases'), 'fencing'),
         Move('paused', 'lost', (), (), 'paused'),
         Move('unprotected', 'lost', (), (), 'unprotected'),
         Move('fencing', 'lost', (), (), 'fencing'),
@@ -135,22 +141,23 @@ SUPERVISOR = Table(
         Move('unprotected', 'attach', (), ('new_controller',), 'unprotected'),
         Move('fencing', 'attach', (), ('new_controller',), 'fencing'),
     ),
-    attrs={'holding': {'holds': True}, 'running': {'holds': True, 'guest': True}, 'stopping': {'holds': True, 'guest': True}, 'refused': {'exit': 75}, 'exited': {'exit': 'guest'}, 'migrating_out': {'holds': True, 'guest': True}, 'handing_off': {'holds': True, 'guest': True, 'executes': False}, 'handed_off': {'exit': 0}, 'reserved': {'reserves': True}, 'incoming': {'reserves': True, 'guest': True, 'executes': False}, 'cancelling': {'reserves': True, 'guest': True, 'executes': False}, 'cancelled': {'exit': 0}, 'paused': {'guest': True, 'executes': False}, 'unprotected': {'guest': True, 'unprotected': True}, 'fencing': {'guest': True, 'executes': False}, 'lost': {'exit': 76}},
+    attrs={'holding': {'holds': True}, 'running': {'holds': True, 'guest': True}, 'stopping': {'holds': True, 'guest': True}, 'refused': {'exit': 75}, 'exited': {'exit': 'guest'}, 'migrating_out': {'holds': True, 'guest': True}, 'handing_off': {'holds': True, 'guest': True, 'executes': False}, 'handed_off': {'exit': 0}, 'reserved': {'reserves': True}, 'incoming': {'reserves': True, 'guest': True, 'executes': False}, 'cancelling': {'reserves': True, 'guest': True, 'executes': False}, 'stopping_incoming': {'reserves': True, 'guest': True, 'executes': False}, 'cancelled': {'exit': 0}, 'paused': {'guest': True, 'executes': False}, 'unprotected': {'guest': True, 'unprotected': True}, 'fencing': {'guest': True, 'executes': False}, 'lost': {'exit': 76}},
     reads={},
     raised_by={},
     state_refuse={'paused': 'LeaseLost', 'unprotected': 'LeaseLost', 'fencing': 'LeaseLost'},
     batch=frozenset([]),
     event_guards={'acquire': ('current_controller',), 'release': ('current_controller',), 'stop': ('current_controller',), 'prepare': ('current_controller',), 'resume': ('current_controller',), 'hand_off': ('current_controller',), 'take_over': ('current_controller',), 'cancel': ('current_controller',)},
+    unrecorded=frozenset([]),
 )
 
 #: supervisor states in which the leases are held
 SUPERVISOR_HOLDS = frozenset(['handing_off', 'holding', 'migrating_out', 'running', 'stopping'])
 
 #: supervisor states in which the leases are reserved for an incoming migration
-SUPERVISOR_RESERVES = frozenset(['cancelling', 'incoming', 'reserved'])
+SUPERVISOR_RESERVES = frozenset(['cancelling', 'incoming', 'reserved', 'stopping_incoming'])
 
 #: supervisor states in which the guest process exists
-SUPERVISOR_GUEST = frozenset(['cancelling', 'fencing', 'handing_off', 'incoming', 'migrating_out', 'paused', 'running', 'stopping', 'unprotected'])
+SUPERVISOR_GUEST = frozenset(['cancelling', 'fencing', 'handing_off', 'incoming', 'migrating_out', 'paused', 'running', 'stopping', 'stopping_incoming', 'unprotected'])
 
 #: supervisor states in which the guest may execute
 SUPERVISOR_EXECUTES = frozenset(['migrating_out', 'running', 'stopping', 'unprotected'])
@@ -182,6 +189,7 @@ LEASE = Table(
     state_refuse={},
     batch=frozenset(['backend_take_over']),
     event_guards={},
+    unrecorded=frozenset([]),
 )
 
 #: lease states in which the leases are held

@@ -14,9 +14,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _spec_gen(args: argparse.Namespace) -> int:
-    from lockfsm.tools import spec
+    from lockfsm.tools import generate
 
-    for path in spec.write_generated(Path(args.specs) if args.specs else None):
+    for path in generate.write_generated(Path(args.specs) if args.specs else None):
         print(f"wrote {path}")
     return 0
 

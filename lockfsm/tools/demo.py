@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 import lockfsm
 from lockfsm import NewFlags, ResourceType
+from lockfsm.protocol import kernel
 from lockfsm.tools import status
 
 GUEST = ["sleep", "600"]
@@ -387,7 +388,7 @@ class QemuDemo(Stage):
         b.unplug("vm-a", self.disks["c.img"])
         say("   QEMU removed the disk and closed the image; then its lease was released")
         b.shutdown("vm-a")
-        say(f"   vm-a stopped: QEMU pid {child} {'is gone' if not _alive(child) else 'RUNS'}")
+        say(f"   vm-a stopped: QEMU pid {child} {'is gone' if not kernel.alive(child) else 'RUNS'}")
         self.holders()
         return 0
 
@@ -407,14 +408,6 @@ class QemuDemo(Stage):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(rec["pid"], signal.SIGKILL)
         super().cleanup()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def main(out: TextIO = sys.stdout, stand_in: bool = False, pause: bool = False) -> int:

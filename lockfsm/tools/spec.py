@@ -363,6 +363,7 @@ def _table_text(name: str, spec: Spec) -> list[str]:
     raised = {e.attrs["raised_by"]: e.name for e in spec.events.values() if "raised_by" in e.attrs}
     state_refuse = {n: s.attrs["refuse"] for n, s in spec.states.items() if "refuse" in s.attrs}
     batch = sorted(a.name for a in spec.actions.values() if a.attrs.get("batch"))
+    unrecorded = sorted(e.name for e in spec.events.values() if e.attrs.get("history") is False)
     event_guards = {
         e.name: tuple(e.attrs["guards"]) for e in spec.events.values() if e.attrs.get("guards")
     }
@@ -384,6 +385,7 @@ def _table_text(name: str, spec: Spec) -> list[str]:
         f"    state_refuse={state_refuse!r},",
         f"    batch=frozenset({batch!r}),",
         f"    event_guards={event_guards!r},",
+        f"    unrecorded=frozenset({unrecorded!r}),",
         ")",
     ]
     for suffix, (doc, states) in state_sets(spec).items():
@@ -410,20 +412,3 @@ def generate_machines(specs: dict[str, Spec]) -> str:
         out += _table_text(name, spec)
     out += ["", f"TABLES = {{{', '.join(f'{n!r}: {n.upper()}' for n in specs)}}}", ""]
     return "\n".join(out)
-
-
-def write_generated(specs_dir: Path | None = None) -> list[Path]:
-    """Regenerate ``lockfsm/protocol/{states,tables}.py`` and the formal models in ``specs/``;
-    return the paths."""
-    from lockfsm.tools import model, modelcheck
-
-    d = specs_dir or default_specs_dir()
-    specs = load_all(d)
-    GENERATED.write_text(generate(specs))
-    GENERATED_MACHINES.write_text(generate_machines(specs))
-    written = [GENERATED, GENERATED_MACHINES]
-    for hosts in modelcheck.HOSTS:
-        path = modelcheck.model_path(d, hosts)
-        path.write_text(model.generate(specs, hosts))
-        written.append(path)
-    return written

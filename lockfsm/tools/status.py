@@ -17,18 +17,12 @@ lock service says of its holder.
 from __future__ import annotations
 
 import os
-import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from lockfsm.errors import LockFSMError
-from lockfsm.protocol import rundir, wire
-
-#: Supervisor states in which every lease is held, and those in which every lease is reserved.
-HOLDING = frozenset({"holding", "running", "stopping", "migrating_out", "handing_off"})
-RESERVING = frozenset({"reserved", "incoming", "cancelling"})
-_KEY = re.compile(r"[0-9a-f]{47,64}")
+from lockfsm.errors import BackendError, LockFSMError
+from lockfsm.protocol import rundir, tables, wire
 
 
 def supervisors(run_dir: str) -> list[dict[str, Any]]:
@@ -56,7 +50,7 @@ def leases(run_dir: str) -> list[dict[str, Any]]:
     host = socket.gethostname()
     for rec in supervisors(run_dir):
         state = rec.get("state")
-        if not rec["alive"] or state not in HOLDING | RESERVING:
+        if not rec["alive"] or state not in tables.SUPERVISOR_HOLDS | tables.SUPERVISOR_RESERVES:
             continue
         for res in rec.get("resources", []):
             rows.append(
@@ -65,7 +59,7 @@ def leases(run_dir: str) -> list[dict[str, Any]]:
                     "type": res["type"],
                     "keys": [lease["key"] for lease in res.get("leases", [])],
                     "mode": "shared" if res["flags"] else "exclusive",
-                    "held": "held" if state in HOLDING else "reserved",
+                    "held": "held" if state in tables.SUPERVISOR_HOLDS else "reserved",
                     "holder": {
                         "manager": "lockfsm",
                         "host": host,
@@ -80,154 +74,6 @@ def leases(run_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-# -- the lockspace, as each lock service sees it --------------------------------------------------
-
-
-def _proc_locks(inodes: Iterable[int]) -> dict[int, list[tuple[str, str, int, int]]]:
-    """inode -> (class, kind, pid, first byte) of each granted lock the kernel lists on it."""
-    wanted = set(inodes)
-    found: dict[int, list[tuple[str, str, int, int]]] = {}
-    with open("/proc/locks") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 8 or parts[1] == "->":
-                continue
-            inode = int(parts[5].rsplit(":", 1)[1])
-            if inode in wanted:
-                found.setdefault(inode, []).append(
-                    (parts[1], parts[3], int(parts[4]), int(parts[6]))
-                )
-    return found
-
-
-def _ofd_holders(inodes: set[int]) -> dict[tuple[int, int], set[int]]:
-    """(inode, first byte) -> pids of the processes whose open files hold an OFD lock there
-    (/proc/*/fdinfo: the kernel lists OFD locks without a pid)."""
-    found: dict[tuple[int, int], set[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fdinfo")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    for line in f:
-                        if line.startswith("lock:") and "OFDLCK" in line:
-                            parts = line.split()
-                            inode = int(parts[6].rsplit(":", 1)[1])
-                            if inode in inodes:
-                                where = (inode, int(parts[7]))
-                                found.setdefault(where, set()).add(int(pid))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
-def _ofd_holder(pids: list[int]) -> dict[str, Any]:
-    """Who the processes holding an OFD lock are: a lockfsm supervisor (of this host, perhaps of
-    another run dir: its command line names the domain) or another program."""
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-        except OSError:
-            continue
-        if any(a.endswith(("lockfsm-supervisor", "lockfsm.supervisor")) for a in argv):
-            opts = argv[: argv.index("--")] if "--" in argv else argv
-            named = {
-                opts[i][2:]: opts[i + 1]
-                for i in range(len(opts) - 1)
-                if opts[i] in ("--name", "--uuid")
-            }
-            return {
-                "manager": "lockfsm",
-                "domain": named.get("name"),
-                "uuid": named.get("uuid"),
-                "supervisor_pid": pid,
-                "pids": pids,
-            }
-    return {"manager": "lockfsm or another OFD lock user", "pids": pids}
-
-
-def fcntl_holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every locked lease file of the fcntl lockspace: key, kind (exclusive, shared or
-    reserved) and, for each lock, who holds it as far as this host's kernel tells (a lock over
-    NFS from another host is not listed by this kernel: shown as unknown)."""
-    lockspace = config["lockspace_dir"]
-    files = {}
-    for name in sorted(os.listdir(lockspace)):
-        if _KEY.fullmatch(name):
-            try:
-                files[os.stat(os.path.join(lockspace, name), follow_symlinks=False).st_ino] = name
-            except FileNotFoundError:
-                continue
-    locks = _proc_locks(files)
-    ofd = _ofd_holders(set(locks)) if locks else {}
-    rows = []
-    for inode, held in sorted(locks.items(), key=lambda x: files[x[0]]):
-        for cls, kind, pid, byte in held:
-            # byte 1 is lockfsm's migration gate: a reservation
-            what = "reserved" if byte == 1 else "exclusive" if kind == "WRITE" else "shared"
-            if cls == "POSIX":
-                holder: dict[str, Any] = {"manager": "another lock manager", "pid": pid}
-            else:
-                holder = _ofd_holder(sorted(ofd.get((inode, byte), ())))
-            rows.append({"key": files[inode], "kind": what, "holder": holder})
-    return rows
-
-
-def sanlock_holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every lease of the sanlock lockspace that a host owns, from its leader record (shared
-    holders from the mode blocks, through the binding): key, kind, owner host id and name."""
-    from lockfsm.backends import sanlock
-
-    lease_dir = config["lease_dir"]
-    # The binding reads through a daemon: this host's, unless this process already chose one
-    # (any daemon of the lockspace reads the same records).
-    os.environ.setdefault("SANLOCK_RUN_DIR", config["sanlock_run_dir"])
-    binding = sanlock._binding(os.path.join(config["run_dir"], ".sanlock-py"))
-    space = str(config["lockspace"]).encode()
-    rows = []
-    for name in sorted(os.listdir(lease_dir)):
-        if not _KEY.fullmatch(name):
-            continue
-        try:
-            owners = binding.read_resource_owners(
-                space, name.encode(), [(os.path.join(lease_dir, name), 0)]
-            )
-        except binding.SanlockException:
-            continue
-        for o in owners:
-            host_id = int(o["host_id"])
-            rows.append(
-                {
-                    "key": name,
-                    "kind": "held",
-                    "holder": {
-                        "manager": "sanlock",
-                        "host_id": host_id,
-                        "host": sanlock.host_name(lease_dir, host_id),
-                    },
-                }
-            )
-    return rows
-
-
-def etcd_holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from lockfsm.backends import etcd
-
-    rows: list[dict[str, Any]] = etcd.EtcdBackend(config).holders()
-    return rows
-
-
-SURVEYS: dict[str, Callable[[Mapping[str, Any]], list[dict[str, Any]]]] = {
-    "fcntl": fcntl_holders,
-    "sanlock": sanlock_holders,
-    "etcd": etcd_holders,
-}
-
-
 def _pids(holder: Mapping[str, Any]) -> set[int]:
     return {int(p) for p in [holder.get("pid"), *holder.get("pids", [])] if p is not None}
 
@@ -236,16 +82,19 @@ def survey(driver: str, config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """This host's supervisors' leases (named), merged with the lockspace as the driver's lock
     service sees it: a lease no supervisor here holds is listed by key with its holder.  Raises
     LockFSMError when the lock service cannot be read."""
+    from lockfsm import backends
+
     rows = leases(config["run_dir"])
-    probe = SURVEYS.get(driver)
-    if probe is None:
-        return rows
     ours: dict[str, set[int]] = {}
     for row in rows:
         h = row["holder"]
         for key in row["keys"]:
             ours.setdefault(key, set()).update({h["supervisor_pid"], h["guest_pid"]})
-    for found in probe(config):
+    try:
+        found_rows = backends.module(driver).holders(config)
+    except OSError as e:
+        raise BackendError(f"the {driver} lockspace cannot be read: {e}") from None
+    for found in found_rows:
         mine = ours.get(found["key"])
         pids = _pids(found["holder"])
         if mine is not None and (not pids or pids & mine):

@@ -136,7 +136,7 @@ def etcd_takeover_skips_handoff() -> None:
 
         agent.value = value
 
-    _after_import("lockfsm.agent.main", patch)
+    _after_import("lockfsm.agent.store", patch)
 
 
 def sanlock_takeover_ignores_version() -> None:

@@ -601,3 +601,9 @@ BACKEND = EtcdBackend
 
 def make_holder(config: Mapping[str, Any], view: LeaseView) -> EtcdHolder:
     return EtcdHolder(config, view)
+
+
+def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every key of the lockspace, across all hosts (EtcdBackend.holders).  Raises
+    BackendError when the agent or etcd cannot answer."""
+    return EtcdBackend(config).holders()

@@ -1,0 +1,413 @@
+"""The lease store: every operation on a lockspace's keys as one etcd transaction.
+
+Acquire: exclusive, "nothing under the lease's directory"; shared, "no ``x`` and no ``r``".
+The handoff: the source's release of a reserved lease turns ``x`` into a marker "handed off to
+<the reservation>" on the target host's etcd lease, and the target's take-over is one
+transaction over every lease that compares each ``x`` with that marker and with the create
+revision the cookie carries (the fencing token), and moves them all to the target.
+
+A transaction that failed in flight may have been applied: the store reads the keys back before
+it answers or retries.  Every key lives on the host's etcd lease (the keeper's), so a dead
+host's keys go when its lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from lockfsm.agent.keeper import HostLease, HostLeaseKeeper
+from lockfsm.agent.keys import (
+    KeySchema,
+    describe,
+    holder_value,
+    is_marker,
+    marker,
+    reservation_value,
+)
+from lockfsm.backends.etcd.client import (
+    KV,
+    Etcd,
+    EtcdError,
+    LeaseNotFound,
+    TxnResult,
+    Uncertain,
+    create,
+    delete,
+    get,
+    lease_is,
+    nested,
+    prefix_end,
+    put,
+    value,
+)
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict
+from lockfsm.protocol import wire
+
+log = logging.getLogger("lockfsm.agent")
+
+
+class Owned:
+    """What one party (a supervisor's connection) has written for one lease key."""
+
+    __slots__ = ("held", "lease", "mode", "reserved", "resource", "rvalue")
+
+    def __init__(self, mode: str, resource: str) -> None:
+        self.mode = mode
+        self.resource = resource
+        self.held: bytes | None = None  # our value of x (exclusive) or s/<id> (shared)
+        self.reserved: bytes | None = None  # our reservation r, while it is in etcd
+        self.rvalue: bytes | None = None  # the reservation's value
+        self.lease = 0
+
+
+class Party:
+    """Who asks: a supervisor, named by ``who`` in its keys' values and by ``sid`` in its shared
+    keys, and what it owns."""
+
+    def __init__(self, who: dict[str, Any], sid: str) -> None:
+        self.who = who
+        self.sid = sid
+        self.owned: dict[str, Owned] = {}
+
+
+def lease_request(req: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(key, mode, resource) of a request about one lease.  Raises InvalidArgument."""
+    key, mode, resource = req.get("key"), req.get("mode"), req.get("resource", "")
+    if not isinstance(key, str) or mode not in ("exclusive", "shared"):
+        raise InvalidArgument("a lease needs a key and a mode")
+    return key, str(mode), wire.check_text(resource or key, "resource", 4096)
+
+
+class LeaseStore:
+    """The lockspace's keys (``keys``) in ``etcd``, written on the ``keeper``'s lease."""
+
+    def __init__(self, etcd: Etcd, keys: KeySchema, keeper: HostLeaseKeeper) -> None:
+        self.etcd = etcd
+        self.keys = keys
+        self.keeper = keeper
+        self.budget = keeper.budget
+
+    # -- transactions ------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        compare: Sequence[Any],
+        success: Sequence[Any],
+        failure: Sequence[Any],
+        written: Mapping[bytes, bytes | None],
+        budget: float | None = None,
+    ) -> TxnResult | None:
+        """One transaction, retried until it is known to have run.  ``written`` says what its
+        success branch leaves (key -> value, None: deleted): when a try fails in flight those
+        keys are read back, and if they hold it the transaction ran (then None is returned: its
+        answer is unknown).  Raises BackendError, LeaseNotFound."""
+        deadline = time.monotonic() + (budget or self.budget)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(f"etcd did not answer in {budget or self.budget:g} s")
+            try:
+                return await self.etcd.txn(compare, success, failure, timeout=left)
+            except Uncertain:
+                pass
+            except LeaseNotFound:
+                raise
+            except EtcdError as e:
+                raise BackendError(f"etcd refused the transaction: {e}") from None
+            try:
+                found = {}
+                for key in written:
+                    rows = await self.etcd.range(key, budget=max(0.01, deadline - time.monotonic()))
+                    found[key] = rows[0].value if rows else None
+            except EtcdError:
+                continue
+            if found == dict(written):
+                return None
+
+    async def _read(self, key: bytes, range_end: bytes | None = None) -> list[KV]:
+        try:
+            return await self.etcd.range(key, range_end, self.budget)
+        except EtcdError as e:
+            raise BackendError(f"etcd did not answer: {e}") from None
+
+    async def _with_lease(
+        self, attempt: Callable[[HostLease], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Run ``attempt`` with the host's lease; if etcd no longer knows that lease, it is lost
+        (its supervisors hear so) and the attempt runs once more on a new one."""
+        for _ in range(2):
+            lease = await self.keeper.current()
+            try:
+                return await attempt(lease)
+            except LeaseNotFound:
+                self.keeper.lose(lease, "etcd no longer knows it (it expired)")
+        raise BackendError("this host's etcd lease keeps expiring")
+
+    # -- operations --------------------------------------------------------------------------------
+
+    async def acquire(self, party: Party, key: str, mode: str, resource: str) -> dict[str, Any]:
+        """Take lease ``key`` for ``party``.  Raises LeaseConflict naming the holder."""
+        if key in party.owned:
+            raise InvalidArgument(f"lease {key} is already held or reserved on this connection")
+        base = self.keys.dir(key)
+        mine = holder_value(party.who, mode, resource)
+        target = (
+            self.keys.exclusive(key) if mode == "exclusive" else self.keys.shared(key, party.sid)
+        )
+
+        async def attempt(lease: HostLease) -> dict[str, Any]:
+            if mode == "exclusive":  # nothing at all under the lease's directory
+                compare = [create(base, 0, prefix_end(base))]
+            else:  # no exclusive holder, no reservation
+                compare = [create(base + b"x", 0), create(base + b"r", 0)]
+            result = await self._write(
+                compare,
+                [put(target, mine, lease.id), get(target)],
+                [get(base, prefix_end(base))],
+                {target: mine},
+            )
+            if result is not None and not result.succeeded:
+                raise self._conflict(resource, base, result.ranges[0])
+            rows = result.ranges[0] if result is not None else await self._read(target)
+            owned = Owned(mode, resource)
+            owned.held, owned.lease = mine, lease.id
+            party.owned[key] = owned
+            return {
+                "lease": lease.id,
+                "valid_until": lease.valid_until,
+                "revision": rows[0].create if rows else None,
+            }
+
+        return await self._with_lease(attempt)
+
+    def _kinds(self, base: bytes, rows: list[KV]) -> dict[str, KV]:
+        """The rows under a lease's directory by kind: "x", "r", "s" (the first shared one)."""
+        found: dict[str, KV] = {}
+        for kv in rows:
+            found.setdefault(self.keys.kind_in(base, kv.key), kv)
+        return found
+
+    def _conflict(self, resource: str, base: bytes, rows: list[KV]) -> LeaseConflict:
+        """Why an acquire was refused, naming the holder the rows show."""
+        kinds = self._kinds(base, rows)
+        for kind, how in (("x", "held by"), ("r", "reserved by"), ("s", "shared by")):
+            if kind in kinds:
+                data = kinds[kind].value
+                holder = describe(data)
+                if kind == "x" and is_marker(data):
+                    how = "handed off to"
+                return LeaseConflict(f"{resource} is {how} {holder} (etcd)", resource, holder)
+        return LeaseConflict(f"{resource} was held by another holder a moment ago (etcd)", resource)
+
+    async def reserve(self, party: Party, key: str, mode: str, resource: str) -> dict[str, Any]:
+        """Put ``party``'s reservation on lease ``key``.  Raises LeaseConflict if another
+        migration reserves it."""
+        if key in party.owned:
+            raise InvalidArgument(f"lease {key} is already held or reserved on this connection")
+        base = self.keys.dir(key)
+        mine = reservation_value(party.who, mode, resource)
+
+        async def attempt(lease: HostLease) -> dict[str, Any]:
+            result = await self._write(
+                [create(base + b"r", 0)],
+                [put(base + b"r", mine, lease.id)],
+                [get(base, prefix_end(base))],
+                {base + b"r": mine},
+            )
+            if result is not None and not result.succeeded:
+                raise self._conflict(
+                    resource, base, [kv for kv in result.ranges[0] if kv.key == base + b"r"]
+                )
+            owned = Owned(mode, resource)
+            owned.reserved = owned.rvalue = mine
+            owned.lease = lease.id
+            party.owned[key] = owned
+            return {"lease": lease.id}
+
+        return await self._with_lease(attempt)
+
+    async def take_over(self, party: Party, wanted: Any) -> dict[str, Any]:
+        """One transaction: every reserved lease of ``wanted`` (``[{"key", "version"}]``) moves
+        to ``party``, each only if its exclusive key is the source's, handed off to our
+        reservation, at the cookie's create revision.  Raises LeaseConflict (final when it can
+        never succeed), InvalidArgument."""
+        if not isinstance(wanted, list) or not wanted or len(wanted) > 40:
+            raise InvalidArgument("take_over needs 1 to 40 leases")
+        plan: list[tuple[str, Owned, int | None]] = []
+        for item in wanted:
+            key = item.get("key") if isinstance(item, dict) else None
+            owned = party.owned.get(key) if isinstance(key, str) else None
+            if owned is None or owned.reserved is None:
+                raise InvalidArgument(f"lease {key!r} is not reserved on this connection")
+            version = item.get("version")
+            plan.append((str(key), owned, int(version) if isinstance(version, int) else None))
+
+        async def attempt(lease: HostLease) -> dict[str, Any]:
+            compare, success, failure = [], [], []
+            written: dict[bytes, bytes | None] = {}
+            mine: dict[str, bytes] = {}
+            for key, owned, version in plan:
+                base = self.keys.dir(key)
+                assert owned.reserved is not None
+                mine[key] = holder_value(party.who, owned.mode, owned.resource)
+                compare.append(value(base + b"r", owned.reserved))
+                if owned.mode == "exclusive":
+                    compare.append(value(base + b"x", marker(owned.reserved)))
+                    if version is not None:
+                        compare.append(create(base + b"x", version))
+                    target = base + b"x"
+                else:
+                    compare.append(create(base + b"x", 0))
+                    target = self.keys.shared(key, party.sid)
+                success += [put(target, mine[key], lease.id), delete(base + b"r"), get(target)]
+                failure.append(get(base, prefix_end(base)))
+                written[target] = mine[key]
+            result = await self._write(compare, success, failure, written)
+            if result is not None and not result.succeeded:
+                raise self._take_over_refused(plan, result.ranges)
+            revisions = {}
+            for i, (key, owned, _) in enumerate(plan):
+                rows = result.ranges[i] if result is not None else []
+                revisions[key] = rows[0].create if rows else None
+                owned.held, owned.reserved, owned.lease = mine[key], None, lease.id
+            return {"lease": lease.id, "valid_until": lease.valid_until, "revisions": revisions}
+
+        return await self._with_lease(attempt)
+
+    def _take_over_refused(
+        self, plan: list[tuple[str, Owned, int | None]], ranges: list[list[KV]]
+    ) -> LeaseConflict:
+        """Why a take-over failed: waiting helps while a source still holds a lease; nothing
+        helps (final) once a lease changed hands, vanished, or our reservation did."""
+        waiting: LeaseConflict | None = None
+        for (key, owned, version), rows in zip(plan, ranges, strict=True):
+            base = self.keys.dir(key)
+            found = self._kinds(base, rows)
+            resource = owned.resource
+            r, x = found.get("r"), found.get("x")
+            assert owned.reserved is not None
+            if r is None or r.value != owned.reserved:
+                return LeaseConflict(
+                    f"{resource}: this migration's reservation is gone (its etcd lease expired)",
+                    resource,
+                    final=True,
+                )
+            if owned.mode == "shared":
+                if x is not None and waiting is None:
+                    waiting = self._conflict(resource, base, [x])
+                continue
+            if x is None:
+                return LeaseConflict(
+                    f"{resource}: the source no longer holds the lease and did not hand it off "
+                    "(its host's etcd lease expired, or it was released without a reservation)",
+                    resource,
+                    final=True,
+                )
+            if version is not None and x.create != version:
+                return LeaseConflict(
+                    f"{resource}: the lease changed hands since the source prepared the migration"
+                    f" (create revision {x.create}, the handoff expected {version}); now "
+                    f"{describe(x.value)}",
+                    resource,
+                    describe(x.value),
+                    final=True,
+                )
+            if x.value == marker(owned.reserved):
+                continue
+            if is_marker(x.value):
+                return LeaseConflict(
+                    f"{resource} was handed off to another migration: {describe(x.value)}",
+                    resource,
+                    describe(x.value),
+                    final=True,
+                )
+            if waiting is None:
+                waiting = self._conflict(resource, base, [x])
+        return waiting or LeaseConflict("the take-over raced with another change; try again")
+
+    async def release(self, party: Party, key: str, budget: float | None = None) -> None:
+        """Give back what ``party`` has of lease ``key`` (a held key, a reservation and a key
+        handed off to it); forgotten only once etcd did it, so that a key left behind is tried
+        again when the party goes.  Raises BackendError, LeaseNotFound."""
+        owned = party.owned.get(key)
+        if owned is None:
+            return
+        base = self.keys.dir(key)
+        if owned.reserved is not None:  # our reservation, and a key handed off to it
+            await self._write(
+                [],
+                [
+                    nested([value(base + b"r", owned.reserved)], [delete(base + b"r")]),
+                    nested([value(base + b"x", marker(owned.reserved))], [delete(base + b"x")]),
+                ],
+                [],
+                {},
+                budget,
+            )
+        if owned.held is not None:
+            if owned.mode == "shared":
+                target = self.keys.shared(key, party.sid)
+                await self._write([value(target, owned.held)], [delete(target)], [], {}, budget)
+            else:
+                await self._release_exclusive(base, owned.held, owned.resource, budget)
+        party.owned.pop(key, None)
+
+    async def _release_exclusive(
+        self, base: bytes, mine: bytes, resource: str, budget: float | None
+    ) -> None:
+        """Delete our ``x`` -- or, if a migration target reserves the lease, hand it to that
+        target (a marker on the target's etcd lease that only its take-over matches): a lease
+        given up while reserved is the target's, as the fcntl gate makes it."""
+        x, r = base + b"x", base + b"r"
+        for _ in range(8):
+            result = await self._write(
+                [value(x, mine), create(r, 0)], [delete(x)], [get(x), get(r)], {x: None}, budget
+            )
+            if result is None or result.succeeded:
+                return
+            xs, rs = result.ranges
+            if not xs or xs[0].value != mine:
+                return  # not ours any more
+            if not rs:
+                continue  # the reservation went meanwhile
+            reservation = rs[0]
+            try:
+                result = await self._write(
+                    [value(x, mine), value(r, reservation.value), lease_is(r, reservation.lease)],
+                    [put(x, marker(reservation.value), reservation.lease)],
+                    [],
+                    {x: marker(reservation.value)},
+                    budget,
+                )
+            except LeaseNotFound:
+                continue  # the target's lease just expired: its reservation is gone too
+            if result is None or result.succeeded:
+                log.info("%s: handed off to %s", resource, describe(reservation.value))
+                return
+        raise BackendError(f"{resource}: the release kept racing with reservations")
+
+    async def holders(self) -> list[dict[str, Any]]:
+        """Every key of the lockspace, across all hosts."""
+        rows = []
+        for kv in await self._read(self.keys.root, prefix_end(self.keys.root)):
+            key, kind = self.keys.parse(kv.key)
+            if kind == "exclusive" and is_marker(kv.value):
+                kind = "handed-off"
+            try:
+                holder = json.loads(kv.value)
+            except ValueError:
+                holder = None
+            rows.append(
+                {
+                    "key": key,
+                    "kind": kind,
+                    "holder": holder,
+                    "create_revision": kv.create,
+                    "lease": kv.lease,
+                }
+            )
+        return rows
