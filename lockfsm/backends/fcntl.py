@@ -236,13 +236,17 @@ class FcntlHolder:
                 fcntl.fcntl(self.fds[key], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE))
             raise
 
-    def _take_over_one(self, lease: Mapping[str, Any], resource: str) -> None:
-        key = lease["key"]
+    def _reserved(self, key: str, resource: str) -> tuple[int, str]:
+        """The open file of a lease this holder reserved, and its path."""
         if key not in self.fds:
             raise BackendError(f"lease {key} of {resource} is not reserved by this supervisor")
-        path = os.path.join(self.dir, key)
+        return self.fds[key], os.path.join(self.dir, key)
+
+    def _take_over_one(self, lease: Mapping[str, Any], resource: str) -> None:
+        key = lease["key"]
+        fd, path = self._reserved(key, resource)
         kind = _kind(lease)
-        self._lock(self.fds[key], kind, LEASE_BYTE, path, resource)
+        self._lock(fd, kind, LEASE_BYTE, path, resource)
         if not self._still_there(self.fds[key], path):
             # virtlockd deletes a lease file it lets go even while a gate is held on it (it
             # locks byte 0 only): take gate and lease on the file now at the path.
@@ -253,16 +257,13 @@ class FcntlHolder:
                 raise
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
-        key = lease["key"]
-        if key not in self.fds:
-            raise BackendError(f"lease {key} of {resource} is not reserved by this supervisor")
-        path = os.path.join(self.dir, key)
+        fd, path = self._reserved(lease["key"], resource)
         try:  # our own description's gate lock never conflicts with this query
-            got = fcntl.fcntl(self.fds[key], fcntl.F_OFD_GETLK, _flock(_kind(lease)))
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(_kind(lease)))
         except OSError as e:
             raise BackendError(f"querying {path} for {resource}: {e.strerror}") from None
         if struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK:
-            holder = _holder_of(self.fds[key], _kind(lease))
+            holder = _holder_of(fd, _kind(lease))
             raise LeaseConflict(
                 f"{resource} is locked by {holder} (lease file {path})", resource, holder
             )

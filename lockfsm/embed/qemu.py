@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -298,18 +299,24 @@ class Monitor:
         self, command: str, args: Mapping[str, object] | None = None, timeout: float | None = None
     ) -> Any:
         """Run one QMP command and return its ``return`` value."""
-        from qemu.qmp import ExecuteError, QMPError
-
         client = self._live()
-        try:
+        with self._errors(command, f"did not answer {command}"):
             return self.loop.run(
                 client.execute(command, dict(args) if args else None),
                 QMP_COMMAND_TIMEOUT if timeout is None else timeout,
             )
+
+    @contextlib.contextmanager
+    def _errors(self, command: str, timed_out: str) -> Iterator[None]:
+        """QMP's and the loop's errors as HypervisorError, naming the guest and the command."""
+        from qemu.qmp import ExecuteError, QMPError
+
+        try:
+            yield
         except ExecuteError as e:
             raise HypervisorError(f"QEMU of {self.name!r} refused {command}: {e}") from None
         except TimeoutError:
-            raise HypervisorError(f"QEMU of {self.name!r} did not answer {command}") from None
+            raise HypervisorError(f"QEMU of {self.name!r} {timed_out}") from None
         except (QMPError, OSError, EOFError) as e:
             raise HypervisorError(f"the monitor of {self.name!r} is gone ({e!r})") from None
 
@@ -319,7 +326,7 @@ class Monitor:
 
     def device_del(self, device: str, timeout: float = 10.0) -> None:
         """Remove a device and return once QEMU reports it gone (``DEVICE_DELETED``)."""
-        from qemu.qmp import EventListener, ExecuteError, QMPError
+        from qemu.qmp import EventListener
 
         client = self._live()
         listener = EventListener(("DEVICE_DELETED",))
@@ -332,14 +339,8 @@ class Monitor:
                     if isinstance(data, dict) and data.get("device") == device:
                         return
 
-        try:
+        with self._errors("device_del", f"did not remove {device}"):
             self.loop.run(removed(), timeout)
-        except ExecuteError as e:
-            raise HypervisorError(f"QEMU of {self.name!r} refused device_del: {e}") from None
-        except TimeoutError:
-            raise HypervisorError(f"QEMU of {self.name!r} did not remove {device}") from None
-        except (QMPError, OSError, EOFError) as e:
-            raise HypervisorError(f"the monitor of {self.name!r} is gone ({e!r})") from None
 
     def close(self) -> None:
         """Disconnect; a monitor whose QEMU died is closed all the same.  Never raises."""

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 import lockfsm
 from lockfsm import NewFlags, ResourceType
+from lockfsm.embed import standin
 from lockfsm.protocol import kernel
 from lockfsm.tools import status
 
@@ -55,18 +56,6 @@ class _MoveLines(logging.Handler):
         line = f"      {r.domain:<5} {r.source:>13} {arrow:<25} {r.dest:<13} {took}"
         with self.out_lock:  # not self.lock: that one is logging.Handler's own
             self.out.write((f"\033[2m{line}\033[0m" if self.colour else line) + "\n")
-
-
-class Host:
-    """One simulated host: a run directory and a driver, on the shared lockspace."""
-
-    def __init__(self, name: str, top: str, lockspace: str) -> None:
-        self.name = name
-        self.config = {"lockspace_dir": lockspace, "run_dir": os.path.join(top, name)}
-        self.driver = lockfsm.load_driver("fcntl", self.config)
-
-    def restart(self) -> None:
-        self.driver = lockfsm.load_driver("fcntl", self.config)
 
 
 class Stage:
@@ -160,30 +149,27 @@ class StandInDemo(Stage):
     def __init__(self, out: TextIO, why: str) -> None:
         super().__init__(out)
         self.why = why
-        self.a = Host("host-a", self.top, self.lockspace)
-        self.b = Host("host-b", self.top, self.lockspace)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.a, self.b = (
+            standin.Host(
+                "fcntl",
+                self.lockspace,
+                run_dir=os.path.join(self.top, name),
+                name=name,
+                stderr=subprocess.DEVNULL,
+            )
+            for name in ("host-a", "host-b")
+        )
 
     def run_dirs(self) -> list[tuple[str, str]]:
-        return [(h.name, h.config["run_dir"]) for h in (self.a, self.b)]
+        return [(h.name, h.run_dir) for h in (self.a, self.b)]
 
-    def manager(self, host: Host, name: str, disks: list[str], flags: int = 0) -> Any:
-        mgr = host.driver.new_manager(NewFlags(flags))
-        mgr.set_parameter("name", name)
-        mgr.set_parameter("uuid", self.uuid if name == "vm-a" else str(uuidlib.uuid4()))
-        mgr.set_parameter("id", 1 if name == "vm-a" else 2)
-        for d in disks:
-            mgr.register_resource(ResourceType.DISK, self.disks[d])
-        return mgr
+    def manager(self, host: standin.Host, name: str, disks: list[str], flags: int = 0) -> Any:
+        uuid = self.uuid if name == "vm-a" else None
+        paths = [self.disks[d] for d in disks]
+        return host.manager(name, uuid, paths, flags, id=1 if name == "vm-a" else 2)
 
-    def launch(self, mgr: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [mgr.supervisor_path, *mgr.supervisor_args, "--", *GUEST],
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
+    def launch(self, host: standin.Host, mgr: Any) -> subprocess.Popen[bytes]:
+        return host.launch(mgr, GUEST)
 
     def run(self) -> int:
         say, step = self.say, self.step
@@ -194,14 +180,14 @@ class StandInDemo(Stage):
 
         step(1, "host-a starts guest vm-a with disks a.img and b.img")
         mgr = self.manager(self.a, "vm-a", ["a.img", "b.img"])
-        self.launch(mgr)
+        self.launch(self.a, mgr)
         pid = mgr.get_child(timeout=30)
         say(f"   vm-a runs, guest pid {pid}; state {mgr.state.value}")
         self.holders()
 
         step(2, "host-b starts guest vm-b with disk b.img, which vm-a holds")
         other = self.manager(self.b, "vm-b", ["b.img"])
-        proc = self.launch(other)
+        proc = self.launch(self.b, other)
         try:
             other.get_child(timeout=30)
             say("   UNEXPECTED: vm-b started")
@@ -219,7 +205,7 @@ class StandInDemo(Stage):
 
         step(4, "host-a's daemon restarts: its managers are gone, the guest and its leases stay")
         del mgr
-        self.a.restart()
+        self.a.restart_daemon()
         mgr = self.manager(self.a, "vm-a", [], NewFlags.ATTACH)
         again = mgr.get_child()
         say(f"   re-attached: guest pid {again} ({'the same' if again == pid else 'CHANGED'})")
@@ -267,16 +253,14 @@ class StandInDemo(Stage):
         for res in source.resources:
             target.register_resource(res.type, res.path, res.flags)
         target.set_parameter("migration_cookie", cookie)
-        self.launch(target)
+        self.launch(self.b, target)
         pid = target.get_child(timeout=30)
         self.say(f"   host-b's incoming guest exists (pid {pid}) and runs nothing until it holds")
         return target
 
     def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        self.a.cleanup()
+        self.b.cleanup()
         super().cleanup()
 
 

@@ -82,52 +82,37 @@ def machine_graph(spec: Spec) -> Any:
 def record(out: Path) -> Path:
     """Run a cancelled and a completed migration between two simulated hosts and write what the
     managers did to ``out``/migration-run.json."""
-    import lockfsm
-    from lockfsm import NewFlags, ResourceType
+    from lockfsm import NewFlags
+    from lockfsm.embed import standin
     from lockfsm.tools import status
 
     top = tempfile.mkdtemp(prefix="lfrec")
-    procs: list[subprocess.Popen[bytes]] = []
     steps: list[dict[str, Any]] = []
     managers: list[tuple[str, Any]] = []
+    lockspace = os.path.join(top, "lockspace")
+    hosts = {
+        name: standin.Host(
+            "fcntl", lockspace, os.path.join(top, name), name, stderr=subprocess.DEVNULL
+        )
+        for name in ("host-a", "host-b")
+    }
     try:
-        lockspace = os.path.join(top, "lockspace")
-        drivers = {
-            h: lockfsm.load_driver(
-                "fcntl", {"lockspace_dir": lockspace, "run_dir": os.path.join(top, h)}
-            )
-            for h in ("host-a", "host-b")
-        }
-        disks = []
-        for name in ("a.img", "b.img"):
-            disks.append(os.path.join(top, name))
-            with open(disks[-1], "wb") as f:
-                f.truncate(1 << 20)
+        disks = standin.make_disks(top, "a.img", "b.img")
         uuid = str(uuidlib.uuid4())
 
         def manager(host: str, flags: int = 0, cookie: str | None = None) -> Any:
-            mgr = drivers[host].new_manager(NewFlags(flags))
-            for key, value in (("name", "vm"), ("uuid", uuid), ("id", 1)):
-                mgr.set_parameter(key, value)
-            for d in disks:
-                mgr.register_resource(ResourceType.DISK, d)
+            mgr = hosts[host].manager("vm", uuid, disks, flags)
             if cookie:
                 mgr.set_parameter("migration_cookie", cookie)
-            procs.append(
-                subprocess.Popen(
-                    [mgr.supervisor_path, *mgr.supervisor_args, "--", "sleep", "600"],
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+            hosts[host].launch(mgr, ["sleep", "600"])
             managers.append((host, mgr))
             mgr.get_child(timeout=30)
             return mgr
 
         def holders() -> list[str]:
             rows = []
-            for host in drivers:
-                for row in status.leases(os.path.join(top, host)):
+            for host, h in hosts.items():
+                for row in status.leases(h.run_dir):
                     if row["type"] != "disk":
                         continue  # the guest's own lease on its uuid: a new one each recording
                     rows.append(f"{os.path.basename(row['resource'])}: {row['held']} on {host}")
@@ -171,10 +156,8 @@ def record(out: Path) -> Path:
         tgt.shutdown()
         snapshot("vm stopped")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        for h in hosts.values():
+            h.cleanup()
         shutil.rmtree(top, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDING
