@@ -153,17 +153,15 @@ class LeaseStore:
         """Take lease ``key`` for ``party``.  Raises LeaseConflict naming the holder."""
         if key in party.owned:
             raise InvalidArgument(f"lease {key} is already held or reserved on this connection")
-        base = self.keys.dir(key)
+        base, x, r = self.keys.dir(key), self.keys.exclusive(key), self.keys.reservation(key)
         mine = holder_value(party.who, mode, resource)
-        target = (
-            self.keys.exclusive(key) if mode == "exclusive" else self.keys.shared(key, party.sid)
-        )
+        target = x if mode == "exclusive" else self.keys.shared(key, party.sid)
 
         async def attempt(lease: HostLease) -> dict[str, Any]:
             if mode == "exclusive":  # nothing at all under the lease's directory
                 compare = [create(base, 0, prefix_end(base))]
             else:  # no exclusive holder, no reservation
-                compare = [create(base + b"x", 0), create(base + b"r", 0)]
+                compare = [create(x, 0), create(r, 0)]
             result = await self._write(
                 compare,
                 [put(target, mine, lease.id), get(target)],
@@ -208,20 +206,15 @@ class LeaseStore:
         migration reserves it."""
         if key in party.owned:
             raise InvalidArgument(f"lease {key} is already held or reserved on this connection")
-        base = self.keys.dir(key)
+        base, r = self.keys.dir(key), self.keys.reservation(key)
         mine = reservation_value(party.who, mode, resource)
 
         async def attempt(lease: HostLease) -> dict[str, Any]:
             result = await self._write(
-                [create(base + b"r", 0)],
-                [put(base + b"r", mine, lease.id)],
-                [get(base, prefix_end(base))],
-                {base + b"r": mine},
+                [create(r, 0)], [put(r, mine, lease.id)], [get(base, prefix_end(base))], {r: mine}
             )
             if result is not None and not result.succeeded:
-                raise self._conflict(
-                    resource, base, [kv for kv in result.ranges[0] if kv.key == base + b"r"]
-                )
+                raise self._conflict(resource, base, [kv for kv in result.ranges[0] if kv.key == r])
             owned = Owned(mode, resource)
             owned.reserved = owned.rvalue = mine
             owned.lease = lease.id
@@ -251,19 +244,23 @@ class LeaseStore:
             written: dict[bytes, bytes | None] = {}
             mine: dict[str, bytes] = {}
             for key, owned, version in plan:
-                base = self.keys.dir(key)
+                base, x, r = (
+                    self.keys.dir(key),
+                    self.keys.exclusive(key),
+                    self.keys.reservation(key),
+                )
                 assert owned.reserved is not None
                 mine[key] = holder_value(party.who, owned.mode, owned.resource)
-                compare.append(value(base + b"r", owned.reserved))
+                compare.append(value(r, owned.reserved))
                 if owned.mode == "exclusive":
-                    compare.append(value(base + b"x", marker(owned.reserved)))
+                    compare.append(value(x, marker(owned.reserved)))
                     if version is not None:
-                        compare.append(create(base + b"x", version))
-                    target = base + b"x"
+                        compare.append(create(x, version))
+                    target = x
                 else:
-                    compare.append(create(base + b"x", 0))
+                    compare.append(create(x, 0))
                     target = self.keys.shared(key, party.sid)
-                success += [put(target, mine[key], lease.id), delete(base + b"r"), get(target)]
+                success += [put(target, mine[key], lease.id), delete(r), get(target)]
                 failure.append(get(base, prefix_end(base)))
                 written[target] = mine[key]
             result = await self._write(compare, success, failure, written)
@@ -336,13 +333,13 @@ class LeaseStore:
         owned = party.owned.get(key)
         if owned is None:
             return
-        base = self.keys.dir(key)
+        x, r = self.keys.exclusive(key), self.keys.reservation(key)
         if owned.reserved is not None:  # our reservation, and a key handed off to it
             await self._write(
                 [],
                 [
-                    nested([value(base + b"r", owned.reserved)], [delete(base + b"r")]),
-                    nested([value(base + b"x", marker(owned.reserved))], [delete(base + b"x")]),
+                    nested([value(r, owned.reserved)], [delete(r)]),
+                    nested([value(x, marker(owned.reserved))], [delete(x)]),
                 ],
                 [],
                 {},
@@ -353,16 +350,16 @@ class LeaseStore:
                 target = self.keys.shared(key, party.sid)
                 await self._write([value(target, owned.held)], [delete(target)], [], {}, budget)
             else:
-                await self._release_exclusive(base, owned.held, owned.resource, budget)
+                await self._release_exclusive(key, owned.held, owned.resource, budget)
         party.owned.pop(key, None)
 
     async def _release_exclusive(
-        self, base: bytes, mine: bytes, resource: str, budget: float | None
+        self, key: str, mine: bytes, resource: str, budget: float | None
     ) -> None:
         """Delete our ``x`` -- or, if a migration target reserves the lease, hand it to that
         target (a marker on the target's etcd lease that only its take-over matches): a lease
         given up while reserved is the target's, as the fcntl gate makes it."""
-        x, r = base + b"x", base + b"r"
+        x, r = self.keys.exclusive(key), self.keys.reservation(key)
         for _ in range(8):
             result = await self._write(
                 [value(x, mine), create(r, 0)], [delete(x)], [get(x), get(r)], {x: None}, budget

@@ -77,12 +77,10 @@ PARAMETERS = {
 }
 
 _NO_RESOURCE_FLAGS = ResourceFlags(0)
-#: ATTACH: the supervisor state each found_* guard wants.
-_FOUND = {
-    "found_running": "running",
-    "found_migrating_out": "migrating_out",
-    "found_incoming": "incoming",
-}
+#: ATTACH: each found_<state> guard wants the supervisor found in <state>.
+_FOUND = {g: g.removeprefix("found_") for g in tables.DOMAIN.refuse if g.startswith("found_")}
+_FOUND.pop("found_failed")  # any state of a supervisor that lost a lease (its failure record)
+assert set(_FOUND.values()) <= set(tables.SUPERVISOR.states), _FOUND
 
 
 class LockManager:
