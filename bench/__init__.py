@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 #: The source tree (bench/ sits in it): the working directory of helper processes.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python bench/run.py` as well as `python -m bench`
     sys.path.insert(0, REPO)
+
+if TYPE_CHECKING:
+    from lockfsm.embed.standin import Guest, Host
+
+#: The benchmarks' stand-in guest: a real process that outlives the longest storm.
+GUEST = ["sleep", "100000"]
 
 
 @dataclass
@@ -40,3 +49,43 @@ class Context:
         for path in self.dirs:
             shutil.rmtree(path, ignore_errors=True)
         self.dirs.clear()
+
+
+# -- simulated hosts: lockfsm.embed.standin's, quiet ---------------------------------------------
+
+
+def quiet_host(backend: str = "fcntl", lockspace: str | None = None, **config: Any) -> Host:
+    """A stand-in host (a run dir and a driver: a daemon) on ``lockspace`` (a new one if not
+    given); its supervisors' output goes nowhere, so that hundreds of them hold no pipe to this
+    process."""
+    from lockfsm.embed.standin import Host
+
+    return Host(backend, lockspace, stderr=subprocess.DEVNULL, **config)
+
+
+def disk_files(directory: str, count: int) -> list[str]:
+    """``count`` empty disk images in ``directory``: d0.img, d1.img..."""
+    from lockfsm.embed.standin import make_disks
+
+    return make_disks(directory, *(f"d{i}.img" for i in range(count)), size=0)
+
+
+def launched(
+    on: Host,
+    name: str,
+    disks: list[str],
+    uuid: str | None = None,
+    cookie: str | None = None,
+) -> Guest:
+    """A guest's manager made on ``on`` and its supervisor run, as a daemon does, without
+    waiting for ``get_child`` (a storm runs every supervisor first); with ``cookie``, a
+    migration's target."""
+    from lockfsm import NewFlags
+    from lockfsm.embed.standin import Guest
+
+    uuid = uuid or str(uuidlib.uuid4())
+    flags = NewFlags.MIGRATE if cookie is not None else 0
+    mgr = on.manager(name, uuid, disks, flags)
+    if cookie is not None:
+        mgr.set_parameter("migration_cookie", cookie)
+    return Guest(on, mgr, on.launch(mgr, GUEST), name, uuid, disks)

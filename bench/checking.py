@@ -33,10 +33,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench import REPO, Context
-from bench import sanlock_hosts as sl
 from bench.handoff import etcd_missing
 from bench.report import Row, collect, unavailable
-from bench.world import short_tmpdir
+from tests.support import sanlock_daemons as sl
 
 STEPS = 20  # stateful_step_count, as the ci profile
 #: backend -> the stateful machines that run on it: (module, class).
@@ -58,7 +57,8 @@ def _missing(backend: str, module_name: str) -> str | None:
     if backend == "etcd":
         return etcd_missing()
     if backend == "sanlock":
-        return sl.missing()
+        why = sl.missing()
+        return f"{why} is not installed" if why else None
     return None
 
 
@@ -66,7 +66,8 @@ def _missing(backend: str, module_name: str) -> str | None:
 def _world(backend: str, module: Any) -> Iterator[None]:
     """What the machines of ``module`` need around them, as their pytest fixtures give it: on
     etcd, the module's ``World`` (a member and three lease agents) in ``module.WORLD``; on
-    sanlock, tests/test_sanlock.py's three joined daemons in ``module.CLUSTER``."""
+    sanlock, the tests' three joined daemons (tests/support/sanlock_daemons.py) in
+    ``module.CLUSTER``."""
     if backend == "etcd":
         module.WORLD = module.World()
         try:
@@ -75,19 +76,12 @@ def _world(backend: str, module: Any) -> Iterator[None]:
             module.WORLD.close()
             module.WORLD = None
     elif backend == "sanlock":
-        from tests import test_sanlock as ts
-
-        base = short_tmpdir("lfbs")
-        os.makedirs(os.path.join(base, "leases"), mode=0o700)
-        daemons = ts.start_daemons(base, 1, ts.HOSTS)
-        try:
-            module.CLUSTER = ts.Cluster(base, daemons)
-            ts.join_all(module.CLUSTER, daemons)
-            yield
-        finally:
-            module.CLUSTER = None
-            ts._stop_all(daemons)
-            shutil.rmtree(base, ignore_errors=True)
+        with sl.cluster(sl.HOSTS) as cluster:
+            module.CLUSTER = cluster
+            try:
+                yield
+            finally:
+                module.CLUSTER = None
     else:
         yield
 

@@ -14,13 +14,12 @@ before, per manager.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid as uuidlib
 from typing import Any
 
-from bench import REPO, Context
-from bench.measure import alternate, median, per_call, spread
+from bench import Context
+from bench.measure import alternate, in_fresh_interpreter, median, per_call, spread
 from bench.report import Row, Target, collect
 
 MANAGERS = 10_000
@@ -94,8 +93,8 @@ def _worker(kind: str, count: int) -> dict[str, float]:
     import shutil
     import tempfile
 
+    from bench import disk_files
     from bench.measure import own_rss_kb
-    from bench.world import make_disks
 
     keep: list[Any] = []
     tmp = tempfile.mkdtemp(prefix="lfbm", dir="/tmp")
@@ -103,7 +102,7 @@ def _worker(kind: str, count: int) -> dict[str, float]:
         import lockfsm
         from lockfsm import ResourceType
 
-        disks = make_disks(tmp, count * DISKS_PER_MANAGER)
+        disks = disk_files(tmp, count * DISKS_PER_MANAGER)
         driver = lockfsm.load_driver("nop", {"run_dir": tmp})
         driver.new_manager().free()  # everything imported and built once
     else:
@@ -136,16 +135,7 @@ def _worker(kind: str, count: int) -> dict[str, float]:
 
 
 def _measure_in_child(kind: str, count: int) -> float:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.core", kind, str(count)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if out.returncode:
-        raise RuntimeError(f"python -m bench.core {kind} failed: {out.stderr.strip()[-300:]}")
-    return float(json.loads(out.stdout)["kb_each"])
+    return float(in_fresh_interpreter("bench.core", kind, count, timeout=600)["kb_each"])
 
 
 def manager_memory(ctx: Context) -> Row:

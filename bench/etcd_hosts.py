@@ -1,11 +1,11 @@
 """etcd members and one lease agent per simulated host, for the benchmarks.
 
-The processes are the tests' (tests/etcd_cluster.py: members on loopback with free ports, each
-in its own session and data directory, fast elections; one real ``lockfsm-etcd-agent`` per
-host, also in its own session), stopped by pid at the end.  :func:`cluster` starts them (the
-agents in parallel: each imports gRPC, about a second of CPU) and gives a :class:`Sites`:
-the hosts' configurations, a :class:`~bench.world.BenchHost` (a daemon) on any of them, and a
-client that reads etcd's key space.
+The processes are the tests' (tests/support/etcd_cluster.py: members on loopback with free
+ports, each in its own session and data directory, fast elections; one real
+``lockfsm-etcd-agent`` per host, a ``Site``, also in its own session), stopped by pid at the
+end.  :func:`cluster` starts them (the agents in parallel: each imports gRPC, about a second of
+CPU) and gives a :class:`Sites`: the hosts, a quiet stand-in host (a daemon) on any of them, and
+a client that reads etcd's key space.
 
 The bare baseline, :func:`bare_takeover`, is one etcd transaction of the take-over's shape
 (per disk: compare the reservation and the handed-off marker, put the holder, delete the
@@ -16,15 +16,18 @@ what etcd and gRPC cost and nothing of this process's threads.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.world import BenchHost, short_tmpdir
+from lockfsm.embed.standin import Host
+
+if TYPE_CHECKING:  # the etcd client loads gRPC: imported once a cluster is started
+    from tests.support.etcd_cluster import Site
 
 PREFIX = "/lockfsm-bench/"
 
@@ -44,27 +47,15 @@ class Sites:
     """A running cluster of ``members`` and ``hosts`` lease agents (host0, host1, ...)."""
 
     def __init__(self, members: int, hosts: int, ttl: int) -> None:
-        from tests.etcd_cluster import Agent, Cluster
+        from tests.support.etcd_cluster import Cluster, Site
 
         self.cluster = Cluster(members)
-        self.dirs = [short_tmpdir("lfba") for _ in range(hosts)]
-        self.configs: list[dict[str, Any]] = [
-            {
-                "endpoints": self.cluster.endpoints,
-                "ttl": ttl,
-                "host_name": f"host{i}",
-                "prefix": PREFIX,
-                "agent_socket": os.path.join(d, "agent.sock"),
-            }
-            for i, d in enumerate(self.dirs)
-        ]
-        self.agents: list[Agent | None] = [None] * hosts
-        self.hosts: list[BenchHost] = []
+        self.sites: list[Site | None] = [None] * hosts
         errors: list[BaseException] = []
 
         def start(i: int) -> None:
             try:
-                self.agents[i] = Agent({"run_dir": self.dirs[i], **self.configs[i]})
+                self.sites[i] = Site(self.cluster, f"host{i}", PREFIX, ttl)
             except BaseException as e:  # raised below, once every thread is done
                 errors.append(e)
 
@@ -77,29 +68,24 @@ class Sites:
             self.stop()
             raise errors[0]
 
-    def host(self, i: int, **extra: Any) -> BenchHost:
+    def host(self, i: int, **extra: Any) -> Host:
         """A daemon on simulated host ``i`` (its own run dir, the host's agent)."""
-        host = BenchHost("etcd", **self.configs[i], **extra)
-        self.hosts.append(host)
-        return host
+        site = self.sites[i]
+        assert site is not None
+        return site.host(stderr=subprocess.DEVNULL, **extra)
 
     def agent_pids(self) -> list[int]:
-        return [a.pid for a in self.agents if a is not None]
+        return [s.agent.pid for s in self.sites if s is not None]
 
     def client(self) -> Any:
         """A synchronous client of every member (a lockfsm.etcd_client.SyncEtcd)."""
         return self.cluster.client()
 
     def stop(self) -> None:
-        for host in self.hosts:
-            host.cleanup()
-        self.hosts.clear()
-        for agent in self.agents:
-            if agent is not None:
-                agent.stop()
+        for site in self.sites:  # its hosts first, then its agent
+            if site is not None:
+                site.close()
         self.cluster.stop()
-        for d in self.dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 @contextmanager

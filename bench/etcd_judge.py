@@ -35,16 +35,13 @@ import time
 from typing import Any
 
 from bench import REPO
+from tests.support.procs import stat_fields
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time (clock ticks since boot), None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    fields = stat_fields(pid)
+    return None if not fields or fields[0] in ("Z", "X") else int(fields[19])
 
 
 class Judge:

@@ -41,22 +41,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import disk_files, launched
 from bench import etcd_hosts as etcd
 from bench.etcd_judge import JudgeProcess
-from bench.measure import memory_kb, own_rss_kb, quantile
-from bench.world import Guest, make_disks, short_tmpdir
+from bench.measure import IDLE, bare_interpreters, end, own_rss_kb, pss_mb, quantile
+from lockfsm.embed.standin import Guest, short_tmpdir
 
 DISKS = 4
 MEMBERS = 3
 URI = "qemu+tcp://target/system"
-IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 #: A bare interpreter with the agent's client library loaded: the agents' memory baseline.
 CLIENT_IDLE = "import lockfsm.backends.etcd.client; " + IDLE
 TIMEOUT = 900  # seconds any one get_child or completion may take in a storm of hundreds
-
-
-def _pss_mb(pids: list[int]) -> float:
-    return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
 
 
 @dataclass
@@ -117,7 +113,7 @@ class Storm:
         self.judge = judge
         self.hosts = [sites.host(i) for i in range(hosts)]
         self.disk_dir = short_tmpdir("lfbd")
-        files = make_disks(self.disk_dir, hosts * guests * DISKS)
+        files = disk_files(self.disk_dir, hosts * guests * DISKS)
         self.domains = []
         backend = self.hosts[0].driver.backend
         for i in range(hosts * guests):
@@ -133,8 +129,7 @@ class Storm:
         started = time.perf_counter()
         spawned = []
         for d in self.domains:
-            host = self.hosts[d.host]
-            g = host.spawn(host.manager(d.name, d.disks, d.uuid))
+            g = launched(self.hosts[d.host], d.name, d.disks, d.uuid)
             d.source = Side(d.host, g.supervisor_pid)
             self.judge.side(d.uuid, "source", f"host{d.host}", g.supervisor_pid)
             spawned.append((d, g))
@@ -153,15 +148,11 @@ class Storm:
             d.error = f"{type(e).__name__}: {e}"
 
     def _migrate(self, d: Domain, index: int) -> None:
-        from lockfsm import NewFlags
-
         began = time.perf_counter()
         source, target = self.hosts[d.host], self.hosts[(d.host + 1) % len(self.hosts)]
         src = self.guests[d.name]
-        cookie = src.mgr.prepare_migrate(URI)
-        mgr = target.manager(d.name, d.disks, d.uuid, flags=NewFlags.MIGRATE)
-        mgr.set_parameter("migration_cookie", cookie)
-        tgt = target.spawn(mgr)
+        tgt = launched(target, d.name, d.disks, d.uuid, src.mgr.prepare_migrate(URI))
+        mgr = tgt.mgr
         d.target = Side((d.host + 1) % len(self.hosts), tgt.supervisor_pid)
         self.judge.side(d.uuid, "target", f"host{d.target.host}", tgt.supervisor_pid)
         tgt.pid = d.target.guest = mgr.get_child(timeout=TIMEOUT)
@@ -211,27 +202,9 @@ class Storm:
     def memory(self, side: str) -> dict[str, float]:
         sides: list[Side] = [getattr(d, side) for d in self.domains if not d.error]
         return {
-            "supervisors_mb": _pss_mb([s.sup for s in sides]),
-            "guests_mb": _pss_mb([s.guest for s in sides]),
+            "supervisors_mb": pss_mb([s.sup for s in sides]),
+            "guests_mb": pss_mb([s.guest for s in sides]),
         }
-
-
-def _bare(code: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """``count`` bare interpreters running ``code`` started at once, each until it is up."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for _ in range(count)
-    ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == b"up\n"
-    return procs
-
-
-def _end(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.communicate(timeout=60)
 
 
 def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
@@ -248,10 +221,12 @@ def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
             daemon_mb = (own_rss_kb() - before) / 1024
             wrong_start = _check_keys(client, storm.domains, "source")
             started = storm.memory("source")
-            clients = _bare(CLIENT_IDLE, hosts)  # the agents' baseline, alive beside them
-            agents_mb = _pss_mb(sites.agent_pids())
-            clients_mb = _pss_mb([p.pid for p in clients])
-            _end(clients)
+            clients = bare_interpreters(
+                hosts, CLIENT_IDLE
+            )  # the agents' baseline, alive beside them
+            agents_mb = pss_mb(sites.agent_pids())
+            clients_mb = pss_mb([p.pid for p in clients])
+            end(clients)
             migration_s = storm.migrate_all(window)
             found = judge.finish()  # its last sample is of the settled key space
             wrong_end = _check_keys(client, storm.domains, "target")
@@ -291,20 +266,20 @@ def bare_storm(count: int, window: int) -> dict[str, Any]:
     """The storms' skeleton with bare interpreters: all started at once; then each replaced,
     ``window`` at a time, by a new one (started, up, the old one ended)."""
     started = time.perf_counter()
-    procs = _bare(IDLE, count)
+    procs = bare_interpreters(count)
     storm_s = time.perf_counter() - started
-    total_mb = _pss_mb([p.pid for p in procs])
+    total_mb = pss_mb([p.pid for p in procs])
 
     def replace(old: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        new = _bare(IDLE, 1)[0]
-        _end([old])
+        new = bare_interpreters(1)[0]
+        end([old])
         return new
 
     started = time.perf_counter()
     with ThreadPoolExecutor(window) as pool:
         procs = list(pool.map(replace, procs))
     migration_s = time.perf_counter() - started
-    _end(procs)
+    end(procs)
     return {"storm_s": storm_s, "migration_s": migration_s, "total_mb": total_mb}
 
 

@@ -35,16 +35,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
-from bench import Context
+from bench import GUEST, Context, disk_files, quiet_host
 from bench import etcd_hosts as etcd
-from bench import sanlock_hosts as sl
 from bench.measure import median, spread
 from bench.report import Row, Target, collect, unavailable
-from bench.world import BenchHost, make_disks
+from lockfsm.embed.standin import Host
+from tests.support import sanlock_daemons as sl
 
 DISKS = 4
 URI = "qemu+tcp://target/system"
@@ -53,8 +52,8 @@ TARGETS = {"fcntl": None, "sanlock": Target("ratio", 2), "etcd": Target("ratio",
 
 
 def one_handoff(
-    source: BenchHost,
-    target: BenchHost,
+    source: Host,
+    target: Host,
     disks: list[str],
     order: str,
     parts: dict[str, list[float]] | None = None,
@@ -62,15 +61,8 @@ def one_handoff(
     """Seconds from the later completion call to the target holding every lease.  With
     ``parts``, a sequential round also appends the source's call's seconds to
     ``parts["source"]`` (it kills and reaps the guest, then gives up every lease)."""
-    from lockfsm import NewFlags
-
-    name, uuid = "mig", str(uuidlib.uuid4())
-    src = source.start(name, disks, uuid)
-    cookie = src.mgr.prepare_migrate(URI)
-    mgr = target.manager(name, disks, uuid, flags=NewFlags.MIGRATE)
-    mgr.set_parameter("migration_cookie", cookie)
-    tgt = target.spawn(mgr)
-    tgt.pid = mgr.get_child(timeout=30)
+    src = source.start("mig", disks, guest=GUEST, timeout=30)
+    tgt = target.incoming(src, src.mgr.prepare_migrate(URI), GUEST, timeout=30)
     try:
         if order == "sequential":
             started = time.perf_counter()
@@ -158,10 +150,9 @@ def _raw_fcntl_handoff(lockspace: str) -> float:
 
 def handoff_fcntl(ctx: Context) -> list[Row]:
     """Handoff latency on fcntl, against the raw kernel handoff."""
-    source = BenchHost("fcntl")
-    assert source.lockspace is not None
-    target = BenchHost("fcntl", source.lockspace)
-    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    source = quiet_host("fcntl")
+    target = quiet_host("fcntl", source.lockspace)
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
     times: dict[str, list[float]] = {order: [] for order in ORDERS}
     base: list[float] = []
     try:
@@ -194,11 +185,11 @@ def _client_acquire(daemon: sl.Daemon, resources: list[str], pid: int) -> float:
     untimed."""
     args = [a for r in resources for a in ("-r", r)]
     started = time.perf_counter()
-    out = daemon.client("acquire", *args, "-p", str(pid))
+    out = daemon.client("acquire", *args, "-p", str(pid), timeout=30)
     took = time.perf_counter() - started
     if " done 0" not in out:
         raise RuntimeError(f"sanlock client acquire failed: {out.strip()[-200:]}")
-    daemon.client("release", *args, "-p", str(pid))
+    daemon.client("release", *args, "-p", str(pid), timeout=30)
     return took
 
 
@@ -206,6 +197,7 @@ def handoff_sanlock(ctx: Context) -> list[Row]:
     """Handoff latency on sanlock, against one sanlock client acquire."""
     why = sl.missing()
     if why:
+        why = f"{why} is not installed"
         return [
             unavailable(f"5.sanlock.{o}", f"handoff on sanlock ({o})", why, TARGETS["sanlock"])
             for o in ORDERS
@@ -213,9 +205,9 @@ def handoff_sanlock(ctx: Context) -> list[Row]:
     times: dict[str, list[float]] = {order: [] for order in ORDERS}
     base: list[float] = []
     with sl.cluster(2) as c:
-        source = BenchHost("sanlock", c.lease_dir, **c.config(c.daemons[0]))
-        target = BenchHost("sanlock", c.lease_dir, **c.config(c.daemons[1]))
-        disks = make_disks(ctx.tmpdir("lfbd"), 2 * DISKS)
+        source = quiet_host("sanlock", c.lease_dir, **c.config(c.daemons[0]))
+        target = quiet_host("sanlock", c.lease_dir, **c.config(c.daemons[1]))
+        disks = disk_files(ctx.tmpdir("lfbd"), 2 * DISKS)
         keys = [target.driver.backend.leases("disk", d, d, False)[0]["key"] for d in disks]
         spares = [f"{sl.LOCKSPACE}:{k}:{os.path.join(c.lease_dir, k)}:0" for k in keys[DISKS:]]
         registered = subprocess.Popen(
@@ -253,7 +245,7 @@ def _handoff_etcd_on(ctx: Context, members: int) -> list[Row]:
     times: dict[str, list[float]] = {order: [] for order in ORDERS}
     parts: dict[str, list[float]] = {}
     base: list[float] = []
-    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
     with etcd.cluster(members, 2) as sites:
         source, target = sites.host(0), sites.host(1)
         client = sites.client()

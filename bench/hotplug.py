@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 
-from bench import Context
+from bench import GUEST, Context, disk_files, quiet_host
 from bench.measure import median, spread
 from bench.report import Row, Target, collect
-from bench.world import BenchHost, make_disks
 
 DISKS = 4
 
@@ -21,12 +20,12 @@ def round_trips(ctx: Context) -> list[Row]:
     from lockfsm import ResourceType
     from lockfsm.protocol import rundir, wire
 
-    host = BenchHost("fcntl")
-    disks = make_disks(ctx.tmpdir("lfbd"), DISKS + 1)
+    host = quiet_host("fcntl")
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS + 1)
     plugged = disks[DISKS]
     times: dict[str, list[float]] = {"acquire": [], "release": [], "hello": []}
     try:
-        guest = host.start("hotplug", disks[:DISKS])
+        guest = host.start("hotplug", disks[:DISKS], guest=GUEST, timeout=30)
         socket_path = rundir.socket_path(host.run_dir, guest.mgr._launch or "")
         steps = {
             "acquire": lambda: guest.mgr.acquire_resource(ResourceType.DISK, plugged),

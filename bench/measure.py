@@ -7,9 +7,16 @@ whatever the machine was doing meanwhile weighs on both alike.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
+
+#: A bare interpreter that says when it is up, then idles until its stdin closes.
+IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 
 #: A sampler takes one sample and returns what it measured (seconds, usually).  It may do
 #: untimed setup and cleanup around the part it times.
@@ -90,3 +97,41 @@ def own_rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def pss_mb(pids: list[int]) -> float:
+    """The PSS of processes ``pids`` summed, MB: what they cost the machine together."""
+    return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
+
+
+def bare_interpreters(count: int, code: str = IDLE) -> list[subprocess.Popen[bytes]]:
+    """``count`` bare interpreters running ``code`` (which says "up", then idles: :data:`IDLE`)
+    started at once, each until it is up; :func:`end` ends them."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(count)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == b"up\n"
+    return procs
+
+
+def end(procs: list[subprocess.Popen[bytes]]) -> None:
+    """End idle interpreters (their stdin closes) and reap them."""
+    for p in procs:
+        p.communicate(timeout=60)
+
+
+def in_fresh_interpreter(module: str, *args: object, timeout: float = 3600) -> Any:
+    """``python -m <module> <args>`` in a fresh interpreter (in the source tree): the JSON it
+    prints."""
+    from bench import REPO
+
+    command = [sys.executable, "-m", module, *map(str, args)]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        what = " ".join(command[1:])
+        raise RuntimeError(f"python {what} failed: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout)

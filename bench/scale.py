@@ -14,49 +14,41 @@ so the sum is what the storm costs the machine), read when every one is up.
 
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
 import sys
 import time
 from typing import Any
 
-from bench import REPO, Context
+from bench import Context
 from bench.handoff import etcd_missing
-from bench.measure import median, memory_kb, own_rss_kb
+from bench.measure import bare_interpreters, end, in_fresh_interpreter, median, own_rss_kb, pss_mb
 from bench.report import Row, Target, collect, unavailable
 
 GUESTS = 500
 GUESTS_PER_ETCD_HOST = 100
 DISKS = 4
-IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
-
-
-def _pss_mb(pids: list[int]) -> float:
-    return sum(memory_kb(pid)["pss"] for pid in pids) / 1024
 
 
 def _lockfsm_storm(count: int) -> dict[str, Any]:
     """The daemon's side of a storm of ``count`` guests: start them all, measure, stop them."""
     import gc
 
-    from bench.world import BenchHost, make_disks, short_tmpdir
+    from bench import disk_files, launched, quiet_host
+    from lockfsm.embed.standin import short_tmpdir
 
-    host = BenchHost("fcntl")
-    disks = make_disks(short_tmpdir("lfbd"), count * DISKS)
+    host = quiet_host("fcntl")
+    disks = disk_files(short_tmpdir("lfbd"), count * DISKS)
     gc.collect()
     before = own_rss_kb()
     started = time.perf_counter()
-    guests = [
-        host.spawn(host.manager(f"vm{i}", disks[i * DISKS : (i + 1) * DISKS])) for i in range(count)
-    ]
+    guests = [launched(host, f"vm{i}", disks[i * DISKS : (i + 1) * DISKS]) for i in range(count)]
     for g in guests:
         g.pid = g.mgr.get_child(timeout=300)
     storm = time.perf_counter() - started
     gc.collect()
     daemon_mb = (own_rss_kb() - before) / 1024
-    supervisors = _pss_mb([g.supervisor_pid for g in guests])
-    stand_ins = _pss_mb([g.pid for g in guests])
+    supervisors = pss_mb([g.supervisor_pid for g in guests])
+    stand_ins = pss_mb([g.pid for g in guests])
     started = time.perf_counter()
     for g in guests:
         host.stop(g)
@@ -78,46 +70,30 @@ def _bare_storm(count: int) -> dict[str, Any]:
     gc.collect()
     before = own_rss_kb()
     started = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", IDLE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for _ in range(count)
-    ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == b"up\n"
+    procs = bare_interpreters(count)
     storm = time.perf_counter() - started
     gc.collect()
     daemon_mb = (own_rss_kb() - before) / 1024
-    total = _pss_mb([p.pid for p in procs])
-    for p in procs:
-        p.communicate(timeout=60)
+    total = pss_mb([p.pid for p in procs])
+    end(procs)
     return {"storm_s": storm, "total_mb": total, "daemon_mb": daemon_mb}
 
 
-def _storm(kind: str, *args: int, module: str = "bench.scale") -> dict[str, Any]:
-    """``python -m <module> <kind> <args>`` in a fresh interpreter: its JSON."""
-    out = subprocess.run(
-        [sys.executable, "-m", module, kind, *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if out.returncode:
-        raise RuntimeError(f"python -m {module} {kind} failed: {out.stderr.strip()[-400:]}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+def _storms(ctx: Context, module: str, *args: int) -> tuple[Any, list[Any], dict[str, float]]:
+    """``python -m <module> lockfsm|bare <args>``, each in a fresh interpreter: the lockfsm
+    storm after a bare one (and, in a full run, before another): (its figures, the bare runs'
+    figures, their medians)."""
+    bare = [in_fresh_interpreter(module, "bare", *args)]
+    ours = in_fresh_interpreter(module, "lockfsm", *args)
+    if not ctx.quick:
+        bare.append(in_fresh_interpreter(module, "bare", *args))
+    return ours, bare, {k: median([b[k] for b in bare]) for k in bare[0]}
 
 
 def storm_fcntl(ctx: Context) -> list[Row]:
     """The start storm of 500 guests x 4 disks on fcntl, against as many bare interpreters."""
     count = ctx.pick(full=GUESTS, quick=50)
-    bare = [_storm("bare", count)]
-    ours = _storm("lockfsm", count)
-    if not ctx.quick:
-        bare.append(_storm("bare", count))
-    base = {k: median([b[k] for b in bare]) for k in bare[0]}
+    ours, bare, base = _storms(ctx, "bench.scale", count)
     what = f"{count} guests x {DISKS} disks on fcntl"
     bare_of = f"{count} bare interpreters started at once (median of {len(bare)} storms)"
     return [
@@ -173,12 +149,7 @@ def storm_etcd(ctx: Context) -> list[Row]:
             unavailable("6.etcd.memory", f"memory (PSS), {what}", why),
             unavailable("6.etcd.agents", f"memory (PSS) of the {hosts} lease agents", why),
         ]
-    storm = functools.partial(_storm, module="bench.etcd_storm")
-    bare = [storm("bare", hosts, per_host, window)]
-    ours = storm("lockfsm", hosts, per_host, window)
-    if not ctx.quick:
-        bare.append(storm("bare", hosts, per_host, window))
-    base = {k: median([b[k] for b in bare]) for k in bare[0]}
+    ours, bare, base = _storms(ctx, "bench.etcd_storm", hosts, per_host, window)
     bare_of = f"{count} bare interpreters (median of {len(bare)} runs)"
     sups, guests = ours["started"]["supervisors_mb"], ours["started"]["guests_mb"]
     return [

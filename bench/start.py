@@ -12,15 +12,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid as uuidlib
 
-from bench import Context
-from bench.measure import alternate, median, memory_kb, spread
+from bench import GUEST, Context, disk_files, quiet_host
+from bench.measure import alternate, bare_interpreters, end, median, memory_kb, spread
 from bench.report import Row, Target, collect
-from bench.world import BenchHost, make_disks
+from lockfsm.embed.standin import Guest, Host
 
 DISKS = 4
-# A bare interpreter that says when it is up, then idles until its stdin closes.
-IDLE = "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 
 
 def _bare_start() -> float:
@@ -31,16 +30,17 @@ def _bare_start() -> float:
 
 def start_time(ctx: Context) -> Row:
     """Guest start with 4 disks on fcntl, against a bare python -c pass."""
-    host = BenchHost("fcntl")
-    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    host = quiet_host("fcntl")
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
     count = [0]
 
     def start() -> float:
         count[0] += 1
-        mgr = host.manager(f"vm{count[0]}", disks)
+        name, uuid = f"vm{count[0]}", str(uuidlib.uuid4())
+        mgr = host.manager(name, uuid, disks)
         args = mgr.supervisor_args  # computed before the clock starts, as a daemon would
         started = time.perf_counter()
-        guest = host.spawn(mgr)
+        guest = Guest(host, mgr, host.launch(mgr, GUEST), name, uuid, disks)
         guest.pid = mgr.get_child(timeout=30)
         took = time.perf_counter() - started
         del args
@@ -63,25 +63,22 @@ def start_time(ctx: Context) -> Row:
     )
 
 
-def _side_by_side(host: BenchHost, disks: list[str], n: int) -> tuple[dict[str, int], ...]:
+def _side_by_side(host: Host, disks: list[str], n: int) -> tuple[dict[str, int], ...]:
     """The memory of a supervisor holding ``disks`` and of an idle bare interpreter."""
-    guest = host.start(f"mem{n}", disks)
-    bare = subprocess.Popen(
-        [sys.executable, "-c", IDLE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    guest = host.start(f"mem{n}", disks, guest=GUEST, timeout=30)
+    (bare,) = bare_interpreters(1)
     try:
-        assert bare.stdout is not None and bare.stdout.readline() == b"up\n"
         time.sleep(0.05)  # the supervisor is in its loop: get_child was answered from it
         return memory_kb(guest.supervisor_pid), memory_kb(bare.pid)
     finally:
-        bare.communicate(timeout=30)
+        end([bare])
         host.stop(guest)
 
 
 def supervisor_memory(ctx: Context) -> list[Row]:
     """The supervisor's RSS and PSS holding 4 leases, against a bare interpreter's."""
-    host = BenchHost("fcntl")
-    disks = make_disks(ctx.tmpdir("lfbd"), DISKS)
+    host = quiet_host("fcntl")
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
     readings = []
     try:
         for n in range(ctx.pick(full=7, quick=2)):

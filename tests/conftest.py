@@ -1,3 +1,8 @@
+"""The tests' common fixtures (a work directory, a lockspace, stand-in hosts on it, disks), the
+hypothesis profiles and the ``slow`` marker's rule.  The lock services' fixtures (sanlock
+daemons, etcd members and agents, the fault matrix's environments) are in
+tests/support/fixtures.py."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +12,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import Host, short_tmpdir
+from lockfsm.embed.standin import Host, make_disks, short_tmpdir
+from tests.support.helpers import made_hosts
 
-IN_CI = os.environ.get("CI") == "true"
+pytest_plugins = ["tests.support.fixtures"]
 
 settings.register_profile(
     "ci",
@@ -35,14 +41,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("LOCKFSM_HYPOTHESIS_PROFILE", "ci"))
 
 
-def require(program: str) -> None:
-    """Skip (outside CI) or fail (in CI) when a component the test needs is missing."""
-    if shutil.which(program) is None:
-        if IN_CI:
-            pytest.fail(f"{program} is required in CI but is not installed")
-        pytest.skip(f"{program} is not installed")
-
-
 @pytest.fixture
 def workdir() -> Iterator[str]:
     d = short_tmpdir("lfw")
@@ -61,15 +59,12 @@ def lockspace() -> Iterator[str]:
 def hosts(lockspace: str) -> Iterator[Callable[..., Host]]:
     """Make simulated hosts on the test's lockspace (each its own run dir and daemon); every
     process they started is killed at the end."""
-    made: list[Host] = []
 
-    def make(backend: str = "fcntl", **config: object) -> Host:
-        made.append(Host(backend, lockspace, **config))
-        return made[-1]
+    def new(backend: str = "fcntl", **config: object) -> Host:
+        return Host(backend, lockspace, **config)
 
-    yield make
-    for h in made:
-        h.cleanup()
+    with made_hosts(new) as make:
+        yield make
 
 
 @pytest.fixture
@@ -81,6 +76,12 @@ def host(hosts: Callable[..., Host]) -> Host:
 def other_host(hosts: Callable[..., Host]) -> Host:
     """A second host on the same lockspace."""
     return hosts()
+
+
+@pytest.fixture
+def disks(workdir: str) -> list[str]:
+    """Two disks and one to share (the tests that want others say which)."""
+    return make_disks(workdir, "a.img", "b.img", "s.img")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -25,8 +25,9 @@ from lockfsm import (
     ResourceType,
     Unsupported,
 )
+from lockfsm.embed.standin import Host, make_disks
 from lockfsm.protocol import rundir, tables
-from tests.helpers import Host, lockspace_locks, make_disks
+from tests.support.helpers import lockspace_locks
 
 UUID = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d"
 DISK = ResourceType.DISK

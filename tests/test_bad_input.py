@@ -38,9 +38,10 @@ from lockfsm import (
     ResourceType,
 )
 from lockfsm.daemon.values import COOKIE_PREFIX
+from lockfsm.embed.standin import Guest, Host, Pair, make_disks, short_tmpdir
 from lockfsm.errors import show
 from lockfsm.protocol import rundir, wire
-from tests.helpers import Guest, Host, HostPair, lockspace_locks, make_disks, short_tmpdir
+from tests.support.helpers import lockspace_locks
 
 DISK = ResourceType.DISK
 UUID = "4a0b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
@@ -615,7 +616,7 @@ def test_lease_files_are_never_written_truncated_or_replaced(lockspace: str, wor
             assert (size, mode) == (0, 0o600), name
         seen.update(now)
 
-    pair = HostPair(lockspace)
+    pair = Pair(lockspace)
     try:
         unchanged()
         g = pair.start("kept", [disk])

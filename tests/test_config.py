@@ -13,7 +13,8 @@ import pytest
 import lockfsm
 from lockfsm import InvalidArgument, ResourceType
 from lockfsm.daemon import config
-from tests.helpers import Host, lockspace_locks, make_disks
+from lockfsm.embed.standin import Host, make_disks
+from tests.support.helpers import lockspace_locks
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DRIVERS = ("fcntl", "sanlock", "etcd", "nop")

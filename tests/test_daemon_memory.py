@@ -11,7 +11,7 @@ import tracemalloc
 
 from lockfsm import DomainState, ResourceType
 from lockfsm.daemon.manager import HISTORY_LIMIT
-from tests.helpers import Host, make_disks
+from lockfsm.embed.standin import Host, make_disks
 
 CHECKS = 3000
 CYCLES = 300

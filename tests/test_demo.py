@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.support.needs import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
 

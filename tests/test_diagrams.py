@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from lockfsm.tools import diagrams
-from tests.conftest import require
+from tests.support.needs import require
 
 
 def test_committed_diagrams_are_fresh(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import shutil
 import signal
 import statistics
 import threading
@@ -31,104 +30,28 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
-from lockfsm.backends.etcd import EtcdHolder
 from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
-from lockfsm.daemon.values import MigrationCookie
+from lockfsm.embed.standin import Guest, Host
+from lockfsm.protocol.kernel import alive, process_state
 from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.supervisor.process import EXIT_REFUSED
-from tests.conftest import require
-from tests.etcd_cluster import Agent, Cluster, keys_under
-from tests.helpers import Guest, Host, HostPair, alive, make_disks, short_tmpdir, wait_until
+from tests.support.etcd_cluster import TTL as SHARED_TTL
+from tests.support.etcd_cluster import Cluster, Site, held
+from tests.support.helpers import HostsPair, cookie_versions, key_of, made_hosts, wait_until
 
 EXIT_LEASE_LOST = 76
-SHARED_TTL = 4  # the agents most tests share: long enough never to fence on a busy machine
 FAULT_TTL = 2  # the agents of the fault tests: a fence within ~1.5 s, a dead host's keys in ~2
-
-
-@pytest.fixture(scope="session")
-def etcd1() -> Iterator[Cluster]:
-    require("etcd")
-    cluster = Cluster(1)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def etcd3() -> Iterator[Cluster]:
-    require("etcd")
-    cluster = Cluster(3)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-class Site:
-    """A simulated host: its lease agent, and the lockfsm hosts (daemons) that use it."""
-
-    def __init__(self, cluster: Cluster, name: str, prefix: str, **config: Any) -> None:
-        self.name = name
-        self.dir = short_tmpdir("lfa")
-        self.config: dict[str, Any] = {
-            "endpoints": config.pop("endpoints", None) or cluster.endpoints,
-            "ttl": config.pop("ttl", SHARED_TTL),
-            "host_name": name,
-            "prefix": prefix,
-            "agent_socket": os.path.join(self.dir, "agent.sock"),
-            **config,
-        }
-        self.agent = Agent({"run_dir": self.dir, **self.config})
-        self.hosts: list[Host] = []
-
-    def host(self, **extra: Any) -> Host:
-        """A daemon on this host (its own run dir), talking to this host's agent."""
-        host = Host("etcd", self.dir, **self.config, **extra)
-        self.hosts.append(host)
-        return host
-
-    def holder(self) -> LeaseMachines:
-        """Lease machines and their holder in the test process, as a supervisor of this host
-        would have them."""
-        leases = LeaseMachines("etcd", {"run_dir": self.dir, **self.config})
-        assert isinstance(leases.holder, EtcdHolder)
-        return leases
-
-    def close(self) -> None:
-        for host in self.hosts:
-            host.cleanup()
-        self.agent.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def shared_sites(etcd1: Cluster) -> Iterator[list[Site]]:
-    """Three hosts' agents on the single member, shared by the tests that do not break them
-    (each test has disks of its own, so keys of its own)."""
-    sites: list[Site] = []
-    try:
-        for name in ("hostA", "hostB", "hostC"):
-            sites.append(Site(etcd1, name, "/lockfsm-tests/"))
-        yield sites
-    finally:
-        for site in sites:
-            site.close()
 
 
 @pytest.fixture
 def hosts(shared_sites: list[Site]) -> Iterator[Callable[..., Host]]:
     """``make(i, **config)``: a daemon on shared host ``i``; its supervisors die at the end."""
-    made: list[Host] = []
 
-    def make(i: int, **extra: Any) -> Host:
-        host = Host("etcd", shared_sites[i].dir, **shared_sites[i].config, **extra)
-        made.append(host)
-        return host
+    def new(i: int, **extra: Any) -> Host:
+        return Host("etcd", shared_sites[i].dir, **shared_sites[i].config, **extra)
 
-    yield make
-    for host in made:
-        host.cleanup()
+    with made_hosts(new) as make:
+        yield make
 
 
 @pytest.fixture
@@ -149,47 +72,8 @@ def sites() -> Iterator[Callable[..., Site]]:
         site.close()
 
 
-@pytest.fixture
-def disks(workdir: str) -> list[str]:
-    return make_disks(workdir, "a.img", "b.img", "s.img")
-
-
-@pytest.fixture
-def db(etcd1: Cluster) -> Iterator[SyncEtcd]:
-    """A synchronous client of the single member, to read etcd's key space."""
-    with etcd1.client() as client:
-        yield client
-
-
-def key_of(host: Host, disk: str) -> str:
-    return host.driver.backend.leases("disk", disk, os.path.realpath(disk), False)[0]["key"]
-
-
-def held(client: SyncEtcd, prefix: str) -> dict[str, dict[str, Any]]:
-    """lease key -> {kind: holder value} for every key of the lockspace."""
-    found: dict[str, dict[str, Any]] = {}
-    for key, kind, data in keys_under(client, prefix):
-        found.setdefault(key, {})[kind] = data
-    return found
-
-
 def exclusive_holder(client: SyncEtcd, prefix: str, key: str) -> dict[str, Any] | None:
     return held(client, prefix).get(key, {}).get("x")
-
-
-class EtcdPair(HostPair):
-    """A HostPair whose source and target are given hosts."""
-
-    def __init__(self, source: Host, target: Host) -> None:
-        self.source, self.target = source, target
-        self.guest: Guest | None = None
-        self.incoming: Guest | None = None
-        self.cookie: str | None = None
-
-
-def cookie_versions(cookie: str) -> dict[str, Any]:
-    decoded = MigrationCookie.decode(cookie)
-    return {le["key"]: le.get("version") for r in decoded.resources for le in r["leases"]}
 
 
 class DeathWatch:
@@ -211,12 +95,7 @@ class DeathWatch:
 
     def _poll(self) -> None:
         while True:
-            try:
-                with open(f"/proc/{self.pid}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except FileNotFoundError:
-                state = "X"
-            if state in ("T", "t", "Z", "X"):
+            if process_state(self.pid) in ("T", "t", "Z", "X", ""):
                 self.died = time.monotonic()
                 return
             time.sleep(0.001)
@@ -473,7 +352,7 @@ def test_handoff_moves_every_lease_in_one_transaction(
     after both completions etcd says the target holds every lease, the source none, and the
     exclusive keys kept their create revision (the handoff moved them, it did not free them)."""
     prefix = shared_sites[0].config["prefix"]
-    pair = EtcdPair(hosts(0), hosts(1))
+    pair = HostsPair(hosts(0), hosts(1))
     src = pair.start("vm", disks[:2], shared=disks[2:])
     keys = {key_of(pair.source, d): d for d in disks}
     versions = cookie_versions(pair.prepare())
@@ -512,7 +391,7 @@ def test_no_window_for_a_third_host(
     source handed off and before the target took over, the keys say "handed off to" that
     target, and the third host is refused again; the target then takes every lease."""
     prefix = shared_sites[0].config["prefix"]
-    pair = EtcdPair(hosts(0), hosts(1))
+    pair = HostsPair(hosts(0), hosts(1))
     third = hosts(2)
     src = pair.start("vm", disks[:2], shared=disks[2:])
     pair.prepare()
@@ -544,7 +423,7 @@ def test_a_take_over_with_a_stale_cookie_fails_at_once(
     guest lease (on its uuid) is gone -- is refused for good (LeaseConflict, final: no waiting
     for handoff_timeout), and its guest never runs."""
     a, b = hosts(0), hosts(1, handoff_timeout=20.0)
-    pair = EtcdPair(a, b)
+    pair = HostsPair(a, b)
     src = pair.start("vm", disks[:1])
     stale = pair.prepare()
     src.mgr.shutdown()  # no target yet: the key is deleted

@@ -23,16 +23,10 @@ from typing import Any
 import pytest
 
 from lockfsm import BackendError, LeaseConflict, ResourceFlags, ResourceType, load_driver
+from lockfsm.embed.standin import Host, make_disks
 from lockfsm.errors import BY_NAME
-from tests.helpers import (
-    Host,
-    alive,
-    fd_locks,
-    leases_of,
-    locked_inodes,
-    make_disks,
-    read_proc_locks,
-)
+from lockfsm.protocol.kernel import alive, read_proc_locks
+from tests.support.helpers import inodes_locked_by, leases_of, locked_inodes
 
 # A FcntlHolder in its own process.  LF_REPLACE=n: before each of its first n attempts to lock,
 # another process replaces the lease file (as virtlockd deletes lease files it holds), exactly in
@@ -196,7 +190,7 @@ class HolderProc:
     def assert_holds_nothing(self) -> None:
         """After a refusal: no lease recorded, no lock in the kernel, no descriptor leaked."""
         assert self.last["held"] == []
-        assert fd_locks(self.pid) == set()
+        assert inodes_locked_by(self.pid) == set()
         assert self.last["nfds"] == self.idle_fds
 
     def kill(self) -> None:
@@ -287,7 +281,7 @@ def test_exclusive_refuses_exclusive(spawn: Callable[..., HolderProc], lockspace
     a, b = spawn(), spawn()
     a.acquire(key, resource="disk /images/a.img")
     ino = os.stat(os.path.join(lockspace, key)).st_ino
-    assert fd_locks(a.pid) == {ino}
+    assert inodes_locked_by(a.pid) == {ino}
     assert lock_ranges(os.path.join(lockspace, key)) == [("OFDLCK", "WRITE", 0, 0)]
 
     with pytest.raises(LeaseConflict) as err:
@@ -296,12 +290,12 @@ def test_exclusive_refuses_exclusive(spawn: Callable[..., HolderProc], lockspace
     assert "disk /images/a.img" in str(err.value)
     assert "another lockfsm supervisor" in err.value.holder
     b.assert_holds_nothing()
-    assert fd_locks(a.pid) == {ino}
+    assert inodes_locked_by(a.pid) == {ino}
 
     a.release(key)
-    assert fd_locks(a.pid) == set()
+    assert inodes_locked_by(a.pid) == set()
     b.acquire(key)
-    assert fd_locks(b.pid) == {ino}
+    assert inodes_locked_by(b.pid) == {ino}
 
 
 def test_same_key_twice_in_one_holder(spawn: Callable[..., HolderProc]) -> None:
@@ -312,7 +306,7 @@ def test_same_key_twice_in_one_holder(spawn: Callable[..., HolderProc]) -> None:
     with pytest.raises(BackendError, match="already held"):
         a.acquire(key)
     assert a.last["held"] == [key]
-    assert len(fd_locks(a.pid)) == 1
+    assert len(inodes_locked_by(a.pid)) == 1
 
 
 def test_shared_leases_coexist(spawn: Callable[..., HolderProc], lockspace: str) -> None:
@@ -322,7 +316,7 @@ def test_shared_leases_coexist(spawn: Callable[..., HolderProc], lockspace: str)
     a.acquire(key, "shared")
     b.acquire(key, "shared")
     ino = os.stat(os.path.join(lockspace, key)).st_ino
-    assert fd_locks(a.pid) == fd_locks(b.pid) == {ino}
+    assert inodes_locked_by(a.pid) == inodes_locked_by(b.pid) == {ino}
     assert lock_ranges(os.path.join(lockspace, key)) == [("OFDLCK", "READ", 0, 0)] * 2
     with pytest.raises(LeaseConflict):
         c.acquire(key, "exclusive", resource="disk /images/shared.iso")
@@ -386,9 +380,9 @@ def test_image_itself_is_never_opened(
     assert g.pid is not None
     assert lock_ranges(image) == [("OFDLCK", "WRITE", 100, 100), ("OFDLCK", "WRITE", 200, 200)]
     lease_inodes = {os.stat(os.path.join(host.lockspace, k)).st_ino for k, _ in leases_of(g.mgr)}
-    assert fd_locks(g.supervisor_pid) == lease_inodes
+    assert inodes_locked_by(g.supervisor_pid) == lease_inodes
     for pid in (g.supervisor_pid, g.pid):
-        assert ino not in fd_locks(pid)
+        assert ino not in inodes_locked_by(pid)
         targets = set()
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -415,8 +409,8 @@ def test_deleted_lease_file_gives_way(spawn: Callable[..., HolderProc], lockspac
     b.acquire(key)
     new = os.stat(path).st_ino
     assert new != old
-    assert fd_locks(b.pid) == {new}
-    assert fd_locks(a.pid) == {old}
+    assert inodes_locked_by(b.pid) == {new}
+    assert inodes_locked_by(a.pid) == {old}
     with pytest.raises(LeaseConflict):
         c.acquire(key)
     c.assert_holds_nothing()
@@ -433,7 +427,7 @@ def test_lease_file_replaced_after_open_is_locked_anew(
     a.acquire(key)
     assert a.last["opens"] == {path: 2}  # one attempt on the replaced file, one on the new
     here = os.stat(path).st_ino
-    assert fd_locks(a.pid) == {here}
+    assert inodes_locked_by(a.pid) == {here}
     assert a.last["nfds"] == a.idle_fds + 1
     assert os.stat(path).st_size == 0  # the replacing process's empty file, never written
     b = spawn()
@@ -594,7 +588,7 @@ def test_two_names_of_one_disk_exclude(
     g = host.start("first", [first])
     held = {os.stat(os.path.join(host.lockspace, k)).st_ino for k, _ in leases_of(g.mgr)}
     assert len(held) == (2 if via_link_first else 1) + 1  # and the guest's lease on its uuid
-    assert fd_locks(g.supervisor_pid) == held
+    assert inodes_locked_by(g.supervisor_pid) == held
     with pytest.raises(LeaseConflict) as err:
         other_host.start("second", [second])
     assert second in str(err.value)

@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lockfsm import InvalidArgument
+from lockfsm.embed.standin import Guest, Host, make_disks, short_tmpdir
 from lockfsm.protocol import rundir, wire
-from tests.helpers import Guest, Host, alive, lock_ranges, lockspace_locks, make_disks, short_tmpdir
+from lockfsm.protocol.kernel import alive, fd_locks
+from tests.support.helpers import lockspace_locks
 
 #: The loaded profile's example count ("ci" 25, "nightly" 2000), scaled: the parser is cheap.
 BASE = settings.default.max_examples
@@ -262,7 +264,7 @@ def _state(g: Guest) -> dict[str, Any]:
         "record": (st_.st_ino, st_.st_mtime_ns, content),
         "run_dir": sorted(os.listdir(g.host.run_dir)),
         "kernel": lockspace_locks(g.host.lockspace),
-        "supervisor locks": lock_ranges(g.supervisor_pid),
+        "supervisor locks": fd_locks(g.supervisor_pid),
         "guest": alive(g.pid or 0),
     }
 

@@ -27,18 +27,10 @@ from typing import Any
 import pytest
 
 import lockfsm
+from lockfsm.embed.standin import Guest, Host, Pair, make_disks, short_tmpdir
 from lockfsm.protocol import rundir, wire
-from tests.helpers import (
-    Guest,
-    Host,
-    HostPair,
-    alive,
-    lock_ranges,
-    lockspace_locks,
-    make_disks,
-    short_tmpdir,
-    wait_until,
-)
+from lockfsm.protocol.kernel import alive, fd_locks
+from tests.support.helpers import lockspace_locks, wait_until
 
 TIMEOUT = 10.0
 NOBODY = 65534
@@ -115,7 +107,7 @@ def snapshot(run_dir: str, launch: str, lockspace: str, pid: int, guest: int) ->
         "record": (st.st_ino, st.st_mtime_ns, content),
         "run_dir": sorted(os.listdir(run_dir)),
         "lockspace": lockspace_locks(lockspace),
-        "lock ranges": lock_ranges(pid),
+        "lock ranges": fd_locks(pid),
         "guest alive": alive(guest),
     }
 
@@ -421,7 +413,7 @@ def test_out_of_order_on_a_migrating_source(guest: Guest) -> None:
 def test_out_of_order_on_an_incoming_target(lockspace: str, workdir: str) -> None:
     """An incoming target neither hands off, prepares, resumes nor hot-plugs; a second take-over
     while one waits is refused; and the source's controller cannot drive the target."""
-    pair = HostPair(lockspace)
+    pair = Pair(lockspace)
     try:
         (disk,) = make_disks(workdir, "migrating.img")
         pair.start("migrating", [disk])

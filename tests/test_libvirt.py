@@ -1,14 +1,13 @@
 """Interoperation with libvirt's lockd: a lockfsm host and a libvirt host on one lockspace
 protect each other's disks.
 
-The libvirt host is real (tests/libvirt_fixture.py): libvirtd with ``lock_manager = "lockd"`` and
-virtlockd with ``file_lockspace_dir`` pointing at the lockspace directory the lockfsm hosts use
-as ``lockspace_dir``; its guests are TCG QEMUs made with ``virsh create``.  The lockfsm hosts are
-virt daemons in processes of their own (``lockfsm.embed.host.Host`` behind
-tests/qemu_daemon.py) running
-real QEMUs under ``lockfsm-supervisor``.  Who holds a lease is read from the kernel's lock table,
-never from either side's records.  The daemons start once for the module (~8 s: QEMU's
-capability probe).
+The libvirt host is real (tests/support/libvirt_fixture.py): libvirtd with ``lock_manager =
+"lockd"`` and virtlockd with ``file_lockspace_dir`` pointing at the lockspace directory the lockfsm
+hosts use as ``lockspace_dir``; its guests are TCG QEMUs made with ``virsh create``.  The lockfsm
+hosts are virt daemons in processes of their own (``lockfsm.embed.host.Host`` behind
+tests/support/qemu_daemon.py) running real QEMUs under ``lockfsm-supervisor``.  Who holds a lease is
+read from the kernel's lock table, never from either side's records.  The daemons start once for the
+module (~8 s: QEMU's capability probe).
 """
 
 from __future__ import annotations
@@ -30,12 +29,15 @@ import pytest
 from lockfsm import LeaseConflict
 from lockfsm.backends.fcntl import CHECK_EVERY, GATE_BYTE
 from lockfsm.embed.host import Disk, Guest
+from lockfsm.embed.standin import Host, short_tmpdir
+from lockfsm.protocol import kernel
+from lockfsm.protocol.kernel import fd_locks
 from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.tools import status
-from tests.conftest import IN_CI, require
-from tests.helpers import Host, lock_ranges, read_proc_locks, short_tmpdir, wait_until
-from tests.libvirt_fixture import PROGRAMS, Libvirt, VirshError, lease_name
-from tests.qemu_daemon import Daemon
+from tests.support.helpers import wait_until
+from tests.support.libvirt_fixture import PROGRAMS, Libvirt, VirshError, lease_name
+from tests.support.needs import IN_CI, require
+from tests.support.qemu_daemon import Daemon
 
 # -- the two sides ---------------------------------------------------------------------------------
 
@@ -103,20 +105,13 @@ def supervisor_of(host: Daemon, name: str) -> int:
 def locks_on(path: str) -> list[tuple[str, str, int]]:
     """(class, kind, pid) of each lock the kernel lists on byte 0 of the file at ``path``
     (an OFD lock has no pid: -1), from one consistent reading of /proc/locks."""
-    inode = str(os.stat(path).st_ino)
-
-    def keep(line: str) -> bool:
-        parts = line.split()
-        return parts[1] != "->" and parts[5].rsplit(":", 1)[1] == inode and parts[6] == "0"
-
-    text = read_proc_locks(keep)
-    assert text is not None, "/proc/locks changes too fast for a consistent reading"
-    return sorted((p[1], p[3], int(p[4])) for p in map(str.split, text.splitlines()))
+    found = kernel.locks_on([os.stat(path).st_ino])
+    return sorted((lock.cls, lock.kind, lock.pid) for lock in found if lock.bytes.start == 0)
 
 
 def holds(pid: int, path: str, kind: str) -> bool:
     """Whether process ``pid`` holds a ``kind`` lock on byte 0 of the file now at ``path``."""
-    return (os.stat(path).st_ino, 0, kind) in lock_ranges(pid)
+    return (os.stat(path).st_ino, 0, kind) in fd_locks(pid)
 
 
 def busy(lease: str) -> str:
@@ -303,7 +298,7 @@ def test_a_migration_targets_reservation_outlives_virtlockd_deleting_the_lease_f
     uri = b.migrate_prepare(offer)
     target = supervisor_of(b, "vm")
     gated = os.stat(lease).st_ino
-    assert (gated, GATE_BYTE, "WRITE") in lock_ranges(target)
+    assert (gated, GATE_BYTE, "WRITE") in fd_locks(target)
     a.migrate_perform("vm", uri)
     a.migrate_confirm("vm")  # the source's QEMU is gone, its lease let go
     lv.destroy("lv")  # virtlockd deletes the lease file
@@ -312,7 +307,7 @@ def test_a_migration_targets_reservation_outlives_virtlockd_deleting_the_lease_f
         CHECK_EVERY * 3,
         "the target to lock the lease file anew",
     )
-    assert (os.stat(lease).st_ino, GATE_BYTE, "WRITE") in lock_ranges(target)
+    assert (os.stat(lease).st_ino, GATE_BYTE, "WRITE") in fd_locks(target)
     b.migrate_finish("vm")
     assert b.status("vm") == "running" and holds(target, lease, "READ")
     with pytest.raises(VirshError, match=busy(lease)):
@@ -343,7 +338,7 @@ def test_a_take_over_locks_the_file_now_at_the_path(lockspace: str) -> None:
     finally:
         os.close(rival)
     leases.take_over([(lease, "disk x")])
-    mine = {(ino, byte, kind) for ino, byte, kind in lock_ranges(os.getpid())}
+    mine = {(ino, byte, kind) for ino, byte, kind in fd_locks(os.getpid())}
     inode = os.stat(path).st_ino
     assert os.fstat(leases.holder.fds[key]).st_ino == inode  # type: ignore[attr-defined]
     assert {(inode, 0, "READ")} <= mine

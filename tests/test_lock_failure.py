@@ -25,18 +25,11 @@ import pytest
 import lockfsm
 from lockfsm import DomainState, InvalidArgument, LeaseLost, NewFlags, ResourceType
 from lockfsm.backends.fcntl import CHECK_EVERY
+from lockfsm.embed.standin import Guest, Host, make_disks
 from lockfsm.protocol import rundir
+from lockfsm.protocol.kernel import alive, process_state
 from lockfsm.supervisor.process import EXIT_LEASE_LOST
-from tests.helpers import (
-    Guest,
-    Host,
-    alive,
-    fd_locks,
-    lockspace_locks,
-    make_disks,
-    proc_state,
-    wait_until,
-)
+from tests.support.helpers import inodes_locked_by, lockspace_locks, wait_until
 
 DISK = ResourceType.DISK
 
@@ -44,17 +37,6 @@ DISK = ResourceType.DISK
 @pytest.fixture
 def disks(workdir: str) -> list[str]:
     return make_disks(workdir, "a.img", "b.img", "c.img")
-
-
-def start(host: Host, disks: list[str], policy: str | None) -> Guest:
-    uuid = str(uuidlib.uuid4())
-    mgr = host.manager("vm", uuid, disks)
-    if policy is not None:
-        mgr.set_parameter("lock_failure", policy)
-    proc = host.launch(mgr)
-    g = Guest(host, mgr, proc, "vm", uuid, list(disks))
-    g.pid = mgr.get_child(timeout=10)
-    return g
 
 
 def lease_file(lockspace: str, disk: str) -> str:
@@ -92,13 +74,23 @@ def wait_failed(mgr: lockfsm.LockManager) -> None:
     wait_until(lambda: mgr.check() is DomainState.FAILED, CHECK_EVERY * 5, "the lease loss")
 
 
+def lose_a_lease(
+    host: Host, disks: list[str], policy: str | None, steal: Callable[[str], str], lost: str
+) -> tuple[Guest, str]:
+    """A guest started on ``disks`` under ``policy`` loses the lease of ``lost`` (stolen); once
+    its manager says failed: the guest and the stolen lease file's path."""
+    g = host.start("vm", disks, policy=policy)
+    assert g.pid is not None
+    path = steal(lost)
+    wait_failed(g.mgr)
+    return g, path
+
+
 def test_poweroff_kills_the_guest_and_says_why(
     host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
-    g = start(host, disks[:2], "poweroff")
+    g, path = lose_a_lease(host, disks[:2], "poweroff", steal, disks[0])
     assert g.pid is not None
-    path = steal(disks[0])
-    wait_failed(g.mgr)
     assert not alive(g.pid), "S2: the guest outlived its lost lease"
     assert g.proc.wait(10) == EXIT_LEASE_LOST
     assert g.mgr.failure is not None and path in g.mgr.failure and "poweroff" in g.mgr.failure
@@ -112,11 +104,9 @@ def test_poweroff_kills_the_guest_and_says_why(
 def test_pause_stops_the_guest_and_lets_every_lease_go(
     host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
-    g = start(host, disks[:2], "pause")
+    g, path = lose_a_lease(host, disks[:2], "pause", steal, disks[1])
     assert g.pid is not None
-    path = steal(disks[1])
-    wait_failed(g.mgr)
-    assert proc_state(g.pid) == "T", "the paused guest is stopped (SIGSTOP)"
+    assert process_state(g.pid) == "T", "the paused guest is stopped (SIGSTOP)"
     assert g.proc.poll() is None, "the supervisor stays, with its paused guest"
     assert lockspace_locks(lockspace) == only_the_rival(lockspace, path), "the leases are let go"
     assert g.mgr.failure is not None and "pause" in g.mgr.failure
@@ -128,11 +118,9 @@ def test_pause_stops_the_guest_and_lets_every_lease_go(
 def test_ignore_leaves_the_guest_running_without_its_leases(
     host: Host, lockspace: str, disks: list[str], steal: Callable[[str], str]
 ) -> None:
-    g = start(host, disks[:2], "ignore")
+    g, path = lose_a_lease(host, disks[:2], "ignore", steal, disks[0])
     assert g.pid is not None
-    path = steal(disks[0])
-    wait_failed(g.mgr)
-    assert proc_state(g.pid) in ("S", "R"), "policy ignore: the guest runs on"
+    assert process_state(g.pid) in ("S", "R"), "policy ignore: the guest runs on"
     assert lockspace_locks(lockspace) == only_the_rival(lockspace, path), "...without its leases"
     assert g.mgr.failure is not None and "ignore" in g.mgr.failure
     g.mgr.shutdown()
@@ -142,12 +130,8 @@ def test_ignore_leaves_the_guest_running_without_its_leases(
 def test_the_driver_default_policy_applies(
     hosts: Callable[..., Host], disks: list[str], steal: Callable[[str], str]
 ) -> None:
-    host = hosts(lock_failure="pause")
-    g = start(host, disks[:1], None)
-    assert g.pid is not None
-    steal(disks[0])
-    wait_failed(g.mgr)
-    assert proc_state(g.pid) == "T"
+    g, _ = lose_a_lease(hosts(lock_failure="pause"), disks[:1], None, steal, disks[0])
+    assert g.pid is not None and process_state(g.pid) == "T"
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced", "deleted, shared"])
@@ -168,17 +152,19 @@ def test_a_lease_file_no_rival_took_is_taken_again_and_nothing_is_lost(
     pid = mgr.get_child(timeout=10)
     path = lease_file(lockspace, disks[0])
     old = os.stat(path).st_ino
-    assert old in fd_locks(pid) and old in fd_locks(proc.pid)
+    assert old in inodes_locked_by(pid) and old in inodes_locked_by(proc.pid)
     if how == "replaced":
         with open(path + ".new", "w"):
             pass
         os.rename(path + ".new", path)
     else:
         os.unlink(path)
-    wait_until(lambda: os.path.exists(path) and os.stat(path).st_ino in fd_locks(proc.pid))
+    wait_until(lambda: os.path.exists(path) and os.stat(path).st_ino in inodes_locked_by(proc.pid))
     new = os.stat(path).st_ino
     assert new != old and alive(pid) and mgr.check() is DomainState.STARTED
-    assert old not in fd_locks(pid) and old not in fd_locks(proc.pid), "the old inode let go"
+    assert old not in inodes_locked_by(pid) and old not in inodes_locked_by(proc.pid), (
+        "the old inode let go"
+    )
     kinds = lockspace_locks(lockspace)
     assert kinds[os.path.basename(path)] == ["READ" if shared else "WRITE"]
     other = Host("fcntl", lockspace)
@@ -203,7 +189,7 @@ def test_any_call_notices_the_loss_raises_lease_lost_and_changes_nothing_else(
 ) -> None:
     """A hot-plug, a prepare_migrate after the loss raise LeaseLost; the manager is failed;
     nothing was taken; a second report (the kill path runs again) changes nothing."""
-    g = start(host, disks[:1], "pause")
+    g = host.start("vm", disks[:1], policy="pause")
     report_loss(g, "the lockspace renewal failed")
     with pytest.raises(LeaseLost, match="lockspace renewal failed"):
         g.mgr.acquire_resource(DISK, disks[2])
@@ -220,7 +206,7 @@ def test_any_call_notices_the_loss_raises_lease_lost_and_changes_nothing_else(
 
 def test_attach_finds_a_failed_guest(host: Host, disks: list[str]) -> None:
     """S4: a daemon restarted after the loss finds the manager failed, with the reason."""
-    g = start(host, disks[:1], "ignore")
+    g = host.start("vm", disks[:1], policy="ignore")
     report_loss(g, "lease revoked")
     host.restart_daemon()
     mgr = host.attach(g)
@@ -236,7 +222,7 @@ def test_an_incoming_target_that_loses_a_reservation_is_killed(
     """A migration target whose reservation is lost never runs: its pending take-over ends
     with LeaseLost, its incoming guest is killed whatever the policy."""
     source, target = hosts(), hosts()
-    g = start(source, disks[:1], None)
+    g = source.start("vm", disks[:1])
     cookie = g.mgr.prepare_migrate("qemu://target/system")
     mgr = target.manager("vm", g.uuid, disks[:1], flags=NewFlags.MIGRATE)
     mgr.set_parameter("lock_failure", "pause")

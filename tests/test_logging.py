@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.helpers import Host, make_disks
+from lockfsm.embed.standin import Host, make_disks
 
 MOVE = re.compile(
     r"move machine=(\w+) domain=(\S+) from=(\w+) event=(\w+) to=(\w+) duration_ms=[\d.]+$"

@@ -1,5 +1,5 @@
 """Layer 3: the two-host migration handoff with real supervisors, read as the protocol
-(HostPair), checked against the kernel's locks."""
+(Pair), checked against the kernel's locks."""
 
 from __future__ import annotations
 
@@ -14,22 +14,14 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, IllegalTransition, InvalidArgument, NewFlags, ResourceType
-from tests.helpers import (
-    Host,
-    HostPair,
-    alive,
-    lease_inode,
-    leases_of,
-    lock_ranges,
-    lockspace_locks,
-    make_disks,
-    wait_until,
-)
+from lockfsm.embed.standin import Host, Pair, make_disks
+from lockfsm.protocol.kernel import alive, fd_locks
+from tests.support.helpers import lease_inode, leases_of, lockspace_locks, wait_until
 
 
 @pytest.fixture
-def pair(lockspace: str) -> Iterator[HostPair]:
-    p = HostPair(lockspace)
+def pair(lockspace: str) -> Iterator[Pair]:
+    p = Pair(lockspace)
     yield p
     p.cleanup()
 
@@ -49,13 +41,13 @@ def held_bytes(pid: int, lockspace: str, mgr: lockfsm.LockManager) -> dict[int, 
     """For each lease inode of ``mgr``: which bytes (0 = lease, 1 = gate) ``pid`` locks."""
     inodes = {lease_inode(lockspace, key) for key, _ in leases_of(mgr)}
     got: dict[int, set[int]] = {i: set() for i in inodes}
-    for inode, start, _ in lock_ranges(pid):
+    for inode, start, _ in fd_locks(pid):
         if inode in got:
             got[inode].add(start)
     return got
 
 
-def refused_to_third(third: Host, pair: HostPair, disks: list[str]) -> None:
+def refused_to_third(third: Host, pair: Pair, disks: list[str]) -> None:
     assert pair.guest is not None
     with pytest.raises(lockfsm.LeaseConflict):
         third.start(pair.guest.name, disks[:2])
@@ -63,7 +55,7 @@ def refused_to_third(third: Host, pair: HostPair, disks: list[str]) -> None:
 
 @pytest.mark.parametrize("order", ["target-first", "source-first"])
 def test_handoff_in_either_order_ends_the_same(
-    pair: HostPair, disks: list[str], lockspace: str, order: str
+    pair: Pair, disks: list[str], lockspace: str, order: str
 ) -> None:
     """L1: after both completions the target holds every lease and the source none, its guest
     dead and its supervisor gone with status 0."""
@@ -85,7 +77,7 @@ def test_handoff_in_either_order_ends_the_same(
 
 @pytest.mark.parametrize("order", ["target-first", "source-first"])
 def test_cancel_leaves_the_source_owning_everything(
-    pair: HostPair, disks: list[str], lockspace: str, order: str
+    pair: Pair, disks: list[str], lockspace: str, order: str
 ) -> None:
     src = pair.start("vm", disks[:2])
     before = held_bytes(src.supervisor_pid, lockspace, src.mgr)
@@ -104,7 +96,7 @@ def test_cancel_leaves_the_source_owning_everything(
 
 
 def test_target_does_not_hold_before_the_handoff(
-    pair: HostPair, disks: list[str], lockspace: str, third: Host
+    pair: Pair, disks: list[str], lockspace: str, third: Host
 ) -> None:
     """S3: before the source's completion the target only reserves (gate byte), never the
     lease byte; a third host is refused before, in and after the window."""
@@ -121,11 +113,11 @@ def test_target_does_not_hold_before_the_handoff(
     refused_to_third(third, pair, disks)
 
 
-def test_a_second_target_is_refused(pair: HostPair, disks: list[str], lockspace: str) -> None:
+def test_a_second_target_is_refused(pair: Pair, disks: list[str], lockspace: str) -> None:
     pair.start("vm", disks[:2])
     pair.prepare()
     pair.incoming_start()
-    rogue = HostPair(lockspace)
+    rogue = Pair(lockspace)
     try:
         rogue.guest, rogue.cookie = pair.guest, pair.cookie
         with pytest.raises(lockfsm.LeaseConflict, match="incoming migration"):
@@ -135,7 +127,7 @@ def test_a_second_target_is_refused(pair: HostPair, disks: list[str], lockspace:
 
 
 def test_target_gives_up_when_the_source_never_completes(lockspace: str, disks: list[str]) -> None:
-    pair = HostPair(lockspace, handoff_timeout=0.3)
+    pair = Pair(lockspace, handoff_timeout=0.3)
     try:
         pair.start("vm", disks[:1], shared=disks[2:])  # the shared lease could be had at once
         pair.prepare()
@@ -156,7 +148,7 @@ def test_target_gives_up_when_the_source_never_completes(lockspace: str, disks: 
         pair.cleanup()
 
 
-def test_hot_plug_is_refused_during_migration(pair: HostPair, disks: list[str]) -> None:
+def test_hot_plug_is_refused_during_migration(pair: Pair, disks: list[str]) -> None:
     src = pair.start("vm", disks[:1])
     pair.prepare()
     tgt = pair.incoming_start()
@@ -169,7 +161,7 @@ def test_hot_plug_is_refused_during_migration(pair: HostPair, disks: list[str]) 
         assert (mgr.state, mgr.moves, mgr.resources) == before
 
 
-def test_the_cookie_is_checked(pair: HostPair, disks: list[str]) -> None:
+def test_the_cookie_is_checked(pair: Pair, disks: list[str]) -> None:
     src = pair.start("vm", disks[:2])
     cookie = pair.prepare()
     mgr = pair.target.manager("vm", src.uuid, disks[:1], flags=NewFlags.MIGRATE)
@@ -195,7 +187,7 @@ def test_the_cookie_is_checked(pair: HostPair, disks: list[str]) -> None:
 
 
 @pytest.mark.parametrize("side", ["source", "target"])
-def test_daemon_restart_during_migration(pair: HostPair, disks: list[str], side: str) -> None:
+def test_daemon_restart_during_migration(pair: Pair, disks: list[str], side: str) -> None:
     """S4: either daemon restarts mid-migration; ATTACH finds the migration where it was."""
     src = pair.start("vm", disks[:2])
     pair.prepare()
@@ -214,7 +206,7 @@ def test_daemon_restart_during_migration(pair: HostPair, disks: list[str], side:
 
 
 def test_a_pending_take_over_ends_with_its_daemon(
-    pair: HostPair, disks: list[str], lockspace: str
+    pair: Pair, disks: list[str], lockspace: str
 ) -> None:
     """The target daemon's complete_migrate_in waits for the source; the daemon restarts and
     attaches meanwhile.  The old call ends (BackendError, superseded) and the supervisor takes
@@ -257,7 +249,7 @@ def test_a_take_over_attempt_takes_nothing_while_another_lease_is_held(
     while the others are still held, never lock even that free lease, not for a moment (all or
     nothing, and nothing at all for an attempt bound to fail).  The free disk is the one whose
     lease is tried first, so an attempt that locked as it went would be seen."""
-    pair = HostPair(lockspace)
+    pair = Pair(lockspace)
     try:
         src = pair.start("vm", disks)
         stale = pair.prepare()
@@ -287,9 +279,7 @@ def test_a_take_over_attempt_takes_nothing_while_another_lease_is_held(
         readings = 0
         t.start()
         while t.is_alive():  # its attempts repeat for a second
-            assert (free, 0, "WRITE") not in lock_ranges(proc.pid), (
-                "an attempt locked the free lease"
-            )
+            assert (free, 0, "WRITE") not in fd_locks(proc.pid), "an attempt locked the free lease"
             readings += 1
         assert readings > 50 and mgr.state is DomainState.MIGRATING_IN
         assert [type(e) for e in errors] == [lockfsm.LeaseConflict], errors
@@ -297,7 +287,7 @@ def test_a_take_over_attempt_takes_nothing_while_another_lease_is_held(
         pair.cleanup()
 
 
-def test_a_target_whose_incoming_guest_exited_can_cancel(pair: HostPair, disks: list[str]) -> None:
+def test_a_target_whose_incoming_guest_exited_can_cancel(pair: Pair, disks: list[str]) -> None:
     """QEMU exits when its incoming stream breaks: the target supervisor lets its reservations go
     and exits before the daemon cancels.  The cancel succeeds; the source resumes."""
     src = pair.start("vm", disks[:2])
@@ -318,7 +308,7 @@ def test_a_guest_with_shared_disks_only_runs_on_one_side(
     guest's own lease on its uuid (domain_lease, on by default) makes the target's take-over
     wait for the source's handoff.  Without it the target would take over while the source's
     guest still runs -- shown here, so that this test fails if the domain lease stops working."""
-    pair = HostPair(lockspace, domain_lease=domain_lease, handoff_timeout=0.3)
+    pair = Pair(lockspace, domain_lease=domain_lease, handoff_timeout=0.3)
     try:
         src = pair.start("vm", shared=disks[2:3])
         pair.prepare()
@@ -339,7 +329,7 @@ def test_a_guest_with_shared_disks_only_runs_on_one_side(
 
 
 def test_source_supervisor_crash_mid_migration(
-    pair: HostPair, disks: list[str], lockspace: str, third: Host
+    pair: Pair, disks: list[str], lockspace: str, third: Host
 ) -> None:
     """kill -9 of the source supervisor: its guest dies; the target's reservation still keeps a
     third host out; the target may take over (its daemon decides, from QEMU's outcome)."""
@@ -357,7 +347,7 @@ def test_source_supervisor_crash_mid_migration(
 
 
 def test_target_supervisor_crash_mid_migration(
-    pair: HostPair, disks: list[str], lockspace: str
+    pair: Pair, disks: list[str], lockspace: str
 ) -> None:
     src = pair.start("vm", disks[:2])
     pair.prepare()
@@ -371,7 +361,7 @@ def test_target_supervisor_crash_mid_migration(
     assert all(b == {0} for b in held_bytes(src.supervisor_pid, lockspace, src.mgr).values())
 
 
-def test_concurrent_completions_from_threads(pair: HostPair, disks: list[str]) -> None:
+def test_concurrent_completions_from_threads(pair: Pair, disks: list[str]) -> None:
     """Both daemons call at once, many times over: every run ends target started, source done."""
     for _ in range(3):
         src = pair.start("vm", disks[:2])
@@ -391,7 +381,7 @@ def test_concurrent_completions_from_threads(pair: HostPair, disks: list[str]) -
 
 
 def test_nop_backend_migrates_with_no_lease(lockspace: str, disks: list[str]) -> None:
-    pair = HostPair(lockspace, backend="nop")
+    pair = Pair(lockspace, backend="nop")
     try:
         src = pair.start("vm", disks[:1])
         pair.prepare()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lockfsm.tools import model, modelcheck, spec
-from tests.conftest import require
+from tests.support.needs import require
 
 
 def test_committed_models_are_fresh() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import short_tmpdir
+from lockfsm.embed.standin import short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Layer 4: lockfsm against a real hypervisor, on every backend.
 
-Each simulated host is a virt daemon (the reference embedding, ``lockfsm.embed.host.Host``) in
-its own Python process (tests/qemu_daemon.py), with its own run directory and QMP connections;
+Each simulated host is a virt daemon (the reference embedding, ``lockfsm.embed.host.Host``) in its
+own Python process (tests/support/qemu_daemon.py), with its own run directory and QMP connections;
 the hosts share the disk images and the lock service, as hosts share storage: an fcntl lockspace, a
 sanlock lockspace (one sanlock daemon per host) or an etcd key space (one lease agent per host).
 Guests are real ``qemu-system-x86_64`` (TCG) processes run by real supervisors; migrations are
@@ -31,14 +31,15 @@ import lockfsm
 from lockfsm import DomainState
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.embed.host import Disk, Guest, HypervisorError, migrate
+from lockfsm.embed.standin import short_tmpdir
+from lockfsm.protocol.kernel import alive, command_line, fd_locks
 from lockfsm.supervisor.process import EXIT_REFUSED
 from lockfsm.tools import status
-from tests.conftest import require
-from tests.helpers import alive, lock_ranges, locked_inodes, short_tmpdir, wait_until
-from tests.qemu_daemon import Daemon
-from tests.test_etcd import db, etcd1, shared_sites  # noqa: F401  (etcd and the hosts' agents)
-from tests.test_etcd import held as etcd_keys
-from tests.test_sanlock import cluster  # noqa: F401  (the sanlock daemons, once a session)
+from tests.support.etcd_cluster import held as etcd_keys
+from tests.support.helpers import locked_inodes, wait_until
+from tests.support.needs import require
+from tests.support.procs import parent_of
+from tests.support.qemu_daemon import Daemon
 
 QEMU = "qemu-system-x86_64"
 SLOW_LINK = 1000  # bytes/s: a migration this slow is still active when it is cancelled
@@ -84,7 +85,7 @@ class Fcntl(Storage):
     def _bytes(self, pid: int, disk: str) -> set[int]:
         name = os.path.join(self.lockspace, hashlib.sha256(disk.encode()).hexdigest())
         inode = os.stat(name).st_ino
-        return {byte for ino, byte, _ in lock_ranges(pid) if ino == inode}
+        return {byte for ino, byte, _ in fd_locks(pid) if ino == inode}
 
     def holds(self, pid: int, disk: str) -> bool:
         return self._bytes(pid, disk) == {0}
@@ -164,7 +165,7 @@ def supervisor_pid(host: Daemon, name: str) -> int:
 def image_locked_by(pid: int, image: str) -> bool:
     """Whether QEMU process ``pid`` holds its own lock (bytes 100+) on ``image``."""
     inode = os.stat(image).st_ino
-    return any(ino == inode and byte >= 100 for ino, byte, _ in lock_ranges(pid))
+    return any(ino == inode and byte >= 100 for ino, byte, _ in fd_locks(pid))
 
 
 def devices(host: Daemon, name: str) -> set[str]:
@@ -175,11 +176,6 @@ def devices(host: Daemon, name: str) -> set[str]:
 
 def qemu_exe(pid: int) -> str:
     return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-
-
-def parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -286,11 +282,10 @@ def test_a_guest_is_a_real_qemu_run_by_its_supervisor_with_both_locks(
     disk = image(top, "a.qcow2")
     pid = a.start(guest("vm", disk, lock_failure="pause"))
     sup = supervisor_pid(a, "vm")
-    assert qemu_exe(pid) == QEMU and parent(pid) == sup
+    assert qemu_exe(pid) == QEMU and parent_of(pid) == sup
     assert a.status("vm") == "running"
     assert storage.holds(sup, disk) and image_locked_by(pid, disk)
-    with open(f"/proc/{sup}/cmdline") as f:
-        argv = f.read().split("\0")
+    argv = command_line(sup)
     assert json.loads(argv[argv.index("--launch") + 1])["lock_failure"] == "pause"
     a.shutdown("vm")
     assert not alive(pid) and storage.free(disk)

@@ -1,13 +1,12 @@
 """The soak (issue 9, item 6; marker ``slow``): N simulated hosts, each a daemon process
-(tests/fault_daemon.py) on one lock service, run hundreds of random lifecycles -- start,
+(tests/support/fault_daemon.py) on one lock service, run hundreds of random lifecycles -- start,
 hot-plug, unplug, migrate (target first, source first, or cancelled), shutdown -- while a killer
 thread sends kill -9 at random moments to supervisors, guests and daemons (a killed daemon is
 replaced by a new one that ATTACHes to its guests) and, on etcd, lease agents (restarted).  A
-checker thread samples the lock service's
-truth all along (tests/fault_world.py): S1 (no disk written by two executing guests; no lease
-granted twice) and S2 (a guest that executes with its supervisor alive holds every lease; a
-guest whose supervisor is dead dies within a second).  At the end every guest is brought down
-through fresh daemons, and no lease may be left held.
+checker thread samples the lock service's truth all along (tests/support/fault_world.py): S1 (no
+disk written by two executing guests; no lease granted twice) and S2 (a guest that executes with
+its supervisor alive holds every lease; a guest whose supervisor is dead dies within a second).  At
+the end every guest is brought down through fresh daemons, and no lease may be left held.
 
 It prints the operations done (by outcome), the faults injected, the samples taken and the
 violations, which must be 0.  Settings (environment): LOCKFSM_SOAK_SECONDS (default 180),
@@ -32,19 +31,19 @@ import pytest
 
 import lockfsm
 from lockfsm.protocol import rundir
-from tests.conftest import require
-from tests.fault_daemon import DaemonGone
-from tests.fault_world import (
+from tests.support.fault_daemon import DaemonGone
+from tests.support.fault_world import (
     DOMAIN_LOCKSPACE,
     GRACE,
     GuestRec,
     SimHost,
     World,
     lease_key,
-    living,
     make_env,
     wait_for,
 )
+from tests.support.needs import require
+from tests.support.procs import living
 
 pytestmark = pytest.mark.slow
 

@@ -57,8 +57,11 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
 )
+from lockfsm.embed.standin import GUEST, Host, make_disks, short_tmpdir
+from lockfsm.protocol.kernel import alive, command_line, fd_locks
 from lockfsm.supervisor.process import EXIT_REFUSED
-from tests.helpers import GUEST, Host, alive, leases_of, make_disks, short_tmpdir, wait_until
+from tests.support.helpers import leases_of, wait_until
+from tests.support.procs import executing, open_files
 
 DISK = ResourceType.DISK
 EXCLUSIVE = ResourceFlags(0)
@@ -68,10 +71,8 @@ FLAGS = (EXCLUSIVE, SHARED, READONLY)
 LEASE_BYTE = 0  # the byte of a lease file that is the lease (libvirt's lockd locks it too)
 GATE_BYTE = 1  # fcntl's migration gate: locked for an instant, or by a migration target
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
-PF_EXITING = 0x4  # task flag (/proc/<pid>/stat field 9): the task has entered do_exit()
 DEAD_ATTACH_TIMEOUT = 0.3  # a killed supervisor's record still says "running": attach polls
 
-GUEST_CMDLINE = b"".join(arg.encode() + b"\0" for arg in GUEST)
 DISKS = ("d0", "d1", "d2", "d3")
 ALIASES = {"a0": "d0"}  # symlink -> the disk it names
 FILES = DISKS + tuple(ALIASES)
@@ -145,17 +146,13 @@ class Stale:
 # -- the kernel's view ---------------------------------------------------------------------------
 
 
-def _devino(st: os.stat_result) -> str:
-    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+def lease_files(lockspace: str) -> dict[int, str]:
+    """inode -> lease key, for every lease file of the lockspace (other tests lock other files on
+    this machine: only ours count)."""
+    return {os.stat(os.path.join(lockspace, key)).st_ino: key for key in os.listdir(lockspace)}
 
 
-def lease_files(lockspace: str) -> dict[str, str]:
-    """dev:inode, as the kernel prints it in /proc/<pid>/fdinfo -> lease key, for every lease
-    file of the lockspace (other tests lock other files on this machine: only ours count)."""
-    return {_devino(os.stat(os.path.join(lockspace, key))): key for key in os.listdir(lockspace)}
-
-
-Lock = tuple[str, int, str]  # (lease key, first byte, "WRITE" or "READ")
+Lock = tuple[str, int, str]  # (lease key, byte, "WRITE" or "READ")
 Calls = dict[str, tuple[Callable[[], object], type[Exception]]]  # name -> (call, its error)
 
 
@@ -183,27 +180,11 @@ def lease_states(lockspace: str) -> dict[tuple[str, int], str]:
     return states
 
 
-def process_locks(pid: int | None, files: dict[str, str]) -> frozenset[Lock]:
+def process_locks(pid: int | None, files: dict[int, str]) -> frozenset[Lock]:
     """The locks held through the open files of ``pid`` on lease files."""
-    found: set[Lock] = set()
     if pid is None:
         return frozenset()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fdinfo")
-    except (FileNotFoundError, ProcessLookupError):
-        return frozenset()
-    for fd in fds:
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                lines = f.read().splitlines()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        for line in lines:
-            # lock:\t1: OFDLCK  ADVISORY  WRITE -1 fe:00:2164738 0 0
-            parts = line.split()
-            if parts and parts[0] == "lock:" and parts[6] in files:
-                found.add((files[parts[6]], int(parts[7]), parts[4]))
-    return frozenset(found)
+    return frozenset((files[i], byte, kind) for i, byte, kind in fd_locks(pid) if i in files)
 
 
 def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -215,38 +196,11 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 def openers(directory: str) -> set[int]:
     """The processes that have a file of ``directory`` open."""
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(directory + "/"):
-                    found.add(int(pid))
-                    break
-            except OSError:
-                continue
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
-def executing(pid: int) -> bool:
-    """Whether ``pid`` exists and has not begun to exit (a dying task no longer runs user code)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    return fields[0] not in ("Z", "X") and not int(fields[6]) & PF_EXITING
+    return {
+        int(pid)
+        for pid in filter(str.isdigit, os.listdir("/proc"))
+        if any(name.startswith(directory + "/") for name in open_files(int(pid)))
+    }
 
 
 class OneHost(RuleBasedStateMachine):
@@ -273,7 +227,7 @@ class OneHost(RuleBasedStateMachine):
         # its supervisor (a failed run, a broken PR_SET_PDEATHSIG) would live on, holding leases
         # and pytest's output pipe.
         for pid in self.guests:
-            if alive(pid) and _cmdline(pid) == GUEST_CMDLINE:
+            if alive(pid) and command_line(pid) == GUEST:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.work, ignore_errors=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -38,12 +37,13 @@ from typing import Any
 import pytest
 from hypothesis import Phase, event, settings
 
-from lockfsm import DomainState, LeaseConflict
+from lockfsm import LeaseConflict
 from lockfsm.backends.etcd.client import SyncEtcd
-from tests import test_stateful_migration as base
-from tests.conftest import require
-from tests.etcd_cluster import Agent, Cluster, keys_under
-from tests.helpers import Host, alive, make_disks, short_tmpdir, wait_until
+from lockfsm.embed.standin import Host, make_disks, short_tmpdir
+from tests.support import two_hosts as base
+from tests.support.etcd_cluster import Cluster, Site, keys_under
+from tests.support.helpers import wait_until
+from tests.support.needs import require
 
 Entry = tuple[str, str, int]  # (disk, "x" | "s" | "r" | "m", supervisor pid it names)
 GUEST_LEASE = "@guest"  # the guest's own exclusive lease on its uuid (domain_lease), as a disk
@@ -58,32 +58,25 @@ class World:
 
     def __init__(self) -> None:
         self.cluster = Cluster(1)
-        self.dirs = {n: short_tmpdir("lfa") for n in "ABC"}
-        self.configs: dict[str, dict[str, Any]] = {}
-        self.agents: list[Agent] = []
-        for name, d in self.dirs.items():
-            self.configs[name] = {
-                "endpoints": self.cluster.endpoints,
-                "ttl": TTL,
-                "host_name": f"host{name}",
-                "prefix": PREFIX,
-                "agent_socket": os.path.join(d, "agent.sock"),
-            }
-            self.agents.append(Agent({"run_dir": d, **self.configs[name]}))
+        self.sites: dict[str, Site] = {}
+        try:
+            for name in "ABC":
+                self.sites[name] = Site(self.cluster, f"host{name}", PREFIX, TTL)
+        except BaseException:
+            self.close()
+            raise
         self.db = self.cluster.client()
 
     def host(self, name: str) -> Host:
-        return Host(
-            "etcd", self.dirs[name], handoff_timeout=base.HANDOFF_TIMEOUT, **self.configs[name]
-        )
+        site = self.sites[name]
+        return Host("etcd", site.dir, handoff_timeout=base.HANDOFF_TIMEOUT, **site.config)
 
     def close(self) -> None:
-        self.db.close()
-        for agent in self.agents:
-            agent.stop()
+        if hasattr(self, "db"):
+            self.db.close()
+        for site in self.sites.values():
+            site.close()
         self.cluster.stop()
-        for d in self.dirs.values():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 WORLD: World | None = None
@@ -101,25 +94,10 @@ def world() -> Iterator[World]:
         WORLD = None
 
 
-def socket_inodes(pid: int | None) -> set[str]:
-    """The sockets process ``pid`` has open ("socket:[inode]")."""
-    found = set()
-    if pid is None:
-        return found
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:"):
-                found.add(link)
-    except OSError:
-        pass
-    return found
+class EtcdTwoHosts(base.ServiceTwoHosts):
+    HOLDINGS, CONNECTION = "keys", "agent connection"
+    LETS_GO = "the agent to let the keys go"
 
-
-class EtcdTwoHosts(base.TwoHosts):
     def __init__(self) -> None:  # not the fcntl world: the same sides on etcd
         base.RuleBasedStateMachine.__init__(self)
         assert WORLD is not None
@@ -295,30 +273,8 @@ class EtcdTwoHosts(base.TwoHosts):
             return
         super().do_complete(side, cancel, background)
 
-    def kill(self, side: base.Side, what: str) -> None:
-        """kill -9 a supervisor: every key it holds (hot-plugged ones too) outlives it while its
-        guest executes (the guest holds the agent connection); once the guest is dead the agent
-        lets them go.  kill -9 a guest: its supervisor releases and exits."""
-        assert side.proc is not None and side.guest is not None
-        guest, sup = side.guest, side.proc.pid
-        if what == "supervisor":
-            want = self.side_locks(side)
-            os.kill(sup, signal.SIGKILL)
-            assert side.proc.wait(10) == -signal.SIGKILL
-            got = self.held_by(sup)
-            if base.executing(guest):
-                assert want <= got, (
-                    f"S2: {sorted(want - got)} went while {side.name}'s guest executes"
-                )
-                event("kill -9 supervisor: its keys checked while the guest executes")
-            wait_until(lambda: not alive(guest), what="the guest to die (PDEATHSIG)")
-            wait_until(lambda: not self.held_by(sup), 10, "the agent to let the keys go")
-        else:
-            os.kill(guest, signal.SIGKILL)
-            assert side.proc.wait(10) == base.SIGKILLED, "the supervisor exits with its status"
-        side.sup = base.Sup.NONE
-        event(f"kill -9 {what} of a {side.state.value if side.state else 'orphan'} host")
-        self.after_release()
+    def released(self, sup: int) -> bool:
+        return not self.held_by(sup)
 
     def lock_reader(self, pid: int) -> Callable[[], frozenset[Any]]:
         return lambda: self.held_by(pid)
@@ -326,13 +282,7 @@ class EtcdTwoHosts(base.TwoHosts):
     def s1_one_writer(self) -> None:
         """S1: among executing guests no disk is used by two unless all hold it shared, and
         etcd agrees: an exclusive key names one holder, never beside a shared one."""
-        users: dict[str, list[tuple[str, bool]]] = {}
-        for side in self.live():
-            if side.sup in base.EXECUTING:
-                for disk in side.disks:
-                    users.setdefault(disk, []).append((side.name, bool(base.FLAGS[disk])))
-        for disk, who in users.items():
-            assert len(who) == 1 or all(shared for _, shared in who), f"S1: {disk} used by {who}"
+        self.s1_disks_used_once()
         kinds: dict[str, list[str]] = {}
         for disk, kind, _ in self.etcd_entries():
             if kind in ("x", "s", "m"):
@@ -355,8 +305,7 @@ class EtcdTwoHosts(base.TwoHosts):
                 f"S2: etcd has {sorted(got)} for {side.name}'s executing guest, its disks need "
                 f"{sorted(want)}"
             )
-            shared = socket_inodes(side.proc.pid) & socket_inodes(side.guest)
-            assert shared, f"S2: {side.name}'s guest does not hold the agent connection"
+            self.s2_guest_shares_the_connection(side)
 
     def s3_targets_only_reserve(self) -> None:
         """S3: an incoming target holds exactly the reservations of its leases and no lease."""
@@ -369,9 +318,7 @@ class EtcdTwoHosts(base.TwoHosts):
                 f"S3: the incoming target {side.name} has {sorted(got - want)} and lacks "
                 f"{sorted(want - got)}: before its take-over it must only reserve"
             )
-        for side in self.sides.values():
-            if side.state is DomainState.DONE:
-                assert not base.living(side.guest), f"S3: {side.name} handed off, its guest lives"
+        self.s3_handed_off_guests_are_dead()
 
 
 # Rules like the fcntl test's, fewer examples: every step starts processes against an agent.

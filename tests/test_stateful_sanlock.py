@@ -50,7 +50,6 @@ import hashlib
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid as uuidlib
@@ -64,18 +63,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize
 
 import lockfsm
-from lockfsm import DomainState, LeaseConflict, NewFlags, ResourceFlags
+from lockfsm import LeaseConflict, NewFlags, ResourceFlags
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.backends.sanlock import read_leader
 from lockfsm.daemon.manager import DOMAIN_LOCKSPACE
-from tests import test_stateful_migration as base
-from tests.helpers import Host, alive, make_disks, short_tmpdir, wait_until
-from tests.test_sanlock import (
-    LOCKSPACE,
-    Cluster,
-    cluster,  # noqa: F401  (the sanlock daemons, once a session)
-    cookie_versions,
-)
+from lockfsm.embed.standin import Host, make_disks, short_tmpdir
+from tests.support import two_hosts as base
+from tests.support.helpers import cookie_versions, wait_until
+from tests.support.procs import living
+from tests.support.sanlock_daemons import LOCKSPACE, Cluster
 
 Entry = tuple[str, str, int]  # (lease, "x" | "s", pid of the registered client holding it)
 GUEST_LEASE = "@guest"  # the guest's own exclusive lease on its uuid (domain_lease), as a disk
@@ -111,32 +107,13 @@ CLUSTER: Cluster | None = None
 
 
 @pytest.fixture(scope="module", autouse=True)
-def sanlock_cluster(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
+def sanlock_cluster(cluster: Cluster) -> Iterator[Cluster]:
     global CLUSTER
     CLUSTER = cluster
     try:
         yield cluster
     finally:
         CLUSTER = None
-
-
-def socket_inodes(pid: int | None) -> set[str]:
-    """The sockets process ``pid`` has open ("socket:[inode]")."""
-    found: set[str] = set()
-    if pid is None:
-        return found
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in names:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:"):
-            found.add(link)
-    return found
 
 
 class Status:
@@ -153,7 +130,9 @@ class Status:
         return mine + [b for b in self.busy if b.split()[2] == str(pid)]
 
 
-class SanlockTwoHosts(base.TwoHosts):
+class SanlockTwoHosts(base.ServiceTwoHosts):
+    CONNECTION, LETS_GO = "registered connection", "the daemon to drop the leases"
+
     def __init__(self) -> None:  # not the fcntl world: the same sides on sanlock
         RuleBasedStateMachine.__init__(self)
         assert CLUSTER is not None
@@ -349,7 +328,7 @@ class SanlockTwoHosts(base.TwoHosts):
             "processes": {
                 s.name: (
                     s.proc.poll() if s.proc else None,
-                    base.living(s.guest) if s.guest else None,
+                    living(s.guest) if s.guest else None,
                     of(s.proc.pid if s.proc else None),
                 )
                 for s in self.sides.values()
@@ -556,17 +535,12 @@ class SanlockTwoHosts(base.TwoHosts):
         """The pending target's call returns: success iff the model says its take-over goes
         through, LeaseConflict (final) iff a version moved on, BackendError iff its supervisor
         died; only once no source guest executed."""
-        p = self.pending
+        p = self.returned()
         if p is None:
             return
-        assert p.thread is not None
-        p.thread.join(30)
-        assert not p.thread.is_alive(), "model: a target's complete_migrate_in never returned"
-        self.pending = None
         expect, self.expect = self.expect, None
         concurrent, self.concurrent_release = self.concurrent_release, False
         side = self.sides[p.side]
-        side.host.driver.config["handoff_timeout"] = base.HANDOFF_TIMEOUT
         if isinstance(p.error, lockfsm.BackendError) and side.sup is base.Sup.NONE:
             event("background take-over: its supervisor died")
             return
@@ -664,30 +638,14 @@ class SanlockTwoHosts(base.TwoHosts):
     # -- L1, crashes, the hand-off -----------------------------------------------------------------
 
     def kill(self, side: base.Side, what: str) -> None:
-        """kill -9 a supervisor: its leases (hot-plugged ones too) outlive it while its guest
-        executes (the guest holds the registered connection); once the guest is dead the daemon
-        drops them, versions unchanged.  kill -9 a guest: its supervisor releases and exits."""
-        assert side.proc is not None and side.guest is not None
-        guest, sup = side.guest, side.proc.pid
+        """As on etcd: what a killed supervisor holds outlives it while its guest executes (the
+        guest holds the registered connection); once the guest is dead the daemon drops the
+        leases, versions unchanged."""
         self.concurrent_release = self.is_blocker(side)
-        if what == "supervisor":
-            want = self.side_locks(side)
-            os.kill(sup, signal.SIGKILL)
-            assert side.proc.wait(10) == -signal.SIGKILL
-            got = self.held_by(sup)  # the leases first, then the guest
-            if base.executing(guest):
-                assert want <= got, (
-                    f"S2: {sorted(want - got)} went while {side.name}'s guest executes"
-                )
-                event("kill -9 supervisor: its leases checked while the guest executes")
-            wait_until(lambda: not alive(guest), what="the guest to die (PDEATHSIG)")
-            wait_until(lambda: not self.status().of(sup), 10, "the daemon to drop the leases")
-        else:
-            os.kill(guest, signal.SIGKILL)
-            assert side.proc.wait(10) == base.SIGKILLED, "the supervisor exits with its status"
-        side.sup = base.Sup.NONE
-        event(f"kill -9 {what} of a {side.state.value if side.state else 'orphan'} host")
-        self.after_release()
+        super().kill(side, what)
+
+    def released(self, sup: int) -> bool:
+        return not self.status().of(sup)
 
     def lock_reader(self, pid: int) -> Callable[[], frozenset[Any]]:
         return lambda: self.held_by(pid)
@@ -714,13 +672,7 @@ class SanlockTwoHosts(base.TwoHosts):
         """S1: among executing guests no disk is used by two unless all hold it shared, and the
         daemons agree: an exclusive lease has one holder, never beside a shared one."""
         now = now or self.status()
-        users: dict[str, list[tuple[str, bool]]] = {}
-        for side in self.live():
-            if side.sup in base.EXECUTING:
-                for disk in side.disks:
-                    users.setdefault(disk, []).append((side.name, bool(base.FLAGS[disk])))
-        for disk, who in users.items():
-            assert len(who) == 1 or all(shared for _, shared in who), f"S1: {disk} used by {who}"
+        self.s1_disks_used_once()
         kinds: dict[str, list[str]] = {}
         for (lease, kind, _), n in now.held.items():
             kinds.setdefault(lease, []).extend([kind] * n)
@@ -744,8 +696,7 @@ class SanlockTwoHosts(base.TwoHosts):
                 f"S2: sanlock has {sorted(got)} for {side.name}'s executing guest, it needs "
                 f"{sorted(want)}"
             )
-            shared = socket_inodes(side.proc.pid) & socket_inodes(side.guest)
-            assert shared, f"S2: {side.name}'s guest does not hold the registered connection"
+            self.s2_guest_shares_the_connection(side)
 
     def s3_targets_hold_nothing(self, now: Status) -> None:
         """S3: an incoming target holds no lease before its take-over (nor anything reserved:
@@ -756,9 +707,7 @@ class SanlockTwoHosts(base.TwoHosts):
             assert side.proc is not None
             got = sorted(e for e in now.held if e[2] == side.proc.pid)
             assert not got, f"S3: the incoming target {side.name} holds {got} before its take-over"
-        for side in self.sides.values():
-            if side.state is DomainState.DONE:
-                assert not base.living(side.guest), f"S3: {side.name} handed off, its guest lives"
+        self.s3_handed_off_guests_are_dead()
 
     def sanlock_holds_what_the_model_says(self, now: Status) -> None:
         """The daemons hold exactly the model's leases, each exclusive one at the model's

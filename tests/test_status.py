@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from lockfsm import NewFlags
+from lockfsm.embed.standin import Host, make_disks
 from lockfsm.tools import cli
-from tests.helpers import Host, make_disks
 
 LOCKFSM = [sys.executable, "-m", "lockfsm"]
 

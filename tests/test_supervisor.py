@@ -23,17 +23,15 @@ from typing import Any
 import pytest
 
 from lockfsm import BackendError, DomainState, LeaseConflict, NewFlags, ResourceType
+from lockfsm.embed.standin import Guest, Host, make_disks
 from lockfsm.protocol import rundir, wire
+from lockfsm.protocol.kernel import alive
 from lockfsm.supervisor.process import EXIT_REFUSED
-from tests.helpers import (
-    Guest,
-    Host,
-    alive,
-    fd_locks,
+from tests.support.helpers import (
+    inodes_locked_by,
     lease_inode,
     leases_of,
     locked_inodes,
-    make_disks,
     wait_until,
 )
 
@@ -100,7 +98,7 @@ def snapshot(g: Guest) -> dict[str, Any]:
         "resources": info["resources"],
         "status": info["status"],
         "error": info["error"],
-        "locks": fd_locks(g.supervisor_pid),
+        "locks": inodes_locked_by(g.supervisor_pid),
         "guest_alive": alive(g.pid or 0),
     }
 
@@ -168,8 +166,8 @@ def test_start_holds_leases_before_guest(host: Host, workdir: str) -> None:
         granted = [line.split() for line in f if "->" not in line]
     at_start = {int(parts[5].rsplit(":", 1)[1]): parts[3] for parts in granted}
     assert all(at_start.get(ino) == "WRITE" for ino in inodes), at_start
-    assert fd_locks(g.supervisor_pid) == inodes
-    assert inodes <= fd_locks(g.pid)
+    assert inodes_locked_by(g.supervisor_pid) == inodes
+    assert inodes <= inodes_locked_by(g.pid)
 
     g.mgr.shutdown()
     assert g.mgr.state is DomainState.STOPPED
@@ -196,7 +194,7 @@ def test_second_start_is_refused(host: Host, other_host: Host, workdir: str) -> 
     # conflict.
     (free,) = make_disks(workdir, os.path.basename(path_before(workdir, "free", held)))
     first = host.start("first", [held])
-    before = fd_locks(first.supervisor_pid)
+    before = inodes_locked_by(first.supervisor_pid)
     marker = os.path.join(workdir, "guest-ran")
 
     with pytest.raises(LeaseConflict) as err:
@@ -209,7 +207,7 @@ def test_second_start_is_refused(host: Host, other_host: Host, workdir: str) -> 
     assert refused.returncode == EXIT_REFUSED
     assert not os.path.exists(marker)
     assert alive(first.pid or 0)
-    assert fd_locks(first.supervisor_pid) == before
+    assert inodes_locked_by(first.supervisor_pid) == before
     third = other_host.start("third", [free])  # the lease taken before the conflict was given back
     assert alive(third.pid or 0)
 
@@ -294,7 +292,7 @@ def test_daemon_crash_then_attach(host: Host, other_host: Host, workdir: str) ->
         started = json.loads(daemon.stdout.readline() or b"null")
         assert started, f"the daemon failed (status {daemon.wait(TIMEOUT)})"
         sup, guest = started["supervisor"], started["guest"]
-        held = fd_locks(sup)
+        held = inodes_locked_by(sup)
         assert len(held) == 2  # the disk's lease and the guest's own (domain_lease)
 
         samples: list[set[int]] = []
@@ -302,7 +300,7 @@ def test_daemon_crash_then_attach(host: Host, other_host: Host, workdir: str) ->
 
         def watch() -> None:
             while not done.wait(0.001):
-                samples.append(fd_locks(sup))
+                samples.append(inodes_locked_by(sup))
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -320,11 +318,11 @@ def test_daemon_crash_then_attach(host: Host, other_host: Host, workdir: str) ->
         assert [r.path for r in mgr.resources] == [disk]
 
         mgr.acquire_resource(DISK, extra)
-        assert len(fd_locks(sup)) == 3
+        assert len(inodes_locked_by(sup)) == 3
         with pytest.raises(LeaseConflict):
             other_host.start("thief", [extra])
         mgr.release_resource(DISK, extra)
-        assert fd_locks(sup) == held
+        assert inodes_locked_by(sup) == held
         mgr.shutdown()
         assert mgr.state is DomainState.STOPPED
         wait_until(lambda: not alive(sup), TIMEOUT, "the supervisor to exit")
@@ -365,7 +363,9 @@ def test_hotplug_round_trip(host: Host, other_host: Host, workdir: str) -> None:
 
     g.mgr.acquire_resource(DISK, spare)
     key = hashlib.sha256(spare.encode()).hexdigest()
-    assert fd_locks(g.supervisor_pid) == before["locks"] | {lease_inode(host.lockspace, key)}
+    assert inodes_locked_by(g.supervisor_pid) == before["locks"] | {
+        lease_inode(host.lockspace, key)
+    }
     with pytest.raises(LeaseConflict):
         other_host.start("thief", [spare])
     g.mgr.release_resource(DISK, spare)

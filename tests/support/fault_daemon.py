@@ -1,8 +1,8 @@
 """A simulated host's virt daemon in a process of its own, for the fault matrix and the soak:
 it owns the host's ``LockDriver`` and managers and drives them on request over a socket pair, so
 that a test can kill -9 or SIGSTOP it like a real libvirtd, and replace a killed one by a new
-daemon that ATTACHes.  Run as ``python -m tests.fault_daemon FD``; light on purpose (it imports
-lockfsm, not the test modules).
+daemon that ATTACHes.  Run as ``python -m tests.support.fault_daemon FD``; light on purpose (it
+imports lockfsm, not the test modules): its host is a stand-in host (lockfsm.embed.standin).
 
 Requests are ``(id, method, kwargs)``; each runs in a thread of its own (a migration target's
 ``complete_migrate_in`` waits for the source while other calls go on, as in libvirtd) and is
@@ -32,7 +32,8 @@ from contextlib import suppress
 from multiprocessing.connection import Connection
 from typing import Any
 
-GUEST = ["sleep", "1000"]
+from lockfsm.embed.standin import GUEST
+from tests.support import ROOT
 
 
 def go_file(run_dir: str, uuid: str) -> str:
@@ -63,16 +64,21 @@ class Server:
 
     def __init__(self, conn: Connection, backend: str, config: dict[str, Any]) -> None:
         import lockfsm
+        from lockfsm.embed.standin import Host
 
         self.lockfsm = lockfsm
         self.conn = conn
         self.send_lock = threading.Lock()
-        self.driver = lockfsm.load_driver(backend, config)
-        self.run_dir = str(self.driver.config["run_dir"])
+        settings = dict(config)
+        self.run_dir = str(settings["run_dir"])
+        self.log = open(os.path.join(self.run_dir, "supervisors.log"), "ab")  # noqa: SIM115
+        # The stand-in host of this daemon: its driver, and the supervisors it runs (their
+        # output in the log).  fcntl's lockspace is the world's; other backends have none.
+        lockspace = settings.pop("lockspace_dir", None) or self.run_dir
+        self.host = Host(backend, lockspace, stderr=self.log, **settings)
+        self.driver = self.host.driver
         self.managers: dict[str, Any] = {}
         self.guests: dict[str, int] = {}
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log = open(os.path.join(self.run_dir, "supervisors.log"), "ab")  # noqa: SIM115
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self.send_lock:
@@ -91,29 +97,13 @@ class Server:
     def _manager(
         self, uuid: str, name: str, disks: list[str], shared: list[str], flags: int
     ) -> Any:
-        from lockfsm import NewFlags, ResourceFlags, ResourceType
-
-        mgr = self.driver.new_manager(NewFlags(flags))
-        mgr.set_parameter("uuid", uuid)
-        mgr.set_parameter("name", name)
-        mgr.set_parameter("id", 1)
-        for d in disks:
-            mgr.register_resource(ResourceType.DISK, d)
-        for d in shared:
-            mgr.register_resource(ResourceType.DISK, d, ResourceFlags.SHARED)
-        return mgr
+        return self.host.manager(name, uuid, disks, flags, shared)
 
     def _launch(self, mgr: Any, guest: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [mgr.supervisor_path, *mgr.supervisor_args, "--", *guest],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        self.procs.append(proc)
-        for p in list(self.procs):  # reap the supervisors that exited
+        proc = self.host.launch(mgr, guest)
+        for p in list(self.host.procs):  # reap the supervisors that exited
             if p.poll() is not None:
-                self.procs.remove(p)
+                self.host.procs.remove(p)
         return proc
 
     def _info(self, uuid: str, mgr: Any, supervisor: int | None = None) -> dict[str, Any]:
@@ -272,11 +262,10 @@ class Daemon:
     ) -> None:
         self.backend, self.config = backend, config
         ours, theirs = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fault_daemon", str(theirs.fileno())],
+            [sys.executable, "-m", "tests.support.fault_daemon", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
-            cwd=root,
+            cwd=ROOT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,

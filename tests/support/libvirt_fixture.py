@@ -29,7 +29,8 @@ import sys
 import time
 from contextlib import suppress
 
-from tests.helpers import alive, short_tmpdir
+from lockfsm.embed.standin import short_tmpdir
+from lockfsm.protocol.kernel import alive
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 PROGRAMS = ("libvirtd", "virtlockd", "virsh", "unshare", "mount", QEMU, "qemu-img")

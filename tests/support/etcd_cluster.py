@@ -1,6 +1,7 @@
-"""Real etcd servers and lease agents for the tests: members on loopback with free non-default
-ports, each in its own session and data directory, stopped by pid; one ``lockfsm-etcd-agent``
-per simulated host, also in its own session.  Faults are real: SIGSTOP/SIGCONT, kill -9."""
+"""Real etcd servers and lease agents for the tests and the benchmarks: members on loopback with
+free non-default ports, each in its own session and data directory, stopped by pid; one
+``lockfsm-etcd-agent`` per simulated host, also in its own session (a :class:`Site`: the agent and
+the stand-in hosts, daemons, that use it).  Faults are real: SIGSTOP/SIGCONT, kill -9."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockfsm.backends.etcd import AGENT_SOCKET, agent_call
 from lockfsm.backends.etcd.client import SyncEtcd
-from tests.helpers import short_tmpdir, wait_until
+from lockfsm.embed.standin import Host, short_tmpdir
+from tests.support.helpers import wait_until
 
+if TYPE_CHECKING:
+    from lockfsm.supervisor.leases import LeaseMachines
+
+#: The agents' TTL where a test does not say (long enough never to fence on a busy machine).
+TTL = 4
 # Fast elections: a dead leader is replaced in well under a second, and etcd's minimum lease
 # TTL (1.5 election timeouts) stays below the tests' TTLs.
 HEARTBEAT_MS = 50
@@ -256,9 +263,73 @@ class Agent:
             self.kill()
 
 
+class Site:
+    """A simulated host: its lease agent (its own directory, the host's settings: the cluster's
+    endpoints unless ``endpoints`` says, ``ttl``, ``prefix`` and ``config``), and the stand-in
+    hosts (daemons) that use it."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        name: str,
+        prefix: str,
+        ttl: int = TTL,
+        endpoints: list[str] | None = None,
+        **config: Any,
+    ) -> None:
+        self.name = name
+        self.dir = short_tmpdir("lfa")
+        self.config: dict[str, Any] = {
+            "endpoints": endpoints or cluster.endpoints,
+            "ttl": ttl,
+            "host_name": name,
+            "prefix": prefix,
+            "agent_socket": os.path.join(self.dir, "agent.sock"),
+            **config,
+        }
+        try:
+            self.agent = Agent({"run_dir": self.dir, **self.config})
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self.hosts: list[Host] = []
+
+    def host(self, **extra: Any) -> Host:
+        """A daemon on this host (its own run dir), talking to this host's agent; ``extra``
+        goes to the stand-in host (driver settings, ``stderr``)."""
+        host = Host("etcd", self.dir, **self.config, **extra)
+        self.hosts.append(host)
+        return host
+
+    def holder(self) -> LeaseMachines:
+        """Lease machines and their holder in this process, as a supervisor of this host would
+        have them."""
+        from lockfsm.backends.etcd import EtcdHolder
+        from lockfsm.supervisor.leases import LeaseMachines
+
+        leases = LeaseMachines("etcd", {"run_dir": self.dir, **self.config})
+        assert isinstance(leases.holder, EtcdHolder)
+        return leases
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.cleanup()
+        self.hosts.clear()
+        self.agent.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def keys_under(client: SyncEtcd, prefix: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(lease key, kind "x"/"r"/"s", value as JSON) of every key of a lockspace prefix."""
     root = f"{prefix}L/".encode()
     for kv in client.prefix(root):
         lease_key, rest = kv.key[len(root) :].decode().split("/", 1)
         yield lease_key, rest[:1], json.loads(kv.value)
+
+
+def held(client: SyncEtcd, prefix: str) -> dict[str, dict[str, Any]]:
+    """lease key -> {kind: holder value} for every key of the lockspace."""
+    found: dict[str, dict[str, Any]] = {}
+    for key, kind, data in keys_under(client, prefix):
+        found.setdefault(key, {})[kind] = data
+    return found

@@ -8,12 +8,12 @@ return violations instead of raising (a row reports every violation it saw).
   one use a fresh daemon and host_id), etcd (three real members, one real lease agent per
   simulated host).
 * A **world** is what one row (or the soak) runs: simulated hosts, each a daemon process
-  (tests/fault_daemon.py) with its own run dir, and the guests they started.
+  (tests/support/fault_daemon.py) with its own run dir, and the guests they started.
 * The **truth** is read from the lock service, never from lockfsm: the kernel's lock table and
   each process's open files (fcntl), each host's ``sanlock client status`` and the lease areas
   (sanlock), etcd's key space (etcd).
 * A guest **executes** when its process runs ``sleep`` and is not stopped (see
-  tests/fault_daemon.py: an incoming guest stops itself until its daemon lets it run).
+  tests/support/fault_daemon.py: an incoming guest stops itself until its daemon lets it run).
 """
 
 from __future__ import annotations
@@ -27,15 +27,20 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+from subprocess import DEVNULL
 from typing import Any, NamedTuple
 
 import lockfsm
-from lockfsm.protocol import rundir
-from tests.fault_daemon import Daemon
-from tests.helpers import lock_bytes, lock_ranges, make_disks, read_proc_locks, short_tmpdir
+from lockfsm.embed import standin
+from lockfsm.embed.standin import make_disks, short_tmpdir
+from lockfsm.protocol import kernel, rundir
+from tests.support import sanlock_daemons
+from tests.support.fault_daemon import Daemon
+from tests.support.procs import comm, living, session_of
 
 GRACE = 1.5  # shutdown_grace: a guest that ignores SIGTERM is killed after this
 HANDOFF = 4.0  # handoff_timeout
+HOLD = 0.6  # seconds a stopped process stays stopped (a stall shorter than any deadline)
 COMMON = {"shutdown_grace": GRACE, "handoff_timeout": HANDOFF}
 DOMAIN_LOCKSPACE = "lockfsm-domains"
 
@@ -43,31 +48,9 @@ DOMAIN_LOCKSPACE = "lockfsm-domains"
 # -- processes ------------------------------------------------------------------------------------
 
 
-def proc_state(pid: int) -> str:
-    """The one-letter state of process ``pid`` (R, S, T, Z...), or "" if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return ""
-
-
-def comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
-def living(pid: int | None) -> bool:
-    """Exists and is not a zombie (a stopped process lives)."""
-    return pid is not None and proc_state(pid) not in ("", "Z", "X")
-
-
 def executing(pid: int | None) -> bool:
     """The guest runs its code: ``sleep``, not stopped, not dead."""
-    return pid is not None and proc_state(pid) in ("R", "S", "D") and comm(pid) == "sleep"
+    return pid is not None and kernel.process_state(pid) in ("R", "S", "D") and comm(pid) == "sleep"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
@@ -83,25 +66,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.01) 
 def kill_ours(pid: int | None, marker: str) -> None:
     """SIGKILL ``pid`` if its command line still names ``marker`` (a run dir or launch of ours:
     never a process someone else got the pid of)."""
-    if pid is None:
-        return
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            mine = marker.encode() in f.read()
-    except OSError:
-        return
-    if mine:
+    if pid is not None and launched(pid, marker):
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
 
 
-def session_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return None
+def launched(pid: int, marker: str) -> bool:
+    """Whether the command line of ``pid`` names ``marker`` (a run dir, a launch)."""
+    return marker in "\0".join(kernel.command_line(pid))
 
 
 def kill_guest(g: GuestRec) -> None:
@@ -182,13 +155,7 @@ class GuestRec:
         """Its supervisor lives (and is this launch's, if known)."""
         if not living(self.sup):
             return False
-        if self.launch is None:
-            return True
-        try:
-            with open(f"/proc/{self.sup}/cmdline", "rb") as f:
-                return self.launch.encode() in f.read()
-        except OSError:
-            return False
+        return self.launch is None or launched(self.sup, self.launch)
 
     def leases(self, uses: tuple[list[str], list[str]] | None = None) -> list[tuple[str, str, str]]:
         """(key, mode, what) of every lease the guest's supervisor must hold (while it uses
@@ -235,23 +202,14 @@ class FcntlEnv:
         for key in keys:
             with suppress(FileNotFoundError):
                 inode_key[os.stat(os.path.join(self.lockspace, key)).st_ino] = key
-        wanted = {str(i) for i in inode_key}
-
-        def keep(line: str) -> bool:
-            parts = line.split()
-            return parts[1] != "->" and parts[5].rsplit(":", 1)[1] in wanted
-
         before = self._claims(inode_key, world)
-        text = read_proc_locks(keep)
+        locks = kernel.locks_on(inode_key)
         after = self._claims(inode_key, world)
-        if text is None:
-            raise AssertionError("/proc/locks changes too fast for a consistent reading")
         present: dict[tuple[str, int, str], int] = {}
-        for line in text.splitlines():
-            parts = line.split()
-            key = inode_key[int(parts[5].rsplit(":", 1)[1])]
-            for byte in lock_bytes(parts[6], parts[7]):
-                present[(key, byte, parts[3])] = present.get((key, byte, parts[3]), 0) + 1
+        for lock in locks:
+            for byte in lock.bytes:
+                held = (inode_key[lock.inode], byte, lock.kind)
+                present[held] = present.get(held, 0) + 1
         found: dict[str, set[Holder]] = {}
         for (key, byte, kind), count in present.items():
             mode = "gate" if byte == 1 else ("exclusive" if kind == "WRITE" else "shared")
@@ -268,7 +226,7 @@ class FcntlEnv:
         claims: dict[tuple[str, int, str], set[int]] = {}
         owner = world.owner_of()
         for pid in world.pids():
-            for inode, byte, kind in lock_ranges(pid):
+            for inode, byte, kind in kernel.fd_locks(pid):
                 if inode in inode_key:
                     who = owner.get(pid, pid)
                     claims.setdefault((inode_key[inode], byte, kind), set()).add(who)
@@ -287,20 +245,11 @@ class SanlockEnv:
     lock_service = "the host's sanlock daemon"
 
     def __init__(self) -> None:
-        from tests.test_sanlock import Cluster, join_all, start_daemons
-
-        self.base = short_tmpdir("lfs")
-        os.makedirs(os.path.join(self.base, "leases"), mode=0o700)
-        self.daemons = start_daemons(self.base, 1, 3)
-        self.cluster = Cluster(self.base, self.daemons)
+        self.cluster = sanlock_daemons.new_cluster(3)
+        self.base, self.daemons = self.cluster.base, self.cluster.daemons
         self.extra: list[Any] = []
         self.next_id = 10
         self.stopped: set[int] = set()  # host_ids whose daemon is SIGSTOPped
-        try:
-            join_all(self.cluster, self.daemons)
-        except BaseException:
-            self.close()
-            raise
         os.environ["SANLOCK_RUN_DIR"] = self.daemons[2].run_dir
         from lockfsm.backends.sanlock import _binding
 
@@ -309,12 +258,10 @@ class SanlockEnv:
     def slot(self, index: int, fresh: bool = False) -> Any:
         if not fresh:
             return self.daemons[index]
-        from tests.test_sanlock import join_all, start_daemons
-
-        (d,) = start_daemons(self.base, self.next_id, 1)
+        (d,) = sanlock_daemons.start_daemons(self.base, self.next_id, 1)
         self.next_id += 1
         self.extra.append(d)
-        join_all(self.cluster, [d])
+        sanlock_daemons.join_all(self.cluster, [d])
         return d
 
     def host_config(self, slot: Any, run_dir: str) -> dict[str, Any]:
@@ -369,13 +316,10 @@ class SanlockEnv:
         return [int(o["host_id"]) for o in owners]
 
     def close(self) -> None:
-        from tests.test_sanlock import _stop_all
-
         for d in [*self.daemons, *self.extra]:
             with suppress(ProcessLookupError):
                 os.kill(d.proc.pid, signal.SIGCONT)
-        _stop_all([*self.daemons, *self.extra])
-        shutil.rmtree(self.base, ignore_errors=True)
+        sanlock_daemons.close(self.cluster, *self.extra)
 
 
 class EtcdEnv:
@@ -388,30 +332,19 @@ class EtcdEnv:
     TTL = 5
 
     def __init__(self) -> None:
-        from tests.etcd_cluster import Agent, Cluster
+        from tests.support.etcd_cluster import Cluster, Site
 
         self.cluster = Cluster(3)
         self.prefix = self.cluster.fresh_prefix()
-        self.agents: list[Any] = []
-        self.dirs: list[str] = []
+        self.sites: list[Site] = []
         try:
             for name in ("hostA", "hostB", "hostC"):
-                d = short_tmpdir("lfa")
-                self.dirs.append(d)
-                self.agents.append(Agent({"run_dir": d, **self._settings(name, d)}))
+                self.sites.append(Site(self.cluster, name, self.prefix, self.TTL))
         except BaseException:
             self.close()
             raise
+        self.agents = [site.agent for site in self.sites]
         self.client = self.cluster.client()
-
-    def _settings(self, name: str, d: str) -> dict[str, Any]:
-        return {
-            "endpoints": self.cluster.endpoints,
-            "ttl": self.TTL,
-            "host_name": name,
-            "prefix": self.prefix,
-            "agent_socket": os.path.join(d, "agent.sock"),
-        }
 
     def slot(self, index: int, fresh: bool = False) -> Any:
         return self.agents[index]
@@ -443,7 +376,7 @@ class EtcdEnv:
         self.cluster.wait_healthy()
 
     def holders(self, keys: Iterable[str], world: World) -> dict[str, set[Holder]]:
-        from tests.etcd_cluster import keys_under
+        from tests.support.etcd_cluster import keys_under
 
         keys = set(keys)
         found: dict[str, set[Holder]] = {}
@@ -462,11 +395,9 @@ class EtcdEnv:
     def close(self) -> None:
         with suppress(Exception):
             self.client.close()
-        for a in self.agents:
-            a.stop()
+        for site in self.sites:
+            site.close()
         self.cluster.stop()
-        for d in self.dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 Env = FcntlEnv | SanlockEnv | EtcdEnv
@@ -524,8 +455,7 @@ class World:
         self.hosts: list[SimHost] = []
         self.guests: list[GuestRec] = []
         self.workdir = short_tmpdir("lfw")
-        self.rival_driver: lockfsm.LockDriver | None = None
-        self.rival_procs: list[subprocess.Popen[bytes]] = []
+        self.rival: standin.Host | None = None  # host C's side run from this process
 
     def host(self, name: str, slot: Any, daemon: bool = True) -> SimHost:
         h = SimHost(self.env, name, slot, self.daemon_env, daemon)
@@ -589,21 +519,13 @@ class World:
         """Start a new guest (a uuid of its own) on ``disk`` from this test process, as
         ``host``'s daemon would; return it if it started (then it is tracked: an executing
         guest), None if it was refused with LeaseConflict."""
-        if self.rival_driver is None:
-            self.rival_driver = lockfsm.load_driver(self.env.backend, host.config)
-        mgr = self.rival_driver.new_manager()
+        if self.rival is None:  # host C's run dir; fcntl's lockspace, or none to make
+            config = dict(host.config)
+            lockspace = config.pop("lockspace_dir", None) or host.run_dir
+            self.rival = standin.Host(self.env.backend, lockspace, stderr=DEVNULL, **config)
         uuid = str(uuidlib.uuid4())
-        mgr.set_parameter("uuid", uuid)
-        mgr.set_parameter("name", "rival")
-        mgr.set_parameter("id", 99)
-        mgr.register_resource(lockfsm.ResourceType.DISK, disk)
-        proc = subprocess.Popen(
-            [mgr.supervisor_path, *mgr.supervisor_args, "--", "sleep", "1000"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.rival_procs.append(proc)
+        mgr = self.rival.manager("rival", uuid, [disk], id=99)
+        proc = self.rival.launch(mgr)
         try:
             pid = mgr.get_child(timeout=15)
         except lockfsm.LeaseConflict:
@@ -764,10 +686,8 @@ class World:
                     record = rundir.read_record(h.run_dir, name[: -len(".json")])
                     if record and rundir.supervisor_alive(record, str(record.get("launch"))):
                         kill_ours(int(record["pid"]), h.run_dir)
-        for proc in self.rival_procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+        if self.rival is not None:
+            self.rival.cleanup()
         for h in self.hosts:
             h.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

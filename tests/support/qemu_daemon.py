@@ -1,6 +1,6 @@
 """A simulated host's virt daemon in a process of its own: ``lockfsm.embed.host.Host`` driven over a
 socket pair, one pickled request at a time.  Light on purpose (run as ``python -m
-tests.qemu_daemon FD``): it imports the embedding, not the test modules."""
+tests.support.qemu_daemon FD``): it imports the embedding, not the test modules."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from typing import Any
+
+from tests.support import ROOT
 
 
 class RemoteError(Exception):
@@ -66,11 +68,10 @@ class Daemon:
         self.name, self.state_dir = name, state_dir
         self.run_dir = str(config.get("run_dir", os.path.join(state_dir, "run")))
         ours, theirs = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.qemu_daemon", str(theirs.fileno())],
+            [sys.executable, "-m", "tests.support.qemu_daemon", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
-            cwd=root,
+            cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
