@@ -387,6 +387,62 @@ class LeaseStore:
                 return
         raise BackendError(f"{resource}: the release kept racing with reservations")
 
+    async def adopt(self, party: Party, wanted: Any, host: str) -> dict[str, Any]:
+        """Take up, for a reconnected ``party``, the keys it owned through the previous agent of
+        this host: ``wanted`` is ``[{"key", "mode", "state": "held" | "reserved"}]``.  Each key
+        must be in etcd, on this host's current lease, with a value naming this supervisor
+        (its pid and launch).  All or nothing.  Raises BackendError naming a key that is not
+        (the supervisor must then treat its leases as lost), InvalidArgument."""
+        if not isinstance(wanted, list) or len(wanted) > 64:
+            raise InvalidArgument("adopt needs a list of at most 64 leases")
+        lease = await self.keeper.current()
+        found: dict[str, Owned] = {}
+        revisions: dict[str, int] = {}
+        for item in wanted:
+            key, mode, _ = lease_request(item if isinstance(item, dict) else {})
+            state = item.get("state")
+            base = self.keys.dir(key)
+            if state == "held":
+                target = (
+                    self.keys.exclusive(key)
+                    if mode == "exclusive"
+                    else self.keys.shared(key, party.sid)
+                )
+            elif state == "reserved":
+                target = self.keys.reservation(key)
+            else:
+                raise InvalidArgument(f"lease {key}: state {state!r} is neither held nor reserved")
+            rows = [kv for kv in await self._read(base, prefix_end(base)) if kv.key == target]
+            if not rows or rows[0].lease != lease.id or not _names(rows[0].value, party, host):
+                raise BackendError(
+                    f"lease {key} is no longer this supervisor's on etcd lease {lease.id:x}: "
+                    "its keys went with an expired lease, or were taken"
+                )
+            owned = Owned(mode, _resource(rows[0].value, key))
+            owned.lease = lease.id
+            if state == "held":
+                owned.held = rows[0].value
+                revisions[key] = rows[0].create
+            else:
+                owned.reserved = owned.rvalue = rows[0].value
+            found[key] = owned
+        party.owned.update(found)
+        return {"lease": lease.id, "valid_until": lease.valid_until, "revisions": revisions}
+
+    async def sweep(self, lease_id: int, keep: set[bytes]) -> int:
+        """Delete every key on etcd lease ``lease_id`` except those of ``keep`` (each only if it
+        is still on that lease); how many went.  A key handed off to a reservation lives on the
+        target's lease and is not touched."""
+        gone = 0
+        for kv in await self._read(self.keys.root, prefix_end(self.keys.root)):
+            if kv.lease != lease_id or kv.key in keep:
+                continue
+            result = await self._write(
+                [lease_is(kv.key, lease_id), value(kv.key, kv.value)], [delete(kv.key)], [], {}
+            )
+            gone += result is None or result.succeeded
+        return gone
+
     async def holders(self) -> list[dict[str, Any]]:
         """Every key of the lockspace, across all hosts."""
         rows = []
@@ -408,3 +464,26 @@ class LeaseStore:
                 }
             )
         return rows
+
+
+def _names(data: bytes, party: Party, host: str) -> bool:
+    """Whether a key's value names ``party`` (its pid on this host, and its launch if known)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    if (
+        not isinstance(obj, dict)
+        or obj.get("pid") != party.who.get("pid")
+        or obj.get("host") != host
+    ):
+        return False
+    return "launch" not in party.who or obj.get("launch") == party.who["launch"]
+
+
+def _resource(data: bytes, default: str) -> str:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return default
+    return str(obj.get("resource") or default) if isinstance(obj, dict) else default
