@@ -51,7 +51,8 @@ def explain(error: BaseException, config: Mapping[str, Any], endpoint: str) -> s
             f"the certificate of etcd member {endpoint} is not signed by a CA of ca_file "
             f"({ca}), or does not name the host it was reached at"
         )
-    if any(s in lower for s in ("certificate_required", "bad_certificate", "bad certificate")):
+    refused = ("certificate_required", "bad_certificate", "bad certificate", "tsi_data_corrupted")
+    if any(s in lower for s in refused):
         if not config.get("cert_file"):
             return (
                 f"etcd member {endpoint} requires a client certificate: set cert_file and key_file"

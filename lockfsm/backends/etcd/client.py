@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NamedTuple, TypeVar
+
+# gRPC's C core writes TLS handshake failures to stderr as it retries; the agent reports the
+# cause itself, once, in a sentence (lockfsm/agent/preflight.py).  Set before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 from aetcd import rpc
