@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from lockfsm.daemon.values import Resource as Resource
     from lockfsm.protocol.states import DomainState as DomainState
 
-__version__ = "0.1.0"
-
 _LAZY = {
     "load_driver": "lockfsm.daemon.driver",
     "LockDriver": "lockfsm.daemon.driver",
@@ -69,6 +67,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the package's metadata: pyproject.toml's version, one place
+        from importlib.metadata import version
+
+        return version("lockfsm")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

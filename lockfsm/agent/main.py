@@ -27,13 +27,16 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from lockfsm.agent.server import Agent
 from lockfsm.backends import etcd as backend
 from lockfsm.daemon import config as configuration
 from lockfsm.errors import BackendError, LockFSMError
 
-__all__ = ["Agent", "main"]
+if TYPE_CHECKING:
+    from lockfsm.agent.server import Agent
+
+__all__ = ["main"]
 
 EXIT_CANNOT_SERVE = 1
 EXIT_USAGE = 2
@@ -115,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             reply = backend.agent_call(backend.agent_socket(conf), {"op": "release_host"}, 10.0)
             print(f"lockfsm-etcd-agent: released ({reply.get('released', 0)} lease(s) let go)")
             return 0
+        try:
+            from lockfsm.agent.server import Agent
+        except ImportError as e:
+            raise BackendError(
+                f"the etcd agent needs the etcd client ({e.name}): pip install 'lockfsm[etcd]'"
+            ) from None
         agent = Agent(conf)
     except BackendError as e:
         print(f"lockfsm-etcd-agent: {e}", file=sys.stderr)

@@ -51,6 +51,16 @@ def _status_of(state: str) -> int:
 EXIT_REFUSED = _status_of("refused")  # 75, EX_TEMPFAIL: held elsewhere, no guest started
 EXIT_LEASE_LOST = _status_of("lost")  # 76: a lease was lost, the policy was applied
 DEFAULT_GRACE = 10.0
+HELP = f"""{USAGE}
+
+The per-guest supervisor: the daemon runs [supervisor_path, *supervisor_args, "--", *guest]
+(LockManager.supervisor_path and supervisor_args); it takes every lease, runs the guest, and
+holds the leases until the guest exits.  `lockfsm-supervisor --lease-lost SOCKET [WHY]` tells a
+supervisor its leases are lost (a lock service's kill path).
+
+Exit status: 0 handed off (migrated away) or cancelled; the guest's own status once it exited
+(128 + N if a signal N killed it); 75 a lease is held elsewhere, no guest was started; 76 a lease
+was lost and the lock-failure policy applied; 2 a bad command line."""
 RETRY_PAUSE = (0.0005, 0.002)  # first and longest pause between take-over attempts (a probe is
 # a cheap query per lease)
 
@@ -462,6 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--lease-lost"]:
         return report_loss(args[1:])
+    if args in (["--version"], ["--help"], ["-h"]):
+        if args == ["--version"]:
+            from importlib.metadata import version
+
+            print(f"lockfsm-supervisor {version('lockfsm')}")
+        else:
+            print(HELP)
+        return 0
     try:
         spec, guest = LaunchSpec.parse_argv(args)
         supervisor = Supervisor(spec, guest)

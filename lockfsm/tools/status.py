@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -152,7 +153,7 @@ def main(
         settings = config.load(keys, {**(raw or {}), **({"run_dir": run_dir} if run_dir else {})})
         rows = survey(driver, settings)
     except LockFSMError as e:
-        print(f"lockfsm status: {e}")
+        print(f"lockfsm status: {e}", file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True))
