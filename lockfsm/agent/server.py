@@ -160,9 +160,11 @@ class Agent:
         return reply
 
     async def op_release(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
-        key = req.get("key")
-        if isinstance(key, str):
-            await self.store.release(conn, key)
+        """Give back what the connection has of ``keys`` (or of ``key``): one transaction."""
+        keys = req.get("keys", [req.get("key")])
+        if not isinstance(keys, list) or len(keys) > 64:
+            raise InvalidArgument("release needs keys: a list of at most 64 lease keys")
+        await self.store.release_many(conn, [k for k in keys if isinstance(k, str)])
         return {}
 
     async def op_adopt(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,11 +245,10 @@ class Agent:
             "the supervisor did not acknowledge the lease's validity in time (stalled): the "
             f"agent applied policy {policy} to its guest and let its leases go"
         )
-        for key in list(conn.owned):
-            try:
-                await self.store.release(conn, key, self.budget)
-            except (BackendError, EtcdError) as e:
-                log.warning("fenced supervisor pid %s: %s not released: %s", conn.pid, key, e)
+        try:
+            await self.store.release_many(conn, list(conn.owned), self.budget)
+        except (BackendError, EtcdError) as e:
+            log.warning("fenced supervisor pid %s: leases not released: %s", conn.pid, e)
         lease = self.lease
         conn.send({"push": "lost", "lease": lease.id if lease else None, "reason": why})
 
@@ -312,12 +313,12 @@ class Agent:
             await asyncio.sleep(0.01)
         released = 0
         while conn.owned:
-            keys = list(conn.owned)
-            results = await asyncio.gather(
-                *(self.store.release(conn, k, self.budget) for k in keys),
-                return_exceptions=True,
-            )
-            released += sum(not isinstance(r, BaseException) for r in results)
+            before = len(conn.owned)
+            try:
+                await self.store.release_many(conn, list(conn.owned), self.budget)
+            except (BackendError, EtcdError) as e:
+                log.warning("supervisor pid %s gone: release failed: %s", conn.pid, e)
+            released += before - len(conn.owned)
             current = self.lease.id if self.lease else None
             for key in [k for k, o in conn.owned.items() if o.lease != current]:
                 del conn.owned[key]  # on an older lease: it goes with that lease

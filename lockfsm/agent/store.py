@@ -327,65 +327,76 @@ class LeaseStore:
         return waiting or LeaseConflict("the take-over raced with another change; try again")
 
     async def release(self, party: Party, key: str, budget: float | None = None) -> None:
-        """Give back what ``party`` has of lease ``key`` (a held key, a reservation and a key
-        handed off to it); forgotten only once etcd did it, so that a key left behind is tried
-        again when the party goes.  Raises BackendError, LeaseNotFound."""
-        owned = party.owned.get(key)
-        if owned is None:
-            return
-        x, r = self.keys.exclusive(key), self.keys.reservation(key)
-        if owned.reserved is not None:  # our reservation, and a key handed off to it
-            await self._write(
-                [],
-                [
-                    nested([value(r, owned.reserved)], [delete(r)]),
-                    nested([value(x, marker(owned.reserved))], [delete(x)]),
-                ],
-                [],
-                {},
-                budget,
-            )
-        if owned.held is not None:
-            if owned.mode == "shared":
-                target = self.keys.shared(key, party.sid)
-                await self._write([value(target, owned.held)], [delete(target)], [], {}, budget)
-            else:
-                await self._release_exclusive(key, owned.held, owned.resource, budget)
-        party.owned.pop(key, None)
+        """Give back what ``party`` has of lease ``key`` (see :meth:`release_many`)."""
+        await self.release_many(party, [key], budget)
 
-    async def _release_exclusive(
-        self, key: str, mine: bytes, resource: str, budget: float | None
+    async def release_many(
+        self, party: Party, keys: list[str], budget: float | None = None
     ) -> None:
-        """Delete our ``x`` -- or, if a migration target reserves the lease, hand it to that
-        target (a marker on the target's etcd lease that only its take-over matches): a lease
-        given up while reserved is the target's, as the fcntl gate makes it."""
-        x, r = self.keys.exclusive(key), self.keys.reservation(key)
-        for _ in range(8):
-            result = await self._write(
-                [value(x, mine), create(r, 0)], [delete(x)], [get(x), get(r)], {x: None}, budget
-            )
-            if result is None or result.succeeded:
-                return
-            xs, rs = result.ranges
-            if not xs or xs[0].value != mine:
-                return  # not ours any more
-            if not rs:
-                continue  # the reservation went meanwhile
-            reservation = rs[0]
+        """Give back what ``party`` has of ``keys`` -- held keys, reservations and keys handed
+        off to them -- in one transaction: an exclusive key that a migration target reserves
+        is handed off to it (a marker on the target's etcd lease that only its take-over
+        matches), as the fcntl gate makes a lease given up while reserved the target's.  A
+        read of the reservations comes first; a key whose reservation changed between them is
+        tried again.  Each key is forgotten only once etcd did it, so that what is left behind
+        is tried again when the party goes.  Raises BackendError."""
+        pending = {k: party.owned[k] for k in keys if k in party.owned}
+        deadline = time.monotonic() + (budget or self.budget)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(f"etcd did not take the release of {sorted(pending)} in time")
             try:
-                result = await self._write(
-                    [value(x, mine), value(r, reservation.value), lease_is(r, reservation.lease)],
-                    [put(x, marker(reservation.value), reservation.lease)],
-                    [],
-                    {x: marker(reservation.value)},
-                    budget,
-                )
-            except LeaseNotFound:
-                continue  # the target's lease just expired: its reservation is gone too
-            if result is None or result.succeeded:
-                log.info("%s: handed off to %s", resource, describe(reservation.value))
-                return
-        raise BackendError(f"{resource}: the release kept racing with reservations")
+                await self._release_once(party, pending, left)
+            except (Uncertain, LeaseNotFound):
+                continue  # read back, then decide again
+            except EtcdError as e:
+                raise BackendError(f"etcd refused the release: {e}") from None
+
+    async def _release_once(self, party: Party, pending: dict[str, Owned], timeout: float) -> None:
+        """One read and one transaction; what is done leaves ``pending``."""
+        keys = sorted(pending)
+        reads = [get(self.keys.exclusive(k)) for k in keys]
+        reads += [get(self.keys.reservation(k)) for k in keys]
+        now = await self.etcd.txn([], reads, timeout=timeout, idempotent=True)
+        xs = dict(zip(keys, now.ranges[: len(keys)], strict=True))
+        rs = dict(zip(keys, now.ranges[len(keys) :], strict=True))
+        ops: list[Any] = []
+        order: list[str | None] = []
+        for key in keys:
+            owned = pending[key]
+            x, r = self.keys.exclusive(key), self.keys.reservation(key)
+            if owned.reserved is not None:  # our reservation, and a key handed off to it
+                ops.append(nested([value(r, owned.reserved)], [delete(r)]))
+                ops.append(nested([value(x, marker(owned.reserved))], [delete(x)]))
+                order += [None, None]
+            if owned.held is None:
+                continue
+            if owned.mode == "shared":
+                s = self.keys.shared(key, party.sid)
+                ops.append(nested([value(s, owned.held)], [delete(s)]))
+            elif not xs[key] or xs[key][0].value != owned.held:
+                owned.held = None  # not ours any more: nothing to give back
+                continue
+            elif rs[key]:
+                res = rs[key][0]
+                compare = [value(x, owned.held), value(r, res.value), lease_is(r, res.lease)]
+                ops.append(nested(compare, [put(x, marker(res.value), res.lease)]))
+                log.info("%s: handed off to %s", owned.resource, describe(res.value))
+            else:
+                ops.append(nested([value(x, owned.held), create(r, 0)], [delete(x)]))
+            order.append(key)
+        if ops:
+            result = await self.etcd.txn([], ops, timeout=timeout)
+            for which, done in zip(order, result.nested, strict=True):
+                if which is not None and done:
+                    pending[which].held = None
+        for key in keys:
+            pending[key].reserved = None  # deleted if it was still ours
+        for key in keys:  # a nested compare that failed: read again, try again
+            if pending[key].held is None and pending[key].reserved is None:
+                party.owned.pop(key, None)
+                del pending[key]
 
     async def adopt(self, party: Party, wanted: Any, host: str) -> dict[str, Any]:
         """Take up, for a reconnected ``party``, the keys it owned through the previous agent of

@@ -58,13 +58,15 @@ lease versions).
     The take-over is whole (``settle``, ``taken`` to ``held``): the reservation is no longer
     needed.
 
-``Holder.release(lease)``
-    Called for a held lease (``release``): after the guest exited, on hot-unplug, on a handoff
-    (after the guest is dead), or when a lease is lost.  Never raises for a lease it holds;
-    releasing a lease it does not hold is a BackendError.
+``Holder.release(leases)``
+    Called for held leases (``release``, one step for a group): all of a guest's after it exited
+    or on a handoff (after the guest is dead), or when a lease is lost; one resource's on
+    hot-unplug.  Gives them all back at once (etcd: one transaction, the handoff markers
+    included).  Never raises for leases it holds; releasing a lease it does not hold is a
+    BackendError.
 
-``Holder.unreserve(lease)``
-    Called for a reserved lease (``release`` from ``reserved``): the migration was cancelled or
+``Holder.unreserve(leases)``
+    Called for reserved leases (``release`` from ``reserved``): the migration was cancelled or
     the incoming guest exited.
 
 ``Holder.handoff_data(lease)``
@@ -161,9 +163,9 @@ class Holder(Protocol):
 
     def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None: ...
 
-    def release(self, lease: Mapping[str, str]) -> None: ...
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
-    def unreserve(self, lease: Mapping[str, str]) -> None: ...
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
     def inheritable_fds(self) -> list[int]: ...
 

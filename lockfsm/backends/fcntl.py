@@ -271,15 +271,17 @@ class FcntlHolder:
     def settle(self, lease: Mapping[str, str]) -> None:
         fcntl.fcntl(self.fds[lease["key"]], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        fd = self.fds.pop(lease["key"], None)
-        if fd is None:
-            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
-        try:
-            # Unlock explicitly (lease and gate): the guest may share this open file description.
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
-        finally:
-            os.close(fd)
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        missing = [le["key"] for le in leases if le["key"] not in self.fds]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for lease in leases:
+            fd = self.fds.pop(lease["key"])
+            try:
+                # Unlock explicitly (lease and gate): the guest may share this open description.
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
+            finally:
+                os.close(fd)
 
     unreserve = release  # the gate goes the same way: unlock both bytes, close
 

@@ -39,7 +39,7 @@ class NopHolder:
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def release(self, lease: Mapping[str, str]) -> None:
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def reserve(self, lease: Mapping[str, str], resource: str) -> None:
@@ -51,7 +51,7 @@ class NopHolder:
     def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def settle(self, lease: Mapping[str, str]) -> None:

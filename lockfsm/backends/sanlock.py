@@ -572,12 +572,16 @@ class SanlockHolder:
             # not held by this supervisor any more either way.
             print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        if self.view.state(lease["key"]) not in tables.LEASE_HOLDS:
-            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
-        self._release(lease["key"])
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        missing = [
+            le["key"] for le in leases if self.view.state(le["key"]) not in tables.LEASE_HOLDS
+        ]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for lease in leases:
+            self._release(lease["key"])
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         pass  # nothing was reserved: nothing to tell sanlock
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:

@@ -617,7 +617,7 @@ class EtcdHolder:
             if msg.get("ok") is True and key:  # taken after all: give it back
                 try:
                     self._send(
-                        wire.encode({"op": "release", "key": key, "id": 0}),
+                        wire.encode({"op": "release", "keys": [key], "id": 0}),
                         time.monotonic() + 1.0,
                     )
                 except BackendError:
@@ -722,23 +722,28 @@ class EtcdHolder:
     def settle(self, lease: Mapping[str, str]) -> None:
         pass  # the reservation went in the take-over transaction
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        """Give the lease back; a lease given up while a migration target reserves it is handed
-        off to that target.  Raises BackendError for a lease this holder does not have; never
-        for one it has (a failure is reported and left to the agent)."""
-        key = lease["key"]
-        if self.view.state(key) not in tables.LEASE_HOLDS:
-            raise BackendError(f"lease {key} is not held by this supervisor")
-        self.revisions.pop(key, None)
-        if not self._holding(besides=key):
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        """Give the leases back, in one request and one etcd transaction; a lease given up while
+        a migration target reserves it is handed off to that target.  Raises BackendError for
+        a lease this holder does not have; never for one it has (a failure is reported and left
+        to the agent)."""
+        keys = [le["key"] for le in leases]
+        missing = [k for k in keys if self.view.state(k) not in tables.LEASE_HOLDS]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for key in keys:
+            self.revisions.pop(key, None)
+        if not any(k not in keys for k in self.view.keys(*tables.LEASE_HOLDS)):
             self.lease_id = None
-        self._give(key)
+        self._give(keys)
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
-        """Let the reservation go (the migration was called off)."""
-        self._give(lease["key"])
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        """Let the reservations go (the migration was called off)."""
+        self._give([le["key"] for le in leases])
 
-    def _give(self, key: str) -> None:
+    def _give(self, keys: list[str]) -> None:
+        if not keys:
+            return
         if self.lost is not None:
             if self.eof:
                 return  # lost, and the agent is gone: its keys go with its lease
@@ -746,17 +751,17 @@ class EtcdHolder:
             # supervisor is letting everything go after stopping the guest).
             try:
                 self._send(
-                    wire.encode({"op": "release", "key": key, "id": 0}), time.monotonic() + 0.1
+                    wire.encode({"op": "release", "keys": keys, "id": 0}), time.monotonic() + 0.1
                 )
             except BackendError:
                 pass
             return
         try:
-            self._call({"op": "release", "key": key})
+            self._call({"op": "release", "keys": keys})
         except LockFSMError as e:
             # Not held by this supervisor any more either way; the agent deletes what is left
             # when the connection closes, etcd when the lease expires.
-            print(f"lockfsm-supervisor: etcd release of {key}: {e}", file=sys.stderr)
+            print(f"lockfsm-supervisor: etcd release of {', '.join(keys)}: {e}", file=sys.stderr)
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         revision = self.revisions.get(lease["key"])

@@ -145,6 +145,7 @@ class TxnResult(NamedTuple):
     succeeded: bool
     revision: int  # the store's revision after the transaction
     ranges: list[list[KV]]  # the rows of each range op of the branch taken, in order
+    nested: list[bool] = []  # whether each nested transaction of that branch succeeded
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -319,12 +320,18 @@ class Etcd:
 
         async def call(client: _Member) -> TxnResult:
             resp = await client.kvstub.Txn(request, metadata=client.metadata)
+            kinds = [r.WhichOneof("response") for r in resp.responses]
             ranges = [
                 _rows(r.response_range.kvs)
-                for r in resp.responses
-                if r.WhichOneof("response") == "response_range"
+                for r, kind in zip(resp.responses, kinds, strict=True)
+                if kind == "response_range"
             ]
-            return TxnResult(resp.succeeded, resp.header.revision, ranges)
+            nested = [
+                bool(r.response_txn.succeeded)
+                for r, kind in zip(resp.responses, kinds, strict=True)
+                if kind == "response_txn"
+            ]
+            return TxnResult(resp.succeeded, resp.header.revision, ranges, nested)
 
         limit = self.try_timeout if timeout is None else timeout
         if idempotent:
