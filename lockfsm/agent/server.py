@@ -38,7 +38,7 @@ from lockfsm.agent import preflight
 from lockfsm.agent.hoststate import HostState
 from lockfsm.agent.keeper import HostLease, HostLeaseKeeper
 from lockfsm.agent.keys import KeySchema
-from lockfsm.agent.store import LeaseStore, Party, lease_request
+from lockfsm.agent.store import LeaseStore, Party, WaitingConflict, lease_request
 from lockfsm.backends import etcd as backend
 from lockfsm.backends.etcd.client import Etcd, EtcdError
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
@@ -155,7 +155,15 @@ class Agent:
         return await self.store.reserve(conn, *lease_request(req))
 
     async def op_take_over(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
-        reply = await self.store.take_over(conn, req.get("leases"))
+        """One take-over attempt; when waiting may help, the connection is told (push
+        ``changed``) as soon as etcd sees a lease of it change, so that it tries again then
+        rather than polling."""
+        try:
+            reply = await self.store.take_over(conn, req.get("leases"))
+        except WaitingConflict as e:
+            if conn.subscribed:
+                self._spawn(self._tell_change(conn, e.keys, e.revision, self.budget * 3))
+            raise
         conn.acked = max(conn.acked, float(reply["valid_until"]))
         return reply
 
@@ -207,6 +215,12 @@ class Agent:
         self.releasing = True
         self.stopping.set()
         return {"released": holding}
+
+    async def _tell_change(
+        self, conn: Conn, keys: list[bytes], revision: int, timeout: float
+    ) -> None:
+        if await self.etcd.wait_change(keys, revision, timeout):
+            conn.send({"push": "changed"})
 
     # -- stalled supervisors ------------------------------------------------------------------
 

@@ -50,6 +50,16 @@ from lockfsm.protocol import wire
 log = logging.getLogger("lockfsm.agent")
 
 
+class WaitingConflict(LeaseConflict):
+    """A take-over that waiting may help (a source still holds a lease): ``keys`` are the etcd
+    keys to watch from ``revision`` on."""
+
+    def __init__(self, conflict: LeaseConflict, keys: list[bytes], revision: int) -> None:
+        super().__init__(str(conflict), conflict.resource, conflict.holder)
+        self.keys = keys
+        self.revision = revision
+
+
 class Owned:
     """What one party (a supervisor's connection) has written for one lease key."""
 
@@ -265,7 +275,11 @@ class LeaseStore:
                 written[target] = mine[key]
             result = await self._write(compare, success, failure, written)
             if result is not None and not result.succeeded:
-                raise self._take_over_refused(plan, result.ranges)
+                refused = self._take_over_refused(plan, result.ranges)
+                if refused.final:
+                    raise refused
+                watch = [self.keys.exclusive(k) for k, _, _ in plan]
+                raise WaitingConflict(refused, watch, result.revision + 1)
             revisions = {}
             for i, (key, owned, _) in enumerate(plan):
                 rows = result.ranges[i] if result is not None else []

@@ -99,6 +99,13 @@ lease versions).
     {"manager": str, ...}}]``.  Takes nothing and joins nothing.  Raises OSError or
     BackendError when the lock service cannot be read.
 
+``Holder.notifies_changes`` and ``Holder.take_over_due()``
+    How a migration target waits for its source.  A backend whose lock service tells when a
+    lease changes (etcd: a watch) has ``notifies_changes`` true: after a take-over attempt that
+    may succeed later, its event fds become readable when a lease changed, and
+    ``take_over_due()`` (which never blocks) says so, once; the supervisor then tries again at
+    once instead of polling.  Otherwise the supervisor tries again every few milliseconds.
+
 ``Holder.inheritable_fds()``
     The file descriptors the guest must inherit so that its leases outlive the supervisor until
     the guest itself is dead (fcntl: the lock's open file descriptions).  May be empty.
@@ -168,6 +175,10 @@ class Holder(Protocol):
     def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
     def inheritable_fds(self) -> list[int]: ...
+
+    notifies_changes: bool
+
+    def take_over_due(self) -> bool: ...
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
 

@@ -291,6 +291,11 @@ class FcntlHolder:
     def watch(self, notify: list[str]) -> None:
         self.next_at = time.monotonic() + CHECK_EVERY  # the kernel never revokes a lock
 
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
+
     def event_fds(self) -> list[int]:
         return []
 

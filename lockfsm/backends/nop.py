@@ -63,6 +63,11 @@ class NopHolder:
     def watch(self, notify: list[str]) -> None:
         pass  # nothing is held: nothing can be lost
 
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
+
     def event_fds(self) -> list[int]:
         return []
 

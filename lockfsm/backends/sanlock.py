@@ -622,6 +622,11 @@ class SanlockHolder:
         except self.sanlock.SanlockException as e:
             raise BackendError(f"sanlock killpath: {e}") from None
 
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
+
     def event_fds(self) -> list[int]:
         return []
 

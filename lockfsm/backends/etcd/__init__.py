@@ -433,6 +433,7 @@ class EtcdHolder:
         self.abandoned: dict[int, str] = {}  # request id -> lease key of an unanswered acquire
         self.notify: list[str] = []
         self.reconnect_at: float | None = None  # the agent went: try to reach the next one then
+        self.changed = False  # etcd saw a key a waiting take-over needs change
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -609,6 +610,8 @@ class EtcdHolder:
                     )
                 except BackendError:
                     pass
+        elif push == "changed":
+            self.changed = True
         elif push == "lost":
             if self._holding() and msg.get("lease") == self.lease_id:
                 self._lose(str(msg.get("reason", "the lease agent lost this host's etcd lease")))
@@ -652,6 +655,15 @@ class EtcdHolder:
 
     def event_fds(self) -> list[int]:
         return [] if self.sock is None or self.eof else [self.sock.fileno()]
+
+    notifies_changes = True  # a waiting take-over is told when to try again (an etcd watch)
+
+    def take_over_due(self) -> bool:
+        """Whether etcd saw a lease a waiting take-over needs change since the last attempt."""
+        for msg in self._drain():
+            self._message(msg)
+        due, self.changed = self.changed, False
+        return due
 
     def next_check(self) -> float | None:
         if self.lost is not None:

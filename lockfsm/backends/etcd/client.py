@@ -192,6 +192,7 @@ class _Member:
         self.kvstub: Any = None
         self.leasestub: Any = None
         self.maintenancestub: Any = None
+        self.watchstub: Any = None
 
     async def connect(self, timeout: float) -> _Member:
         if self.channel is not None:
@@ -218,6 +219,7 @@ class _Member:
         self.kvstub = rpc.KVStub(channel)
         self.leasestub = rpc.LeaseStub(channel)
         self.maintenancestub = rpc.MaintenanceStub(channel)
+        self.watchstub = rpc.WatchStub(channel)
         return self
 
     async def close(self) -> None:
@@ -402,6 +404,32 @@ class Etcd:
             return int(resp.header.member_id), int(resp.leader)
 
         return await self.read(call, budget)
+
+    async def wait_change(self, keys: Sequence[bytes], start_revision: int, timeout: float) -> bool:
+        """Wait until one of ``keys`` changes at or after ``start_revision`` (an etcd watch):
+        True when it did (or etcd cannot tell: compacted, cancelled), False when ``timeout``
+        passed first or the member went away (the caller then polls)."""
+        try:
+            member = await self._client(min(self.try_timeout, timeout))
+        except (rpc.AioRpcError, TimeoutError):
+            return False
+        stream = member.watchstub.Watch(metadata=member.metadata)
+
+        async def changed() -> bool:
+            for key in keys:
+                create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+                await stream.write(rpc.WatchRequest(create_request=create))
+            async for resp in stream:
+                if resp.events or resp.canceled or resp.compact_revision:
+                    return True
+            return False
+
+        try:
+            return await asyncio.wait_for(changed(), timeout)
+        except (TimeoutError, rpc.AioRpcError):
+            return False
+        finally:
+            stream.cancel()
 
     async def close(self) -> None:
         for member in self._members.values():
