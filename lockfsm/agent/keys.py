@@ -26,9 +26,20 @@ class KeySchema:
 
     __slots__ = ("prefix", "root")
 
+    # Under the prefix: L/<lease key>/... the leases, H/<host> the hosts' registrations.
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.encode()
         self.root = self.prefix + b"L/"
+
+    def host(self, name: str) -> bytes:
+        """The registration of host ``name``: on its etcd lease, so it goes when the lease
+        does (the host's liveness, for the other hosts)."""
+        return self.prefix + b"H/" + name.encode()
+
+    @property
+    def hosts(self) -> bytes:
+        return self.prefix + b"H/"
 
     def dir(self, key: str) -> bytes:
         """The directory of lease ``key``.  Raises InvalidArgument for a malformed key."""

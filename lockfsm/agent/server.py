@@ -40,7 +40,7 @@ from lockfsm.agent.keeper import HostLease, HostLeaseKeeper
 from lockfsm.agent.keys import KeySchema
 from lockfsm.agent.store import LeaseStore, Party, WaitingConflict, lease_request
 from lockfsm.backends import etcd as backend
-from lockfsm.backends.etcd.client import Etcd, EtcdError
+from lockfsm.backends.etcd.client import Etcd, EtcdError, LeaseNotFound
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
 from lockfsm.protocol import kernel, sockets, wire
 
@@ -99,6 +99,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.releasing = False  # release_host: revoke the lease on the way out
         self.pushed = 0.0  # the latest valid_until pushed
+        self.registered = 0  # the lease this host's registration is on
         self.tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -110,6 +111,9 @@ class Agent:
     def valid(self, lease: HostLease) -> None:
         self.pushed = lease.valid_until
         self.state.save(lease.id, lease.valid_until)
+        if self.registered != lease.id:
+            self.registered = lease.id
+            self._spawn(self._register(lease))
         self._push_all({"push": "valid", "lease": lease.id, "valid_until": lease.valid_until})
 
     def lost(self, lease: HostLease, why: str) -> None:
@@ -215,6 +219,32 @@ class Agent:
         self.releasing = True
         self.stopping.set()
         return {"released": holding}
+
+    async def _register(self, lease: HostLease) -> None:
+        try:
+            await self.store.register(self.host, lease, self.keeper.margin)
+        except (BackendError, EtcdError, LeaseNotFound) as e:
+            self.registered = 0  # tried again with the next keepalive
+            log.warning("this host's registration not written: %s", e)
+
+    async def op_hosts(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
+        """Every host of the lockspace whose lease is alive."""
+        return {"hosts": await self.store.hosts()}
+
+    async def op_wait_free(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
+        """Wait until none of ``keys`` is held or reserved by anyone, at most ``timeout`` s."""
+        keys, timeout = req.get("keys"), req.get("timeout")
+        if not isinstance(keys, list) or not 0 < len(keys) <= 64:
+            raise InvalidArgument("wait_free needs keys: a list of 1 to 64 lease keys")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= 3600
+        ):
+            raise InvalidArgument(f"wait_free: timeout {timeout!r} is not 0 to 3600 seconds")
+        for key in keys:
+            self.keys.dir(key)  # a malformed key is refused
+        return await self.store.wait_free([str(k) for k in keys], float(timeout))
 
     async def _tell_change(
         self, conn: Conn, keys: list[bytes], revision: int, timeout: float

@@ -468,6 +468,51 @@ class LeaseStore:
             gone += result is None or result.succeeded
         return gone
 
+    async def register(self, host: str, lease: HostLease, margin: float) -> None:
+        """Put this host's registration on its lease (its liveness for the other hosts):
+        the lease's id and the timing by which its guests stop when the lease is lost."""
+        data = json.dumps(
+            {"host": host, "lease": lease.id, "ttl": lease.ttl, "fence_margin": margin},
+            sort_keys=True,
+        ).encode()
+        key = self.keys.host(host)
+        await self._write([], [put(key, data, lease.id)], [], {key: data})
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        """Every registered host: name, lease, ttl, fence_margin (a host whose lease expired
+        is not listed)."""
+        rows = []
+        for kv in await self._read(self.keys.hosts, prefix_end(self.keys.hosts)):
+            try:
+                obj = json.loads(kv.value)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                rows.append({**obj, "revision": kv.mod})
+        return rows
+
+    async def wait_free(self, keys: list[str], timeout: float) -> dict[str, Any]:
+        """Wait until none of lease ``keys`` has any holder or reservation (each directory is
+        empty), waking on an etcd watch; ``{"free": true, "revision": n}``, or the holders left
+        when ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reads = [get(self.keys.dir(k), prefix_end(self.keys.dir(k))) for k in keys]
+            now = await self.etcd.txn([], reads, timeout=self.budget, idempotent=True)
+            left = [kv for rows in now.ranges for kv in rows]
+            if not left:
+                return {"free": True, "revision": now.revision}
+            rest = deadline - time.monotonic()
+            if rest <= 0:
+                return {
+                    "free": False,
+                    "held": [
+                        {"key": self.keys.parse(kv.key)[0], "holder": describe(kv.value)}
+                        for kv in left
+                    ],
+                }
+            await self.etcd.wait_change([kv.key for kv in left], now.revision + 1, rest)
+
     async def holders(self) -> list[dict[str, Any]]:
         """Every key of the lockspace, across all hosts."""
         rows = []
