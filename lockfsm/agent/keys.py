@@ -26,7 +26,8 @@ class KeySchema:
 
     __slots__ = ("prefix", "root")
 
-    # Under the prefix: L/<lease key>/... the leases, H/<host> the hosts' registrations.
+    # Under the prefix: L/<lease key>/... the leases, H/<host> the hosts' registrations (on
+    # their leases), K/<host> every host that ever joined.
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.encode()
@@ -40,6 +41,14 @@ class KeySchema:
     @property
     def hosts(self) -> bytes:
         return self.prefix + b"H/"
+
+    def member(self, name: str) -> bytes:
+        """Host ``name`` joined the lockspace once (no lease: it stays when the host dies)."""
+        return self.prefix + b"K/" + name.encode()
+
+    @property
+    def members(self) -> bytes:
+        return self.prefix + b"K/"
 
     def dir(self, key: str) -> bytes:
         """The directory of lease ``key``.  Raises InvalidArgument for a malformed key."""

@@ -100,6 +100,7 @@ class Agent:
         self.releasing = False  # release_host: revoke the lease on the way out
         self.pushed = 0.0  # the latest valid_until pushed
         self.registered = 0  # the lease this host's registration is on
+        self.gone_at: dict[str, float] = {}  # host -> when this agent first saw its lease gone
         self.tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -228,8 +229,33 @@ class Agent:
             log.warning("this host's registration not written: %s", e)
 
     async def op_hosts(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
-        """Every host of the lockspace whose lease is alive."""
-        return {"hosts": await self.store.hosts()}
+        """Every host that joined the lockspace: alive while its lease is, dead once etcd
+        dropped its lease (its supervisors stopped their guests before that: they fence at
+        their local deadline, fence_margin before the lease can expire), since when this
+        agent first saw it gone."""
+        rows: list[dict[str, Any]] = []
+        for name, registration in await self.store.hosts():
+            if registration is not None:
+                self.gone_at.pop(name, None)
+                rows.append(
+                    {
+                        "name": name,
+                        "state": "alive",
+                        "since": None,
+                        "detail": f"etcd lease {registration.get('lease', 0):x} alive",
+                    }
+                )
+            else:
+                since = self.gone_at.setdefault(name, time.time())
+                rows.append(
+                    {
+                        "name": name,
+                        "state": "dead",
+                        "since": since,
+                        "detail": "its etcd lease expired: its guests stopped before that",
+                    }
+                )
+        return {"hosts": rows}
 
     async def op_wait_free(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         """Wait until none of ``keys`` is held or reserved by anyone, at most ``timeout`` s."""

@@ -469,26 +469,31 @@ class LeaseStore:
         return gone
 
     async def register(self, host: str, lease: HostLease, margin: float) -> None:
-        """Put this host's registration on its lease (its liveness for the other hosts):
-        the lease's id and the timing by which its guests stop when the lease is lost."""
+        """Put this host's registration on its lease (its liveness for the other hosts: the
+        lease's id and the timing by which its guests stop when it is lost), and its membership
+        (which stays when the host dies, so that it is seen dead rather than unknown)."""
         data = json.dumps(
             {"host": host, "lease": lease.id, "ttl": lease.ttl, "fence_margin": margin},
             sort_keys=True,
         ).encode()
-        key = self.keys.host(host)
-        await self._write([], [put(key, data, lease.id)], [], {key: data})
+        key, member = self.keys.host(host), self.keys.member(host)
+        await self._write(
+            [], [put(key, data, lease.id), put(member, data)], [], {key: data, member: data}
+        )
 
-    async def hosts(self) -> list[dict[str, Any]]:
-        """Every registered host: name, lease, ttl, fence_margin (a host whose lease expired
-        is not listed)."""
-        rows = []
-        for kv in await self._read(self.keys.hosts, prefix_end(self.keys.hosts)):
+    async def hosts(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(name, its registration or None: its lease is gone) of every host that joined."""
+        members = await self._read(self.keys.members, prefix_end(self.keys.members))
+        alive = await self._read(self.keys.hosts, prefix_end(self.keys.hosts))
+        now = {kv.key[len(self.keys.hosts) :].decode(errors="replace"): kv for kv in alive}
+        rows: list[tuple[str, dict[str, Any] | None]] = []
+        for kv in members:
+            name = kv.key[len(self.keys.members) :].decode(errors="replace")
             try:
-                obj = json.loads(kv.value)
+                registration = json.loads(now[name].value) if name in now else None
             except ValueError:
-                continue
-            if isinstance(obj, dict):
-                rows.append({**obj, "revision": kv.mod})
+                registration = {}
+            rows.append((name, registration))
         return rows
 
     async def wait_free(self, keys: list[str], timeout: float) -> dict[str, Any]:

@@ -92,6 +92,20 @@ lease versions).
     The supervisor then applies the domain's lock-failure policy at once
     (``specs/lock_failure.toml``).
 
+``Backend.hosts()``
+    Called by ``LockDriver.hosts`` (a cluster manager, ``lockfsm status``): every host of the
+    lockspace the lock service knows, as ``[{"name": str, "state": "alive" | "dead" |
+    "unknown", "since": epoch seconds | None, "detail": str}]``.  *dead* is a promise: the
+    host's guests have stopped by the protocol's own timing (etcd: its lease expired, and its
+    supervisors fenced before that; sanlock: its delta lease expired, and sanlock's fencing,
+    with a watchdog, stopped them).  Raises BackendError when the lock service does not answer.
+
+``Backend.wait_free(leases, timeout)``
+    Called by ``LockDriver.wait_for_leases``: returns once none of ``leases`` is held or
+    reserved by anyone (so that a START would get them, unless another host is faster), or
+    raises LeaseConflict naming a holder when ``timeout`` seconds passed first; BackendError
+    when the lock service does not answer.  Takes nothing.
+
 ``holders(config)`` (a function of the backend's module)
     Called by ``lockfsm status``, in any process, with a validated configuration: every lease of
     the lockspace that someone holds, as the lock service itself sees it, across hosts:
@@ -203,6 +217,10 @@ class Backend(Protocol):
     def leases(
         self, resource_type: str, path: str, canonical: str, shared: bool
     ) -> list[dict[str, str]]: ...
+
+    def hosts(self) -> list[dict[str, Any]]: ...
+
+    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None: ...
 
 
 #: Backend name -> module (imported on first use).

@@ -93,6 +93,39 @@ class FcntlBackend:
             for n in names
         ]
 
+    def hosts(self) -> list[dict[str, Any]]:
+        """This host only: the kernel tells nothing of others.  On a shared filesystem (NFS)
+        another host's locks are the NFS server's to keep: a dead client's are freed when the
+        server's lock manager learns it rebooted or after its grace period -- not visible to
+        lockfsm, which therefore never reports another host dead."""
+        import socket
+
+        return [
+            {
+                "name": socket.gethostname(),
+                "state": "alive",
+                "since": None,
+                "detail": "this host; the fcntl backend cannot see other hosts",
+            }
+        ]
+
+    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
+        """Poll the kernel (F_OFD_GETLK on each lease file's lease and gate bytes) until no
+        lock is left: a dead holder's go at once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [le for le in leases if _locked(self.config["lockspace_dir"], le)]
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                key = busy[0]["key"]
+                raise LeaseConflict(
+                    f"lease {key} is still held after {timeout:g} s",
+                    f"lease file {key}",
+                    _locked(self.config["lockspace_dir"], busy[0]) or "",
+                )
+            time.sleep(WAIT_POLL)
+
 
 def _flock(kind: int, start: int = LEASE_BYTE, length: int = 1) -> bytes:
     return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
@@ -354,6 +387,28 @@ class FcntlHolder:
 
     def inheritable_fds(self) -> list[int]:
         return list(self.fds.values())
+
+
+WAIT_POLL = 0.05  # seconds between looks at the kernel's locks while waiting for a lease
+
+
+def _locked(lockspace: str, lease: Mapping[str, Any]) -> str | None:
+    """Who holds a lock on the lease or gate byte of ``lease``'s file, or None."""
+    path = os.path.join(lockspace, lease["key"])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BackendError(f"lease file {path} cannot be opened: {e.strerror}") from None
+    try:
+        for start in (LEASE_BYTE, GATE_BYTE):
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, start))
+            if struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK:
+                return _holder_of(fd, fcntl.F_WRLCK, start)
+    finally:
+        os.close(fd)
+    return None
 
 
 def _kind(lease: Mapping[str, Any]) -> int:

@@ -34,6 +34,12 @@ class NopBackend:
     ) -> list[dict[str, str]]:
         return []
 
+    def hosts(self) -> list[dict[str, Any]]:
+        return []  # nothing is shared between hosts
+
+    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
+        return  # nothing is ever held
+
 
 class NopHolder:
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
