@@ -43,7 +43,7 @@ def _spec_gen(args: argparse.Namespace) -> int:
 
 
 def _spec_check(args: argparse.Namespace) -> int:
-    from lockfsm.tools import model, modelcheck, spec, term
+    from lockfsm.tools import model, modelcheck, spec, term, timing
 
     specs_dir = Path(args.specs) if args.specs else spec.default_specs_dir()
     status = term.Status(sys.stderr)
@@ -53,17 +53,23 @@ def _spec_check(args: argparse.Namespace) -> int:
         if not quiet and stage != "done":  # the verdict is printed below
             status.show(stage, detail)
 
-    show("generating", f"the model from {specs_dir}")
+    show("generating", f"the models from {specs_dir}")
     specs = spec.load_all(specs_dir)
+    wanted = args.model or ([f"{h}hosts" for h in args.hosts] if args.hosts else modelcheck.MODELS)
     failed = False
     results = []
-    for hosts in args.hosts or modelcheck.HOSTS:
-        show("generating", f"the {hosts}-host model")
-        text = model.generate(specs, hosts)
-        committed = modelcheck.model_path(specs_dir, hosts)
-        stale = not committed.exists() or committed.read_text() != text
-        verdict = modelcheck.check(text, hosts, progress=show)
+    for name in wanted:
+        show("generating", f"the {name} model")
+        committed = modelcheck.model_path(specs_dir, name)
+        if name == "timing":
+            text = timing.generate(specs, timing.defaults())
+            verdict = timing.check(specs, timing.defaults(), progress=show)
+        else:
+            hosts = int(name.removesuffix("hosts"))
+            text = model.generate(specs, hosts)
+            verdict = modelcheck.check(text, hosts, progress=show)
         status.done()
+        stale = not committed.exists() or committed.read_text() != text
         failed |= stale or not verdict.ok
         results.append({**verdict.to_json(), "stale": stale, "model": str(committed)})
         if not args.json:
@@ -134,7 +140,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--specs", help="the specs directory (default: the source tree's)")
     g.set_defaults(func=_spec_gen)
     c = ssub.add_parser(
-        "check", help="model-check the tables with spin (S1, S3, L1 for 2 and 3 hosts)"
+        "check",
+        help="model-check the tables with spin (S1, S3, L1 for 2 and 3 hosts; S1 of the timing "
+        "model: lease loss and self-fencing on a clock)",
     )
     c.add_argument("--specs", help="the specs directory (default: the source tree's)")
     c.add_argument(
@@ -142,7 +150,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         action="append",
         choices=[2, 3],
-        help="only this many hosts (repeatable)",
+        help="only the protocol model of this many hosts (repeatable)",
+    )
+    c.add_argument(
+        "--model",
+        action="append",
+        choices=["2hosts", "3hosts", "timing"],
+        help="only this model (repeatable; default: all three)",
     )
     c.add_argument("--json", action="store_true", help="print the verdicts as JSON (for CI)")
     c.set_defaults(func=_spec_check)

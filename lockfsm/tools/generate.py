@@ -11,11 +11,12 @@ import shutil
 from pathlib import Path
 
 from lockfsm.errors import InvalidArgument
-from lockfsm.tools import model, modelcheck, spec
+from lockfsm.tools import model, modelcheck, spec, timing
 
 
 def write_generated(specs_dir: Path | None = None) -> list[Path]:
-    """Regenerate ``lockfsm/protocol/{states,tables}.py`` and the formal models in ``specs/``;
+    """Regenerate ``lockfsm/protocol/{states,tables}.py`` and the formal models in ``specs/`` (the
+    protocol's for 2 and 3 hosts, and the timing model);
     return the paths.  Raises InvalidArgument for a broken table, or when this lockfsm is an
     installed package (``spec gen`` writes into a source checkout only)."""
     tree = spec.source_tree()
@@ -33,6 +34,9 @@ def write_generated(specs_dir: Path | None = None) -> list[Path]:
         path = modelcheck.model_path(d, hosts)
         path.write_text(model.generate(specs, hosts))
         written.append(path)
+    path = modelcheck.model_path(d, "timing")
+    path.write_text(timing.generate(specs, timing.defaults()))
+    written.append(path)
     return written + sync_package_data(tree)
 
 

@@ -16,12 +16,16 @@ from typing import Any
 
 from lockfsm.errors import BackendError
 
-#: The committed models, by number of hosts.
+#: The committed protocol models, by number of hosts.
 HOSTS = (2, 3)
+#: Every committed model: the protocol's for 2 and 3 hosts, and the timing model.
+MODELS = ("2hosts", "3hosts", "timing")
 
 
-def model_path(specs_dir: Path, hosts: int) -> Path:
-    return specs_dir / f"model-{hosts}hosts.pml"
+def model_path(specs_dir: Path, hosts: int | str) -> Path:
+    """The committed model of ``hosts`` hosts (2, 3) or of that name ("timing")."""
+    name = f"{hosts}hosts" if isinstance(hosts, int) else hosts
+    return specs_dir / f"model-{name}.pml"
 
 
 @dataclass
@@ -35,6 +39,8 @@ class Verdict:
     seconds: float
     violation: str | None = None
     steps: list[str] = field(default_factory=list)
+    label: str = ""  # what was checked, when not the protocol of ``hosts`` hosts
+    properties: tuple[str, ...] = ("S1", "S3", "L1")
 
     @property
     def ok(self) -> bool:
@@ -46,11 +52,12 @@ class Verdict:
     def report(self) -> str:
         rate = self.states / self.seconds if self.seconds else 0.0
         head = (
-            f"{self.hosts} hosts: {self.states} states, {self.transitions} transitions, "
-            f"depth {self.depth}, {self.seconds:.1f} s ({rate:,.0f} states/s): "
+            f"{self.label or f'{self.hosts} hosts'}: {self.states} states, "
+            f"{self.transitions} transitions, depth {self.depth}, {self.seconds:.1f} s "
+            f"({rate:,.0f} states/s): "
         )
         if self.ok:
-            return head + "no violation of S1, S3, L1"
+            return head + f"no violation of {', '.join(self.properties)}"
         lines = [head + f"VIOLATION of {self.violation}; shortest counterexample:"]
         lines += [f"  {i + 1:>3}. {s}" for i, s in enumerate(self.steps)]
         return "\n".join(lines)
@@ -108,13 +115,20 @@ def _explore(work: str, timeout: float, progress: Progress) -> str:
     return "".join(lines)
 
 
-def check(text: str, hosts: int, timeout: float = 900.0, progress: Progress = _quiet) -> Verdict:
+def check(
+    text: str,
+    hosts: int,
+    timeout: float = 900.0,
+    progress: Progress = _quiet,
+    label: str = "",
+    properties: tuple[str, ...] = ("S1", "S3", "L1"),
+) -> Verdict:
     """Model-check the Promela ``text``, telling ``progress`` what it does.  Raises
     BackendError if spin or gcc is missing (saying how to install it) or fails."""
     work = tempfile.mkdtemp(prefix="lfspin")
     try:
         Path(work, "model.pml").write_text(text)
-        progress("compiling", f"spin -a, gcc ({hosts} hosts)")
+        progress("compiling", f"spin -a, gcc ({label or f'{hosts} hosts'})")
         _run(["spin", "-a", "model.pml"], work, timeout)
         # gcc's optimiser costs more than it saves on small models (measured here: 2 hosts,
         # -O2 47 s to compile and 1 s to run, -O0 2.6 s and 0.9 s; 3 hosts, -O2 47 + 24 s,
@@ -131,6 +145,8 @@ def check(text: str, hosts: int, timeout: float = 900.0, progress: Progress = _q
             transitions=_number(r"([\d.e+]+) transitions", out),
             depth=_number(r"depth reached (\d+)", out),
             seconds=seconds,
+            label=label,
+            properties=properties,
         )
         if _number(r"errors: (\d+)", out) or "assertion violated" in out:
             progress("replaying", "the shortest counterexample")
