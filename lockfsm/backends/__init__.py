@@ -92,15 +92,15 @@ lease versions).
     The supervisor then applies the domain's lock-failure policy at once
     (``specs/lock_failure.toml``).
 
-``Backend.hosts()``
-    Called by ``LockDriver.hosts`` (a cluster manager, ``lockfsm status``): every host of the
+``hosts(config)`` (a function of the backend's module, like ``holders``)
+    Called by ``LockDriver.hosts`` (a cluster manager) and ``lockfsm status``: every host of the
     lockspace the lock service knows, as ``[{"name": str, "state": "alive" | "dead" |
     "unknown", "since": epoch seconds | None, "detail": str}]``.  *dead* is a promise: the
     host's guests have stopped by the protocol's own timing (etcd: its lease expired, and its
     supervisors fenced before that; sanlock: its delta lease expired, and sanlock's fencing,
     with a watchdog, stopped them).  Raises BackendError when the lock service does not answer.
 
-``Backend.wait_free(leases, timeout)``
+``wait_free(config, leases, timeout)`` (a function of the backend's module)
     Called by ``LockDriver.wait_for_leases``: returns once none of ``leases`` is held or
     reserved by anyone (so that a START would get them, unless another host is faster), or
     raises LeaseConflict naming a holder when ``timeout`` seconds passed first; BackendError
@@ -217,10 +217,6 @@ class Backend(Protocol):
     def leases(
         self, resource_type: str, path: str, canonical: str, shared: bool
     ) -> list[dict[str, str]]: ...
-
-    def hosts(self) -> list[dict[str, Any]]: ...
-
-    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None: ...
 
 
 #: Backend name -> module (imported on first use).

@@ -93,39 +93,6 @@ class FcntlBackend:
             for n in names
         ]
 
-    def hosts(self) -> list[dict[str, Any]]:
-        """This host only: the kernel tells nothing of others.  On a shared filesystem (NFS)
-        another host's locks are the NFS server's to keep: a dead client's are freed when the
-        server's lock manager learns it rebooted or after its grace period -- not visible to
-        lockfsm, which therefore never reports another host dead."""
-        import socket
-
-        return [
-            {
-                "name": socket.gethostname(),
-                "state": "alive",
-                "since": None,
-                "detail": "this host; the fcntl backend cannot see other hosts",
-            }
-        ]
-
-    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
-        """Poll the kernel (F_OFD_GETLK on each lease file's lease and gate bytes) until no
-        lock is left: a dead holder's go at once."""
-        deadline = time.monotonic() + timeout
-        while True:
-            busy = [le for le in leases if _locked(self.config["lockspace_dir"], le)]
-            if not busy:
-                return
-            if time.monotonic() >= deadline:
-                key = busy[0]["key"]
-                raise LeaseConflict(
-                    f"lease {key} is still held after {timeout:g} s",
-                    f"lease file {key}",
-                    _locked(self.config["lockspace_dir"], busy[0]) or "",
-                )
-            time.sleep(WAIT_POLL)
-
 
 def _flock(kind: int, start: int = LEASE_BYTE, length: int = 1) -> bytes:
     return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
@@ -483,3 +450,40 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 holder = _ofd_holder(sorted(ofd.get((lock.inode, byte), ())))
             rows.append({"key": files[lock.inode], "kind": what, "holder": holder})
     return rows
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """This host only: the kernel tells nothing of others.  On a shared filesystem (NFS)
+    another host's locks are the NFS server's to keep: a dead client's are freed when the
+    server's lock manager learns it rebooted or after its grace period -- not visible to
+    lockfsm, which therefore never reports another host dead."""
+    import socket
+
+    return [
+        {
+            "name": socket.gethostname(),
+            "state": "alive",
+            "since": None,
+            "detail": "this host; the fcntl backend cannot see other hosts",
+        }
+    ]
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Poll the kernel (F_OFD_GETLK on each lease file's lease and gate bytes) until no
+    lock is left: a dead holder's go at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [le for le in leases if _locked(config["lockspace_dir"], le)]
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            key = busy[0]["key"]
+            raise LeaseConflict(
+                f"lease {key} is still held after {timeout:g} s",
+                f"lease file {key}",
+                _locked(config["lockspace_dir"], busy[0]) or "",
+            )
+        time.sleep(WAIT_POLL)

@@ -34,12 +34,6 @@ class NopBackend:
     ) -> list[dict[str, str]]:
         return []
 
-    def hosts(self) -> list[dict[str, Any]]:
-        return []  # nothing is shared between hosts
-
-    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
-        return  # nothing is ever held
-
 
 class NopHolder:
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
@@ -97,3 +91,13 @@ def make_holder(config: Mapping[str, Any], view: LeaseView) -> NopHolder:
 def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Nothing is ever held."""
     return []
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return []  # nothing is shared between hosts
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    return  # nothing is ever held

@@ -330,64 +330,6 @@ class SanlockBackend:
         self._ensure_initialised(os.path.join(self.dir, key), key)
         return [{"key": key, "mode": "shared" if shared else "exclusive"}]
 
-    def hosts(self) -> list[dict[str, Any]]:
-        """The lockspace's hosts as this host's sanlock daemon sees their delta leases
-        (``sanlock client gets -h 1``): LIVE alive; DEAD dead (its delta lease expired,
-        8 x io_timeout + 60 s after its last renewal; its guests were killed by sanlock's
-        fencing -- with a watchdog; without one, see PROTOCOL.md); FAIL and UNKNOWN unknown.
-        Raises BackendError when the daemon does not answer."""
-        done = _sanlock_cmd(["client", "gets", "-h", "1"], self.run_dir, 10.0)
-        rows = []
-        for line in done.stdout.splitlines():
-            parts = line.split()
-            if len(parts) < 7 or parts[0] != "h" or parts[6] == "FREE":
-                continue
-            host_id, flag = int(parts[1]), parts[6]
-            state = {"LIVE": "alive", "DEAD": "dead"}.get(flag, "unknown")
-            name = host_name(self.dir, host_id) or f"host_id {host_id}"
-            rows.append(
-                {
-                    "name": name,
-                    "state": state,
-                    "since": time.time() if state == "dead" else None,
-                    "detail": f"sanlock host_id {host_id}: {flag}",
-                    "host_id": host_id,
-                }
-            )
-        if not rows and done.returncode != 0:
-            raise BackendError(
-                f"the sanlock daemon of {self.run_dir} does not answer: "
-                f"{(done.stderr or done.stdout).strip()[-200:]}"
-            )
-        return rows
-
-    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
-        """Until every exclusive lease's leader record is free or owned by a dead host (which
-        sanlock then lets another host acquire); shared leases coexist.  Polls every 0.5 s."""
-        deadline = time.monotonic() + timeout
-        exclusive = [le["key"] for le in leases if le["mode"] == "exclusive"]
-        while True:
-            dead = {r["host_id"] for r in self.hosts() if r["state"] == "dead"}
-            busy = []
-            for key in exclusive:
-                try:
-                    owner = owner_of(os.path.join(self.dir, key))
-                except OSError as e:
-                    raise BackendError(f"lease file {key}: {e}") from None
-                if owner is not None and owner not in dead:
-                    busy.append((key, owner))
-            if not busy:
-                return
-            if time.monotonic() >= deadline:
-                key, owner = busy[0]
-                who = host_name(self.dir, owner) or f"host_id {owner}"
-                raise LeaseConflict(
-                    f"lease {key} is still held after {timeout:g} s, by sanlock host {who}",
-                    f"lease {key}",
-                    who,
-                )
-            time.sleep(0.5)
-
 
 # -- the holding half ----------------------------------------------------------------------------
 
@@ -786,3 +728,71 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The lockspace's hosts as this host's sanlock daemon sees their delta leases
+    (``sanlock client gets -h 1``): LIVE alive; DEAD dead (its delta lease expired,
+    8 x io_timeout + 60 s after its last renewal; its guests were killed by sanlock's
+    fencing -- with a watchdog; without one, see PROTOCOL.md); FAIL and UNKNOWN unknown.
+    Raises BackendError when the daemon does not answer."""
+    done = _sanlock_cmd(["client", "gets", "-h", "1"], config["sanlock_run_dir"], 10.0)
+    rows = []
+    space = ""
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["s"] and len(parts) > 1:
+            space = parts[1].split(":", 1)[0]  # the lockspace the next hosts are of
+            continue
+        if len(parts) < 7 or parts[0] != "h" or parts[6] == "FREE":
+            continue
+        if space != config["lockspace"]:
+            continue
+        host_id, flag = int(parts[1]), parts[6]
+        state = {"LIVE": "alive", "DEAD": "dead"}.get(flag, "unknown")
+        name = host_name(config["lease_dir"], host_id) or f"host_id {host_id}"
+        rows.append(
+            {
+                "name": name,
+                "state": state,
+                "since": time.time() if state == "dead" else None,
+                "detail": f"sanlock host_id {host_id}: {flag}",
+                "host_id": host_id,
+            }
+        )
+    if not rows and done.returncode != 0:
+        raise BackendError(
+            f"the sanlock daemon of {config['sanlock_run_dir']} does not answer: "
+            f"{(done.stderr or done.stdout).strip()[-200:]}"
+        )
+    return rows
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Until every exclusive lease's leader record is free or owned by a dead host (which
+    sanlock then lets another host acquire); shared leases coexist.  Polls every 0.5 s."""
+    deadline = time.monotonic() + timeout
+    exclusive = [le["key"] for le in leases if le["mode"] == "exclusive"]
+    while True:
+        dead = {r["host_id"] for r in hosts(config) if r["state"] == "dead"}
+        busy = []
+        for key in exclusive:
+            try:
+                owner = owner_of(os.path.join(config["lease_dir"], key))
+            except OSError as e:
+                raise BackendError(f"lease file {key}: {e}") from None
+            if owner is not None and owner not in dead:
+                busy.append((key, owner))
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            key, owner = busy[0]
+            who = host_name(config["lease_dir"], owner) or f"host_id {owner}"
+            raise LeaseConflict(
+                f"lease {key} is still held after {timeout:g} s, by sanlock host {who}",
+                f"lease {key}",
+                who,
+            )
+        time.sleep(0.5)

@@ -80,7 +80,7 @@ class LockDriver:
     def hosts(self) -> list[HostStatus]:
         """Every host of the lockspace the lock service knows, alive or dead.  Raises
         BackendError when the lock service does not answer."""
-        return [_status(row) for row in self.backend.hosts()]
+        return [_status(row) for row in backends.module(self.name).hosts(self.config)]
 
     def host_status(self, name: str) -> HostStatus:
         """Host ``name`` as the lock service sees it (``Liveness.UNKNOWN`` for a host it does
@@ -125,7 +125,7 @@ class LockDriver:
             registry.add(registry.user_resource(*item))
         leases = [lease for _, found in registry.everything(check_uuid(uuid)) for lease in found]
         started = time.monotonic()
-        self.backend.wait_free(leases, float(timeout))
+        backends.module(self.name).wait_free(self.config, leases, float(timeout))
         return time.monotonic() - started
 
     def forget(self, manager: LockManager) -> None:

@@ -90,7 +90,7 @@ def _diagrams(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from lockfsm.tools import status
 
-    return status.main(args.driver, args.config, args.run_dir, args.json)
+    return status.main(args.driver, args.config, args.run_dir, args.json, args.hosts)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -183,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--config", help="the driver's configuration file (TOML)")
     st.add_argument(
         "--run-dir", help="this host's supervisors' run directory (default: the driver's)"
+    )
+    st.add_argument(
+        "--hosts",
+        action="store_true",
+        help="only the lockspace's hosts and whether each is alive, dead or unknown",
     )
     st.add_argument("--json", action="store_true", help="print JSON for machines")
     st.set_defaults(func=_status)

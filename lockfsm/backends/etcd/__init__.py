@@ -376,30 +376,6 @@ class EtcdBackend:
         key = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
         return [{"key": key, "mode": "shared" if shared else "exclusive"}]
 
-    def hosts(self) -> list[dict[str, Any]]:
-        """Every host that joined the lockspace, alive or dead (see the agent's op_hosts).
-        Raises BackendError when the agent or etcd cannot answer."""
-        rows: list[dict[str, Any]] = agent_call(self.socket, {"op": "hosts"}, 10.0)["hosts"]
-        return rows
-
-    def wait_free(self, leases: Sequence[Mapping[str, Any]], timeout: float) -> None:
-        """Wait (an etcd watch, in the agent) until none of ``leases`` has a key.  Raises
-        LeaseConflict naming a holder when ``timeout`` passed first, BackendError."""
-        keys = [le["key"] for le in leases]
-        if not keys:
-            return
-        reply = agent_call(
-            self.socket, {"op": "wait_free", "keys": keys, "timeout": timeout}, timeout + 15.0
-        )
-        if not reply.get("free"):
-            first = reply.get("held", [{}])[0]
-            raise LeaseConflict(
-                f"lease {first.get('key')} is still held after {timeout:g} s, by "
-                f"{first.get('holder', 'another holder')}",
-                f"lease {first.get('key')}",
-                str(first.get("holder", "")),
-            )
-
     def holders(self) -> list[dict[str, Any]]:
         """Every key of the lockspace, across all hosts, as etcd has it now: ``{"key": lease
         key, "kind": "exclusive" | "shared" | "reserved" | "handed-off", "holder": the value}``.
@@ -820,3 +796,31 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every key of the lockspace, across all hosts (EtcdBackend.holders).  Raises
     BackendError when the agent or etcd cannot answer."""
     return EtcdBackend(config).holders()
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every host that joined the lockspace, alive or dead (see the agent's op_hosts).
+    Raises BackendError when the agent or etcd cannot answer."""
+    rows: list[dict[str, Any]] = agent_call(agent_socket(config), {"op": "hosts"}, 10.0)["hosts"]
+    return rows
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Wait (an etcd watch, in the agent) until none of ``leases`` has a key.  Raises
+    LeaseConflict naming a holder when ``timeout`` passed first, BackendError."""
+    keys = [le["key"] for le in leases]
+    if not keys:
+        return
+    reply = agent_call(
+        agent_socket(config), {"op": "wait_free", "keys": keys, "timeout": timeout}, timeout + 15.0
+    )
+    if not reply.get("free"):
+        first = reply.get("held", [{}])[0]
+        raise LeaseConflict(
+            f"lease {first.get('key')} is still held after {timeout:g} s, by "
+            f"{first.get('holder', 'another holder')}",
+            f"lease {first.get('key')}",
+            str(first.get("holder", "")),
+        )
