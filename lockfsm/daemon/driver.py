@@ -122,7 +122,8 @@ class LockDriver:
             raise Unsupported(f"the {self.name} driver holds no leases to wait for")
         registry = ResourceRegistry(self.backend, self.config)
         for item in resources:
-            registry.add(registry.user_resource(*item))
+            type_, path, *flags = item
+            registry.add(registry.user_resource(type_, path, flags[0] if flags else 0))
         leases = [lease for _, found in registry.everything(check_uuid(uuid)) for lease in found]
         started = time.monotonic()
         backends.module(self.name).wait_free(self.config, leases, float(timeout))
