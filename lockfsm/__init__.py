@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from lockfsm.daemon.driver import load_driver as load_driver
     from lockfsm.daemon.manager import LockManager as LockManager
     from lockfsm.daemon.values import HistoryEntry as HistoryEntry
+    from lockfsm.daemon.values import HostStatus as HostStatus
+    from lockfsm.daemon.values import Liveness as Liveness
     from lockfsm.daemon.values import Resource as Resource
     from lockfsm.protocol.states import DomainState as DomainState
 
@@ -43,6 +45,8 @@ _LAZY = {
     "LockManager": "lockfsm.daemon.manager",
     "DomainState": "lockfsm.protocol.states",
     "HistoryEntry": "lockfsm.daemon.values",
+    "HostStatus": "lockfsm.daemon.values",
+    "Liveness": "lockfsm.daemon.values",
     "Resource": "lockfsm.daemon.values",
 }
 
@@ -50,10 +54,12 @@ __all__ = [
     "BackendError",
     "DomainState",
     "HistoryEntry",
+    "HostStatus",
     "IllegalTransition",
     "InvalidArgument",
     "LeaseConflict",
     "LeaseLost",
+    "Liveness",
     "LockDriver",
     "LockFSMError",
     "LockManager",
