@@ -34,10 +34,22 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(stand_in=args.stand_in, pause=args.pause)
 
 
+def _specs_arg(args: argparse.Namespace) -> Path | None:
+    """``--specs``, which must name a directory (checked before any work or progress)."""
+    from lockfsm.errors import InvalidArgument
+
+    if args.specs is None:
+        return None
+    path = Path(args.specs)
+    if not path.is_dir():
+        raise InvalidArgument(f"--specs {args.specs}: no such directory")
+    return path
+
+
 def _spec_gen(args: argparse.Namespace) -> int:
     from lockfsm.tools import generate
 
-    for path in generate.write_generated(Path(args.specs) if args.specs else None):
+    for path in generate.write_generated(_specs_arg(args)):
         print(f"wrote {path}")
     return 0
 
@@ -45,7 +57,7 @@ def _spec_gen(args: argparse.Namespace) -> int:
 def _spec_check(args: argparse.Namespace) -> int:
     from lockfsm.tools import model, modelcheck, spec, term, timing
 
-    specs_dir = Path(args.specs) if args.specs else spec.default_specs_dir()
+    specs_dir = _specs_arg(args) or spec.default_specs_dir()
     status = term.Status(sys.stderr)
     quiet = args.json and not status.live
 
