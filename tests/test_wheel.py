@@ -45,12 +45,9 @@ class Installed:
     def bin(self, name: str) -> str:
         return str(self.venv / "bin" / name)
 
-    def run(
-        self, *argv: str, timeout: float = 300, **kw: object
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
-        env.update(kw.pop("env", {}))  # type: ignore[arg-type]
         return subprocess.run(
             list(argv), cwd=self.cwd, capture_output=True, text=True, timeout=timeout, env=env
         )
