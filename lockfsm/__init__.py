@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     from lockfsm.daemon.driver import load_driver as load_driver
     from lockfsm.daemon.manager import LockManager as LockManager
     from lockfsm.daemon.values import HistoryEntry as HistoryEntry
+    from lockfsm.daemon.values import HostStatus as HostStatus
+    from lockfsm.daemon.values import Liveness as Liveness
     from lockfsm.daemon.values import Resource as Resource
     from lockfsm.protocol.states import DomainState as DomainState
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "load_driver": "lockfsm.daemon.driver",
@@ -45,6 +45,8 @@ _LAZY = {
     "LockManager": "lockfsm.daemon.manager",
     "DomainState": "lockfsm.protocol.states",
     "HistoryEntry": "lockfsm.daemon.values",
+    "HostStatus": "lockfsm.daemon.values",
+    "Liveness": "lockfsm.daemon.values",
     "Resource": "lockfsm.daemon.values",
 }
 
@@ -52,10 +54,12 @@ __all__ = [
     "BackendError",
     "DomainState",
     "HistoryEntry",
+    "HostStatus",
     "IllegalTransition",
     "InvalidArgument",
     "LeaseConflict",
     "LeaseLost",
+    "Liveness",
     "LockDriver",
     "LockFSMError",
     "LockManager",
@@ -69,6 +73,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the package's metadata: pyproject.toml's version, one place
+        from importlib.metadata import version
+
+        return version("lockfsm")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

@@ -92,6 +92,49 @@ class HostLeaseKeeper:
         self.stopping = asyncio.Event()
         self.revokers: set[asyncio.Task[Any]] = set()
 
+    async def resume(self, lease_id: int, valid_until: float) -> HostLease | None:
+        """Take up ``lease_id``, the lease a previous agent of this host kept alive until the
+        local deadline ``valid_until``: one keepalive now, and the lease is this keeper's if
+        etcd still knows it and the deadline has not passed (its supervisors were promised
+        ``valid_until`` and have not fenced).  A lease past its deadline is never resumed (its
+        guests were fenced): it is revoked, so that its keys go at once.  Returns the lease, or
+        None (then the caller grants a new one)."""
+        sent = self.clock()
+        if sent >= valid_until:
+            log.warning(
+                "etcd lease %x of the previous agent is past its local deadline: its guests were "
+                "fenced; it is revoked and a new lease taken",
+                lease_id,
+            )
+            await self._revoke_now(lease_id)
+            return None
+        try:
+            ttl = await self.etcd.keepalive(lease_id, min(self.budget, valid_until - sent))
+        except EtcdError as e:
+            log.warning("etcd lease %x cannot be resumed (%s): a new lease", lease_id, short(e))
+            await self._revoke_now(lease_id)
+            return None
+        if ttl <= 0 or self.clock() >= valid_until:
+            log.warning(
+                "etcd lease %x has expired (or answered after its deadline): the guests it "
+                "protected were fenced; a new lease",
+                lease_id,
+            )
+            await self._revoke_now(lease_id)
+            return None
+        lease = HostLease(lease_id, min(ttl, self.ttl), sent, self.margin)
+        self.lease = lease
+        self.ready.set()
+        log.info("etcd lease %x resumed via %s", lease_id, self.etcd.endpoint)
+        self.listener.valid(lease)
+        return lease
+
+    async def _revoke_now(self, lease_id: int) -> None:
+        try:
+            await self.etcd.revoke(lease_id, self.budget)
+        except EtcdError:
+            pass  # it expires by itself
+
     async def grant(self) -> HostLease:
         """Get a new lease, trying until etcd gives one (or the keeper stops)."""
         while True:
@@ -198,7 +241,9 @@ class HostLeaseKeeper:
         try:
             await asyncio.wait_for(self.ready.wait(), self.budget)
         except TimeoutError:
-            raise BackendError("this host has no etcd lease: etcd does not answer") from None
+            raise BackendError(
+                "the lease agent is not ready yet: it holds no etcd lease (etcd does not answer)"
+            ) from None
         lease = self.lease
         if lease is None or self.clock() >= lease.valid_until:
             raise BackendError("this host's etcd lease cannot be proven alive now")

@@ -26,9 +26,29 @@ class KeySchema:
 
     __slots__ = ("prefix", "root")
 
+    # Under the prefix: L/<lease key>/... the leases, H/<host> the hosts' registrations (on
+    # their leases), K/<host> every host that ever joined.
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.encode()
         self.root = self.prefix + b"L/"
+
+    def host(self, name: str) -> bytes:
+        """The registration of host ``name``: on its etcd lease, so it goes when the lease
+        does (the host's liveness, for the other hosts)."""
+        return self.prefix + b"H/" + name.encode()
+
+    @property
+    def hosts(self) -> bytes:
+        return self.prefix + b"H/"
+
+    def member(self, name: str) -> bytes:
+        """Host ``name`` joined the lockspace once (no lease: it stays when the host dies)."""
+        return self.prefix + b"K/" + name.encode()
+
+    @property
+    def members(self) -> bytes:
+        return self.prefix + b"K/"
 
     def dir(self, key: str) -> bytes:
         """The directory of lease ``key``.  Raises InvalidArgument for a malformed key."""

@@ -50,6 +50,16 @@ from lockfsm.protocol import wire
 log = logging.getLogger("lockfsm.agent")
 
 
+class WaitingConflict(LeaseConflict):
+    """A take-over that waiting may help (a source still holds a lease): ``keys`` are the etcd
+    keys to watch from ``revision`` on."""
+
+    def __init__(self, conflict: LeaseConflict, keys: list[bytes], revision: int) -> None:
+        super().__init__(str(conflict), conflict.resource, conflict.holder)
+        self.keys = keys
+        self.revision = revision
+
+
 class Owned:
     """What one party (a supervisor's connection) has written for one lease key."""
 
@@ -265,7 +275,11 @@ class LeaseStore:
                 written[target] = mine[key]
             result = await self._write(compare, success, failure, written)
             if result is not None and not result.succeeded:
-                raise self._take_over_refused(plan, result.ranges)
+                refused = self._take_over_refused(plan, result.ranges)
+                if refused.final:
+                    raise refused
+                watch = [self.keys.exclusive(k) for k, _, _ in plan]
+                raise WaitingConflict(refused, watch, result.revision + 1)
             revisions = {}
             for i, (key, owned, _) in enumerate(plan):
                 rows = result.ranges[i] if result is not None else []
@@ -327,65 +341,182 @@ class LeaseStore:
         return waiting or LeaseConflict("the take-over raced with another change; try again")
 
     async def release(self, party: Party, key: str, budget: float | None = None) -> None:
-        """Give back what ``party`` has of lease ``key`` (a held key, a reservation and a key
-        handed off to it); forgotten only once etcd did it, so that a key left behind is tried
-        again when the party goes.  Raises BackendError, LeaseNotFound."""
-        owned = party.owned.get(key)
-        if owned is None:
-            return
-        x, r = self.keys.exclusive(key), self.keys.reservation(key)
-        if owned.reserved is not None:  # our reservation, and a key handed off to it
-            await self._write(
-                [],
-                [
-                    nested([value(r, owned.reserved)], [delete(r)]),
-                    nested([value(x, marker(owned.reserved))], [delete(x)]),
-                ],
-                [],
-                {},
-                budget,
-            )
-        if owned.held is not None:
-            if owned.mode == "shared":
-                target = self.keys.shared(key, party.sid)
-                await self._write([value(target, owned.held)], [delete(target)], [], {}, budget)
-            else:
-                await self._release_exclusive(key, owned.held, owned.resource, budget)
-        party.owned.pop(key, None)
+        """Give back what ``party`` has of lease ``key`` (see :meth:`release_many`)."""
+        await self.release_many(party, [key], budget)
 
-    async def _release_exclusive(
-        self, key: str, mine: bytes, resource: str, budget: float | None
+    async def release_many(
+        self, party: Party, keys: list[str], budget: float | None = None
     ) -> None:
-        """Delete our ``x`` -- or, if a migration target reserves the lease, hand it to that
-        target (a marker on the target's etcd lease that only its take-over matches): a lease
-        given up while reserved is the target's, as the fcntl gate makes it."""
-        x, r = self.keys.exclusive(key), self.keys.reservation(key)
-        for _ in range(8):
-            result = await self._write(
-                [value(x, mine), create(r, 0)], [delete(x)], [get(x), get(r)], {x: None}, budget
-            )
-            if result is None or result.succeeded:
-                return
-            xs, rs = result.ranges
-            if not xs or xs[0].value != mine:
-                return  # not ours any more
-            if not rs:
-                continue  # the reservation went meanwhile
-            reservation = rs[0]
+        """Give back what ``party`` has of ``keys`` -- held keys, reservations and keys handed
+        off to them -- in one transaction: an exclusive key that a migration target reserves
+        is handed off to it (a marker on the target's etcd lease that only its take-over
+        matches), as the fcntl gate makes a lease given up while reserved the target's.  A
+        read of the reservations comes first; a key whose reservation changed between them is
+        tried again.  Each key is forgotten only once etcd did it, so that what is left behind
+        is tried again when the party goes.  Raises BackendError."""
+        pending = {k: party.owned[k] for k in keys if k in party.owned}
+        deadline = time.monotonic() + (budget or self.budget)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(f"etcd did not take the release of {sorted(pending)} in time")
             try:
-                result = await self._write(
-                    [value(x, mine), value(r, reservation.value), lease_is(r, reservation.lease)],
-                    [put(x, marker(reservation.value), reservation.lease)],
-                    [],
-                    {x: marker(reservation.value)},
-                    budget,
+                await self._release_once(party, pending, left)
+            except (Uncertain, LeaseNotFound):
+                continue  # read back, then decide again
+            except EtcdError as e:
+                raise BackendError(f"etcd refused the release: {e}") from None
+
+    async def _release_once(self, party: Party, pending: dict[str, Owned], timeout: float) -> None:
+        """One read and one transaction; what is done leaves ``pending``."""
+        keys = sorted(pending)
+        reads = [get(self.keys.exclusive(k)) for k in keys]
+        reads += [get(self.keys.reservation(k)) for k in keys]
+        now = await self.etcd.txn([], reads, timeout=timeout, idempotent=True)
+        xs = dict(zip(keys, now.ranges[: len(keys)], strict=True))
+        rs = dict(zip(keys, now.ranges[len(keys) :], strict=True))
+        ops: list[Any] = []
+        order: list[str | None] = []
+        for key in keys:
+            owned = pending[key]
+            x, r = self.keys.exclusive(key), self.keys.reservation(key)
+            if owned.reserved is not None:  # our reservation, and a key handed off to it
+                ops.append(nested([value(r, owned.reserved)], [delete(r)]))
+                ops.append(nested([value(x, marker(owned.reserved))], [delete(x)]))
+                order += [None, None]
+            if owned.held is None:
+                continue
+            if owned.mode == "shared":
+                s = self.keys.shared(key, party.sid)
+                ops.append(nested([value(s, owned.held)], [delete(s)]))
+            elif not xs[key] or xs[key][0].value != owned.held:
+                owned.held = None  # not ours any more: nothing to give back
+                continue
+            elif rs[key]:
+                res = rs[key][0]
+                compare = [value(x, owned.held), value(r, res.value), lease_is(r, res.lease)]
+                ops.append(nested(compare, [put(x, marker(res.value), res.lease)]))
+                log.info("%s: handed off to %s", owned.resource, describe(res.value))
+            else:
+                ops.append(nested([value(x, owned.held), create(r, 0)], [delete(x)]))
+            order.append(key)
+        if ops:
+            result = await self.etcd.txn([], ops, timeout=timeout)
+            for which, done in zip(order, result.nested, strict=True):
+                if which is not None and done:
+                    pending[which].held = None
+        for key in keys:
+            pending[key].reserved = None  # deleted if it was still ours
+        for key in keys:  # a nested compare that failed: read again, try again
+            if pending[key].held is None and pending[key].reserved is None:
+                party.owned.pop(key, None)
+                del pending[key]
+
+    async def adopt(self, party: Party, wanted: Any, host: str) -> dict[str, Any]:
+        """Take up, for a reconnected ``party``, the keys it owned through the previous agent of
+        this host: ``wanted`` is ``[{"key", "mode", "state": "held" | "reserved"}]``.  Each key
+        must be in etcd, on this host's current lease, with a value naming this supervisor
+        (its pid and launch).  All or nothing.  Raises BackendError naming a key that is not
+        (the supervisor must then treat its leases as lost), InvalidArgument."""
+        if not isinstance(wanted, list) or len(wanted) > 64:
+            raise InvalidArgument("adopt needs a list of at most 64 leases")
+        lease = await self.keeper.current()
+        found: dict[str, Owned] = {}
+        revisions: dict[str, int] = {}
+        for item in wanted:
+            key, mode, _ = lease_request(item if isinstance(item, dict) else {})
+            state = item.get("state")
+            base = self.keys.dir(key)
+            if state == "held":
+                target = (
+                    self.keys.exclusive(key)
+                    if mode == "exclusive"
+                    else self.keys.shared(key, party.sid)
                 )
-            except LeaseNotFound:
-                continue  # the target's lease just expired: its reservation is gone too
-            if result is None or result.succeeded:
-                log.info("%s: handed off to %s", resource, describe(reservation.value))
-                return
-        raise BackendError(f"{resource}: the release kept racing with reservations")
+            elif state == "reserved":
+                target = self.keys.reservation(key)
+            else:
+                raise InvalidArgument(f"lease {key}: state {state!r} is neither held nor reserved")
+            rows = [kv for kv in await self._read(base, prefix_end(base)) if kv.key == target]
+            if not rows or rows[0].lease != lease.id or not _names(rows[0].value, party, host):
+                raise BackendError(
+                    f"lease {key} is no longer this supervisor's on etcd lease {lease.id:x}: "
+                    "its keys went with an expired lease, or were taken"
+                )
+            owned = Owned(mode, _resource(rows[0].value, key))
+            owned.lease = lease.id
+            if state == "held":
+                owned.held = rows[0].value
+                revisions[key] = rows[0].create
+            else:
+                owned.reserved = owned.rvalue = rows[0].value
+            found[key] = owned
+        party.owned.update(found)
+        return {"lease": lease.id, "valid_until": lease.valid_until, "revisions": revisions}
+
+    async def sweep(self, lease_id: int, keep: set[bytes]) -> int:
+        """Delete every key on etcd lease ``lease_id`` except those of ``keep`` (each only if it
+        is still on that lease); how many went.  A key handed off to a reservation lives on the
+        target's lease and is not touched."""
+        gone = 0
+        for kv in await self._read(self.keys.root, prefix_end(self.keys.root)):
+            if kv.lease != lease_id or kv.key in keep:
+                continue
+            result = await self._write(
+                [lease_is(kv.key, lease_id), value(kv.key, kv.value)], [delete(kv.key)], [], {}
+            )
+            gone += result is None or result.succeeded
+        return gone
+
+    async def register(self, host: str, lease: HostLease, margin: float) -> None:
+        """Put this host's registration on its lease (its liveness for the other hosts: the
+        lease's id and the timing by which its guests stop when it is lost), and its membership
+        (which stays when the host dies, so that it is seen dead rather than unknown)."""
+        data = json.dumps(
+            {"host": host, "lease": lease.id, "ttl": lease.ttl, "fence_margin": margin},
+            sort_keys=True,
+        ).encode()
+        key, member = self.keys.host(host), self.keys.member(host)
+        await self._write(
+            [], [put(key, data, lease.id), put(member, data)], [], {key: data, member: data}
+        )
+
+    async def hosts(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(name, its registration or None: its lease is gone) of every host that joined."""
+        members = await self._read(self.keys.members, prefix_end(self.keys.members))
+        alive = await self._read(self.keys.hosts, prefix_end(self.keys.hosts))
+        now = {kv.key[len(self.keys.hosts) :].decode(errors="replace"): kv for kv in alive}
+        rows: list[tuple[str, dict[str, Any] | None]] = []
+        for kv in members:
+            name = kv.key[len(self.keys.members) :].decode(errors="replace")
+            try:
+                registration = json.loads(now[name].value) if name in now else None
+            except ValueError:
+                registration = {}
+            rows.append((name, registration))
+        return rows
+
+    async def wait_free(self, keys: list[str], timeout: float) -> dict[str, Any]:
+        """Wait until none of lease ``keys`` has any holder or reservation (each directory is
+        empty), waking on an etcd watch; ``{"free": true, "revision": n}``, or the holders left
+        when ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reads = [get(self.keys.dir(k), prefix_end(self.keys.dir(k))) for k in keys]
+            now = await self.etcd.txn([], reads, timeout=self.budget, idempotent=True)
+            left = [kv for rows in now.ranges for kv in rows]
+            if not left:
+                return {"free": True, "revision": now.revision}
+            rest = deadline - time.monotonic()
+            if rest <= 0:
+                return {
+                    "free": False,
+                    "held": [
+                        {"key": self.keys.parse(kv.key)[0], "holder": describe(kv.value)}
+                        for kv in left
+                    ],
+                }
+            await self.etcd.wait_change([kv.key for kv in left], now.revision + 1, rest)
 
     async def holders(self) -> list[dict[str, Any]]:
         """Every key of the lockspace, across all hosts."""
@@ -408,3 +539,26 @@ class LeaseStore:
                 }
             )
         return rows
+
+
+def _names(data: bytes, party: Party, host: str) -> bool:
+    """Whether a key's value names ``party`` (its pid on this host, and its launch if known)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    if (
+        not isinstance(obj, dict)
+        or obj.get("pid") != party.who.get("pid")
+        or obj.get("host") != host
+    ):
+        return False
+    return "launch" not in party.who or obj.get("launch") == party.who["launch"]
+
+
+def _resource(data: bytes, default: str) -> str:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return default
+    return str(obj.get("resource") or default) if isinstance(obj, dict) else default

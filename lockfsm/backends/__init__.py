@@ -58,13 +58,15 @@ lease versions).
     The take-over is whole (``settle``, ``taken`` to ``held``): the reservation is no longer
     needed.
 
-``Holder.release(lease)``
-    Called for a held lease (``release``): after the guest exited, on hot-unplug, on a handoff
-    (after the guest is dead), or when a lease is lost.  Never raises for a lease it holds;
-    releasing a lease it does not hold is a BackendError.
+``Holder.release(leases)``
+    Called for held leases (``release``, one step for a group): all of a guest's after it exited
+    or on a handoff (after the guest is dead), or when a lease is lost; one resource's on
+    hot-unplug.  Gives them all back at once (etcd: one transaction, the handoff markers
+    included).  Never raises for leases it holds; releasing a lease it does not hold is a
+    BackendError.
 
-``Holder.unreserve(lease)``
-    Called for a reserved lease (``release`` from ``reserved``): the migration was cancelled or
+``Holder.unreserve(leases)``
+    Called for reserved leases (``release`` from ``reserved``): the migration was cancelled or
     the incoming guest exited.
 
 ``Holder.handoff_data(lease)``
@@ -90,12 +92,33 @@ lease versions).
     The supervisor then applies the domain's lock-failure policy at once
     (``specs/lock_failure.toml``).
 
+``hosts(config)`` (a function of the backend's module, like ``holders``)
+    Called by ``LockDriver.hosts`` (a cluster manager) and ``lockfsm status``: every host of the
+    lockspace the lock service knows, as ``[{"name": str, "state": "alive" | "dead" |
+    "unknown", "since": epoch seconds | None, "detail": str}]``.  *dead* is a promise: the
+    host's guests have stopped by the protocol's own timing (etcd: its lease expired, and its
+    supervisors fenced before that; sanlock: its delta lease expired, and sanlock's fencing,
+    with a watchdog, stopped them).  Raises BackendError when the lock service does not answer.
+
+``wait_free(config, leases, timeout)`` (a function of the backend's module)
+    Called by ``LockDriver.wait_for_leases``: returns once none of ``leases`` is held or
+    reserved by anyone (so that a START would get them, unless another host is faster), or
+    raises LeaseConflict naming a holder when ``timeout`` seconds passed first; BackendError
+    when the lock service does not answer.  Takes nothing.
+
 ``holders(config)`` (a function of the backend's module)
     Called by ``lockfsm status``, in any process, with a validated configuration: every lease of
     the lockspace that someone holds, as the lock service itself sees it, across hosts:
     ``[{"key": str, "kind": "exclusive" | "shared" | "reserved" | "held" | ..., "holder":
     {"manager": str, ...}}]``.  Takes nothing and joins nothing.  Raises OSError or
     BackendError when the lock service cannot be read.
+
+``Holder.notifies_changes`` and ``Holder.take_over_due()``
+    How a migration target waits for its source.  A backend whose lock service tells when a
+    lease changes (etcd: a watch) has ``notifies_changes`` true: after a take-over attempt that
+    may succeed later, its event fds become readable when a lease changed, and
+    ``take_over_due()`` (which never blocks) says so, once; the supervisor then tries again at
+    once instead of polling.  Otherwise the supervisor tries again every few milliseconds.
 
 ``Holder.inheritable_fds()``
     The file descriptors the guest must inherit so that its leases outlive the supervisor until
@@ -161,11 +184,15 @@ class Holder(Protocol):
 
     def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None: ...
 
-    def release(self, lease: Mapping[str, str]) -> None: ...
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
-    def unreserve(self, lease: Mapping[str, str]) -> None: ...
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
     def inheritable_fds(self) -> list[int]: ...
+
+    notifies_changes: bool
+
+    def take_over_due(self) -> bool: ...
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]: ...
 

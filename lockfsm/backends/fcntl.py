@@ -271,15 +271,17 @@ class FcntlHolder:
     def settle(self, lease: Mapping[str, str]) -> None:
         fcntl.fcntl(self.fds[lease["key"]], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, GATE_BYTE))
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        fd = self.fds.pop(lease["key"], None)
-        if fd is None:
-            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
-        try:
-            # Unlock explicitly (lease and gate): the guest may share this open file description.
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
-        finally:
-            os.close(fd)
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        missing = [le["key"] for le in leases if le["key"] not in self.fds]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for lease in leases:
+            fd = self.fds.pop(lease["key"])
+            try:
+                # Unlock explicitly (lease and gate): the guest may share this open description.
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LEASE_BYTE, 2))
+            finally:
+                os.close(fd)
 
     unreserve = release  # the gate goes the same way: unlock both bytes, close
 
@@ -288,6 +290,11 @@ class FcntlHolder:
 
     def watch(self, notify: list[str]) -> None:
         self.next_at = time.monotonic() + CHECK_EVERY  # the kernel never revokes a lock
+
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
 
     def event_fds(self) -> list[int]:
         return []
@@ -347,6 +354,28 @@ class FcntlHolder:
 
     def inheritable_fds(self) -> list[int]:
         return list(self.fds.values())
+
+
+WAIT_POLL = 0.05  # seconds between looks at the kernel's locks while waiting for a lease
+
+
+def _locked(lockspace: str, lease: Mapping[str, Any]) -> str | None:
+    """Who holds a lock on the lease or gate byte of ``lease``'s file, or None."""
+    path = os.path.join(lockspace, lease["key"])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BackendError(f"lease file {path} cannot be opened: {e.strerror}") from None
+    try:
+        for start in (LEASE_BYTE, GATE_BYTE):
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, start))
+            if struct.unpack(_FLOCK, got)[0] != fcntl.F_UNLCK:
+                return _holder_of(fd, fcntl.F_WRLCK, start)
+    finally:
+        os.close(fd)
+    return None
 
 
 def _kind(lease: Mapping[str, Any]) -> int:
@@ -421,3 +450,40 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 holder = _ofd_holder(sorted(ofd.get((lock.inode, byte), ())))
             rows.append({"key": files[lock.inode], "kind": what, "holder": holder})
     return rows
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """This host only: the kernel tells nothing of others.  On a shared filesystem (NFS)
+    another host's locks are the NFS server's to keep: a dead client's are freed when the
+    server's lock manager learns it rebooted or after its grace period -- not visible to
+    lockfsm, which therefore never reports another host dead."""
+    import socket
+
+    return [
+        {
+            "name": socket.gethostname(),
+            "state": "alive",
+            "since": None,
+            "detail": "this host; the fcntl backend cannot see other hosts",
+        }
+    ]
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Poll the kernel (F_OFD_GETLK on each lease file's lease and gate bytes) until no
+    lock is left: a dead holder's go at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [le for le in leases if _locked(config["lockspace_dir"], le)]
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            key = busy[0]["key"]
+            raise LeaseConflict(
+                f"lease {key} is still held after {timeout:g} s",
+                f"lease file {key}",
+                _locked(config["lockspace_dir"], busy[0]) or "",
+            )
+        time.sleep(WAIT_POLL)

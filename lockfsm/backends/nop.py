@@ -39,7 +39,7 @@ class NopHolder:
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def release(self, lease: Mapping[str, str]) -> None:
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def reserve(self, lease: Mapping[str, str], resource: str) -> None:
@@ -51,7 +51,7 @@ class NopHolder:
     def take_over(self, group: Sequence[tuple[Mapping[str, Any], str]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
     def settle(self, lease: Mapping[str, str]) -> None:
@@ -62,6 +62,11 @@ class NopHolder:
 
     def watch(self, notify: list[str]) -> None:
         pass  # nothing is held: nothing can be lost
+
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
 
     def event_fds(self) -> list[int]:
         return []
@@ -86,3 +91,13 @@ def make_holder(config: Mapping[str, Any], view: LeaseView) -> NopHolder:
 def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Nothing is ever held."""
     return []
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return []  # nothing is shared between hosts
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    return  # nothing is ever held

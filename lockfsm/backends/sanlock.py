@@ -38,6 +38,7 @@ import re
 import stat
 import struct
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,7 @@ _HELD = {
     -247: "owned by a host that stopped renewing, not yet dead",
 }
 _SHRETRY = -246
+DAEMON_CHECK = 1.0  # seconds between looks at the registered connection (is the daemon alive?)
 _LOCAL = (17, -17)  # EEXIST: another process on this host holds it
 _BUSY = (11, -11, 16, -16)  # EAGAIN, EBUSY: shared holders, or a lease in transition
 _NO_LOCKSPACE = (28, -28)  # ENOSPC: this host's daemon has not joined the lockspace
@@ -153,9 +155,7 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def read_leader(path: str, offset: int = 0) -> tuple[int, str, str, int, int] | None:
-    """(magic, lockspace name, resource name, owner host id, lease version) of the leader record
-    at ``offset`` of ``path``, or None if the file is too short.  Raises OSError."""
+def _leader(path: str, offset: int) -> tuple[Any, ...] | None:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -163,10 +163,26 @@ def read_leader(path: str, offset: int = 0) -> tuple[int, str, str, int, int] | 
         raw = os.pread(fd, _LEADER.size, offset)
     finally:
         os.close(fd)
-    if len(raw) < _LEADER.size:
+    return _LEADER.unpack(raw) if len(raw) == _LEADER.size else None
+
+
+def read_leader(path: str, offset: int = 0) -> tuple[int, str, str, int, int] | None:
+    """(magic, lockspace name, resource name, owner host id, lease version) of the leader record
+    at ``offset`` of ``path``, or None if the file is too short.  Raises OSError."""
+    fields = _leader(path, offset)
+    if fields is None:
         return None
-    magic, _, _, _, _, _, owner, _, lver, space, name, _ = _LEADER.unpack(raw)
+    magic, _, _, _, _, _, owner, _, lver, space, name, _ = fields
     return magic, _cstr(space), _cstr(name), owner, lver
+
+
+def owner_of(path: str) -> int | None:
+    """The host id that holds the (exclusive) lease at ``path``, or None when it is free (its
+    leader record's timestamp is 0).  Raises OSError."""
+    fields = _leader(path, 0)
+    if fields is None or not fields[11]:
+        return None
+    return int(fields[6])
 
 
 def host_name(lease_dir: str, host_id: int) -> str:
@@ -448,6 +464,8 @@ class SanlockHolder:
         # key -> the version a take-over now expects, where an attempt that took the lease
         # gave it back: the acquire moved the version on, to our own.
         self.expect: dict[str, int] = {}
+        self.lost: str | None = None
+        self.checked = time.monotonic()
 
     def _connect(self) -> int:
         if self.fd is None:
@@ -572,12 +590,16 @@ class SanlockHolder:
             # not held by this supervisor any more either way.
             print(f"lockfsm-supervisor: sanlock release of {key}: {e}", file=sys.stderr)
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        if self.view.state(lease["key"]) not in tables.LEASE_HOLDS:
-            raise BackendError(f"lease {lease['key']} is not held by this supervisor")
-        self._release(lease["key"])
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        missing = [
+            le["key"] for le in leases if self.view.state(le["key"]) not in tables.LEASE_HOLDS
+        ]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for lease in leases:
+            self._release(lease["key"])
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         pass  # nothing was reserved: nothing to tell sanlock
 
     def probe(self, lease: Mapping[str, str], resource: str) -> None:
@@ -618,14 +640,43 @@ class SanlockHolder:
         except self.sanlock.SanlockException as e:
             raise BackendError(f"sanlock killpath: {e}") from None
 
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
+
     def event_fds(self) -> list[int]:
         return []
 
     def next_check(self) -> float | None:
-        return None
+        if self.fd is None or self.lost is not None:
+            return None
+        return self.checked + DAEMON_CHECK
 
     def poll(self) -> str | None:
-        return None  # the daemon tells us, through the kill path
+        """The daemon revokes leases through the kill path; what it cannot tell is its own
+        death.  Its registered connection closing means it died: nothing renews this host's
+        lockspace any more, and other hosts take the leases once they see the host dead (8 x
+        io_timeout + 60 s): the leases are lost, and the guest is stopped by its policy now.
+        Looked at every DAEMON_CHECK seconds (a peek: nothing of the connection is read)."""
+        import socket
+
+        self.checked = time.monotonic()
+        if self.fd is not None and self.lost is None:
+            with socket.socket(fileno=os.dup(self.fd)) as s:
+                try:
+                    if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                        self.lost = (
+                            f"the sanlock daemon of {self.run_dir} died: nothing renews this "
+                            "host's lockspace"
+                        )
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as e:
+                    self.lost = (
+                        f"the connection to the sanlock daemon of {self.run_dir} failed: {e}"
+                    )
+        return self.lost
 
     def inheritable_fds(self) -> list[int]:
         return [] if self.fd is None else [self.fd]
@@ -677,3 +728,71 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The lockspace's hosts as this host's sanlock daemon sees their delta leases
+    (``sanlock client gets -h 1``): LIVE alive; DEAD dead (its delta lease expired,
+    8 x io_timeout + 60 s after its last renewal; its guests were killed by sanlock's
+    fencing -- with a watchdog; without one, see PROTOCOL.md); FAIL and UNKNOWN unknown.
+    Raises BackendError when the daemon does not answer."""
+    done = _sanlock_cmd(["client", "gets", "-h", "1"], config["sanlock_run_dir"], 10.0)
+    rows = []
+    space = ""
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["s"] and len(parts) > 1:
+            space = parts[1].split(":", 1)[0]  # the lockspace the next hosts are of
+            continue
+        if len(parts) < 7 or parts[0] != "h" or parts[6] == "FREE":
+            continue
+        if space != config["lockspace"]:
+            continue
+        host_id, flag = int(parts[1]), parts[6]
+        state = {"LIVE": "alive", "DEAD": "dead"}.get(flag, "unknown")
+        name = host_name(config["lease_dir"], host_id) or f"host_id {host_id}"
+        rows.append(
+            {
+                "name": name,
+                "state": state,
+                "since": time.time() if state == "dead" else None,
+                "detail": f"sanlock host_id {host_id}: {flag}",
+                "host_id": host_id,
+            }
+        )
+    if not rows and done.returncode != 0:
+        raise BackendError(
+            f"the sanlock daemon of {config['sanlock_run_dir']} does not answer: "
+            f"{(done.stderr or done.stdout).strip()[-200:]}"
+        )
+    return rows
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Until every exclusive lease's leader record is free or owned by a dead host (which
+    sanlock then lets another host acquire); shared leases coexist.  Polls every 0.5 s."""
+    deadline = time.monotonic() + timeout
+    exclusive = [le["key"] for le in leases if le["mode"] == "exclusive"]
+    while True:
+        dead = {r["host_id"] for r in hosts(config) if r["state"] == "dead"}
+        busy = []
+        for key in exclusive:
+            try:
+                owner = owner_of(os.path.join(config["lease_dir"], key))
+            except OSError as e:
+                raise BackendError(f"lease file {key}: {e}") from None
+            if owner is not None and owner not in dead:
+                busy.append((key, owner))
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            key, owner = busy[0]
+            who = host_name(config["lease_dir"], owner) or f"host_id {owner}"
+            raise LeaseConflict(
+                f"lease {key} is still held after {timeout:g} s, by sanlock host {who}",
+                f"lease {key}",
+                who,
+            )
+        time.sleep(0.5)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lockfsm import backends
 from lockfsm.daemon import config
-from lockfsm.daemon.flags import NewFlags, check_flags
-from lockfsm.errors import IllegalTransition, InvalidArgument, Unsupported
+from lockfsm.daemon.flags import NewFlags, ResourceType, check_flags
+from lockfsm.daemon.values import HostStatus, Liveness
+from lockfsm.errors import IllegalTransition, InvalidArgument, Unsupported, show
 from lockfsm.protocol.states import DomainState
 
 if TYPE_CHECKING:
@@ -75,6 +77,58 @@ class LockDriver:
         self._managers.add(manager)
         return manager
 
+    def hosts(self) -> list[HostStatus]:
+        """Every host of the lockspace the lock service knows, alive or dead.  Raises
+        BackendError when the lock service does not answer."""
+        return [_status(row) for row in backends.module(self.name).hosts(self.config)]
+
+    def host_status(self, name: str) -> HostStatus:
+        """Host ``name`` as the lock service sees it (``Liveness.UNKNOWN`` for a host it does
+        not know).  Raises InvalidArgument for a bad name, BackendError when the lock service
+        does not answer."""
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise InvalidArgument(f"host name {show(name)} is not a host name")
+        for status in self.hosts():
+            if status.name == name:
+                return status
+        return HostStatus(name, Liveness.UNKNOWN, None, "the lockspace does not know this host")
+
+    def wait_for_leases(
+        self,
+        uuid: str,
+        resources: Iterable[tuple[ResourceType, str] | tuple[ResourceType, str, int]] = (),
+        timeout: float = 60.0,
+    ) -> float:
+        """Wait until every lease of a guest can be taken -- its own lease (on ``uuid``, when
+        ``domain_lease`` is on) and those of ``resources`` ((type, path[, flags]) as
+        register_resource takes them) -- or ``timeout`` seconds pass.  Return the seconds
+        waited.  A cluster manager restarting a dead host's guests elsewhere calls it, then
+        starts the guest as usual (its START still takes the leases, and is refused if another
+        host was faster).
+
+        Raises InvalidArgument for a bad uuid, resource or timeout; LeaseConflict (naming a
+        holder) when ``timeout`` passed first; Unsupported for a backend with no leases to wait
+        for (nop); BackendError when the lock service does not answer."""
+        from lockfsm.daemon.resources import ResourceRegistry
+        from lockfsm.daemon.values import check_uuid
+
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= 86400
+        ):
+            raise InvalidArgument(f"timeout {show(timeout)} must be 0 to 86400 seconds")
+        if not self.capabilities.per_disk:
+            raise Unsupported(f"the {self.name} driver holds no leases to wait for")
+        registry = ResourceRegistry(self.backend, self.config)
+        for item in resources:
+            type_, path, *flags = item
+            registry.add(registry.user_resource(type_, path, flags[0] if flags else 0))
+        leases = [lease for _, found in registry.everything(check_uuid(uuid)) for lease in found]
+        started = time.monotonic()
+        backends.module(self.name).wait_free(self.config, leases, float(timeout))
+        return time.monotonic() - started
+
     def forget(self, manager: LockManager) -> None:
         """A freed manager is no longer this driver's."""
         self._managers.discard(manager)
@@ -92,3 +146,9 @@ class LockDriver:
                 "driver", "loaded", "unload", f"{len(alive)} manager(s) not freed: {names}"
             )
         self._unloaded = True
+
+
+def _status(row: Mapping[str, Any]) -> HostStatus:
+    return HostStatus(
+        str(row["name"]), Liveness(row["state"]), row.get("since"), str(row.get("detail", ""))
+    )

@@ -5,6 +5,7 @@ Daemon side only (attrs is not imported by the supervisor).
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import stat
@@ -152,6 +153,30 @@ class Resource:
     def from_wire(cls, d: dict[str, Any]) -> Resource:
         """A resource as a supervisor reports it (already validated when it was registered)."""
         return cls(ResourceType(d["type"]), d["path"], int(d["flags"]), d["canonical"])
+
+
+class Liveness(enum.Enum):
+    """What the lock service can tell of another host."""
+
+    ALIVE = "alive"
+    """It holds its place in the lockspace (its etcd lease, its sanlock delta lease)."""
+    DEAD = "dead"
+    """Its guests have stopped by the protocol's own timing: a cluster manager may restart
+    them elsewhere (once their leases can be taken: LockDriver.wait_for_leases)."""
+    UNKNOWN = "unknown"
+    """The lock service cannot tell (it does not answer, or the backend cannot know)."""
+
+
+@attrs.frozen
+class HostStatus:
+    """One host of a lockspace as the lock service sees it: ``state``; for a dead host,
+    ``since``, the instant (epoch seconds) from which its guests have stopped (None where the
+    lock service does not say); ``detail``, how the backend knows."""
+
+    name: str
+    state: Liveness
+    since: float | None = None
+    detail: str = ""
 
 
 @attrs.frozen

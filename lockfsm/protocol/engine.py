@@ -230,7 +230,10 @@ class Instance:
         """Make the move; return (old state, new state).  If an action raises, the state stays."""
         move = choose(self.table, self.state, event, self.model, args)
         for action in move.actions:
-            getattr(self.model, f"_do_{action}")(args)
+            if action in self.table.batch:  # a group of one
+                getattr(self.model, f"_do_{action}")({"group": [args]})
+            else:
+                getattr(self.model, f"_do_{action}")(args)
         old, self.state = self.state, move.dest
         return old, move.dest
 
@@ -240,8 +243,8 @@ def fire_all(
 ) -> list[tuple[str, str]]:
     """Move every instance (all of one table and one model) by ``event``, all or nothing: each
     move is chosen first (a refusal moves none); an action the table marks ``batch`` runs once,
-    with ``{"group": [the args of each instance]}``, the others once per instance, in order; if
-    one raises, no instance moves.  Return (old, new) per instance."""
+    with ``{"group": [the args of each instance whose move has it]}``, the others once per
+    instance, in order; if one raises, no instance moves.  Return (old, new) per instance."""
     every = [dict(a) for a in args]
     if not instances:
         return []
@@ -252,7 +255,8 @@ def fire_all(
         for action in move.actions:
             if action in table.batch:
                 if action not in done:
-                    getattr(model, f"_do_{action}")({"group": every})
+                    group = [b for m, b in zip(moves, every, strict=True) if action in m.actions]
+                    getattr(model, f"_do_{action}")({"group": group})
                     done.add(action)
             else:
                 getattr(model, f"_do_{action}")(a)

@@ -187,7 +187,7 @@ LEASE = Table(
     reads={},
     raised_by={},
     state_refuse={},
-    batch=frozenset(['backend_take_over']),
+    batch=frozenset(['backend_release', 'backend_take_over', 'backend_unreserve']),
     event_guards={},
     unrecorded=frozenset([]),
 )

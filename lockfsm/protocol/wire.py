@@ -195,13 +195,13 @@ def _cut(text: str) -> str:
 
 
 def error_reply(err: BaseException) -> dict[str, Any]:
-    """The reply that reports ``err``: always small enough to send, whatever ``err`` says."""
-    reply: dict[str, Any] = {"ok": False, "error": type(err).__name__, "message": _cut(str(err))}
+    """The reply that reports ``err`` (by the class of the error tree it is, or BackendError):
+    always small enough to send, whatever ``err`` says."""
+    name = next((c.__name__ for c in type(err).__mro__ if c.__name__ in BY_NAME), "BackendError")
+    reply: dict[str, Any] = {"ok": False, "error": name, "message": _cut(str(err))}
     if isinstance(err, LeaseConflict):
         reply["resource"] = _cut(err.resource)
         reply["holder"] = _cut(err.holder)
-    if type(err).__name__ not in BY_NAME:
-        reply["error"] = "BackendError"
     return reply
 
 

@@ -86,10 +86,10 @@ class LeaseMachines:
         self.holder.settle(args["lease"])
 
     def _do_backend_release(self, args: Mapping[str, Any]) -> None:
-        self.holder.release(args["lease"])
+        self.holder.release([a["lease"] for a in args["group"]])
 
     def _do_backend_unreserve(self, args: Mapping[str, Any]) -> None:
-        self.holder.unreserve(args["lease"])
+        self.holder.unreserve([a["lease"] for a in args["group"]])
 
     # -- one lease at a time ---------------------------------------------------------------------
 
@@ -123,6 +123,14 @@ class LeaseMachines:
             raise BackendError(f"lease {lease['key']} is not held by this supervisor")
         machine.fire("release", lease=lease)
         self._forget(lease["key"])
+
+    def release_all(self, leases: list[Lease]) -> None:
+        """Release ``leases`` in one step (one backend call)."""
+        fire_all(
+            [self.machines[le["key"]] for le in leases], "release", [{"lease": le} for le in leases]
+        )
+        for le in leases:
+            self._forget(le["key"])
 
     def take_over(self, group: list[tuple[Lease, str]]) -> None:
         """Take every lease of ``group`` (reserved, with the cookie's handoff data) over in one
@@ -209,20 +217,21 @@ class LeaseSet(LeaseMachines):
             raise self.named_holder(e, keys[0]) if keys else e from None
 
     def give(self, leases: list[Lease], *, quiet: bool = False) -> None:
-        """Release each lease (or let its reservation go); one that fails is reported and the
-        others are still released.  Raises the last failure unless ``quiet``."""
-        failed: LockFSMError | None = None
-        for lease in leases:
-            if lease["key"] not in self.machines:
-                continue
-            try:
-                self.machines[lease["key"]].fire("release", lease=lease)
-                self._forget(lease["key"])
-            except LockFSMError as e:
-                print(f"lockfsm-supervisor: releasing {lease['key']}: {e}", file=sys.stderr)
-                failed = e
-        if failed is not None and not quiet:
-            raise failed
+        """Release every lease (or let its reservation go), in one backend call per kind;
+        leases without a machine are skipped.  Raises the backend's error unless ``quiet`` (it
+        is then reported, and the machines are dropped all the same)."""
+        mine = [le for le in leases if le["key"] in self.machines]
+        try:
+            fire_all(
+                [self.machines[le["key"]] for le in mine], "release", [{"lease": le} for le in mine]
+            )
+        except LockFSMError as e:
+            keys = ", ".join(le["key"] for le in mine)
+            print(f"lockfsm-supervisor: releasing {keys}: {e}", file=sys.stderr)
+            if not quiet:
+                raise
+        for le in mine:
+            self._forget(le["key"])
 
     def give_resource(self, res: Mapping[str, Any]) -> None:
         """Hot-unplug: release the leases of one held resource.  Raises InvalidArgument if this
@@ -235,24 +244,14 @@ class LeaseSet(LeaseMachines):
         del self.resources[ident(held)]
 
     def give_all(self) -> None:
-        """Release every lease, reporting (not raising) what fails: the guest is gone."""
-        for res in list(self.resources.values()):
-            self.give(list(res["leases"]), quiet=True)
+        """Release every lease at once, reporting (not raising) what fails: the guest is gone."""
+        self.give([le for res in self.resources.values() for le in res["leases"]], quiet=True)
         self.resources.clear()
 
     def forfeit_all(self) -> None:
-        """A lease was lost: let every lease go; one the backend cannot release is reported and
+        """A lease was lost: let every lease go; what the backend cannot release is reported and
         dropped all the same (it is lost already)."""
-        for res in list(self.resources.values()):
-            for lease in res["leases"]:
-                machine = self.machines.get(lease["key"])
-                try:
-                    if machine is not None:
-                        machine.fire("release", lease=lease)
-                except LockFSMError as e:
-                    print(f"lockfsm-supervisor: letting {lease['key']} go: {e}", file=sys.stderr)
-                self._forget(lease["key"])
-        self.resources.clear()
+        self.give_all()
 
     def with_handoff_data(self) -> None:
         """Add to each lease what a migration target needs to take it over atomically (a lease

@@ -51,8 +51,19 @@ def _status_of(state: str) -> int:
 EXIT_REFUSED = _status_of("refused")  # 75, EX_TEMPFAIL: held elsewhere, no guest started
 EXIT_LEASE_LOST = _status_of("lost")  # 76: a lease was lost, the policy was applied
 DEFAULT_GRACE = 10.0
-RETRY_PAUSE = (0.0005, 0.002)  # first and longest pause between take-over attempts (a probe is
-# a cheap query per lease)
+HELP = f"""{USAGE}
+
+The per-guest supervisor: the daemon runs [supervisor_path, *supervisor_args, "--", *guest]
+(LockManager.supervisor_path and supervisor_args); it takes every lease, runs the guest, and
+holds the leases until the guest exits.  `lockfsm-supervisor --lease-lost SOCKET [WHY]` tells a
+supervisor its leases are lost (a lock service's kill path).
+
+Exit status: 0 handed off (migrated away) or cancelled; the guest's own status once it exited
+(128 + N if a signal N killed it); 75 a lease is held elsewhere, no guest was started; 76 a lease
+was lost and the lock-failure policy applied; 2 a bad command line."""
+# First and longest pause between take-over attempts (a probe is a cheap query per lease).
+RETRY_PAUSE = (0.0005, 0.002)
+NOTIFIED_FALLBACK = 0.25  # seconds: the longest pause when the backend tells of changes
 
 
 class TakeOver:
@@ -68,9 +79,9 @@ class TakeOver:
         self.pause = RETRY_PAUSE[0]
         self.next_at = min(now + self.pause, self.deadline)
 
-    def later(self) -> None:
-        """Schedule the next attempt, backing off up to the longest pause."""
-        self.pause = min(self.pause * 2, RETRY_PAUSE[1])
+    def later(self, longest: float = RETRY_PAUSE[1]) -> None:
+        """Schedule the next attempt, backing off up to ``longest``."""
+        self.pause = min(self.pause * 2, longest)
         self.next_at = min(time.monotonic() + self.pause, self.deadline)
 
 
@@ -286,7 +297,10 @@ class Supervisor:
             self.fire("take_over", gen=pending.gen, retry=not first)
         except LeaseConflict as e:
             if not e.final and time.monotonic() < pending.deadline:
-                pending.later()
+                # A backend that tells when a lease changed wakes the next attempt; the timer
+                # is only a fallback then.
+                notified = self.leases.holder.notifies_changes
+                pending.later(NOTIFIED_FALLBACK if notified else RETRY_PAUSE[1])
                 self.take_over = pending
                 return
             if not e.final:
@@ -426,6 +440,8 @@ class Supervisor:
         reason = self.leases.holder.poll()
         if reason is not None:
             self.lose(reason)
+        elif self.take_over is not None and self.leases.holder.take_over_due():
+            self._try_take_over(self.take_over)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True
@@ -462,6 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--lease-lost"]:
         return report_loss(args[1:])
+    if args in (["--version"], ["--help"], ["-h"]):
+        if args == ["--version"]:
+            from importlib.metadata import version
+
+            print(f"lockfsm-supervisor {version('lockfsm')}")
+        else:
+            print(HELP)
+        return 0
     try:
         spec, guest = LaunchSpec.parse_argv(args)
         supervisor = Supervisor(spec, guest)

@@ -31,7 +31,7 @@ import lockfsm
 from lockfsm import NewFlags, ResourceType
 from lockfsm.embed import standin
 from lockfsm.protocol import kernel
-from lockfsm.tools import status
+from lockfsm.tools import status, term
 
 GUEST = ["sleep", "600"]
 QEMU = "qemu-system-x86_64"
@@ -64,8 +64,8 @@ class Stage:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.pause = False
-        # Colour and a live progress line only on a terminal (and not with NO_COLOR set).
-        self.colour = out.isatty() and "NO_COLOR" not in os.environ
+        # Colour and a live progress line only on a terminal (not with NO_COLOR or TERM=dumb).
+        self.colour = term.colour(out)
         self.lock = threading.Lock()
         self.top = tempfile.mkdtemp(prefix="lfdemo")
         self.lockspace = os.path.join(self.top, "lockspace")

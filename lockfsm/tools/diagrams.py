@@ -22,8 +22,8 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from lockfsm.errors import BackendError
-from lockfsm.tools.spec import TABLE_NAMES, Spec, default_specs_dir, load_all
+from lockfsm.errors import BackendError, InvalidArgument
+from lockfsm.tools.spec import TABLE_NAMES, Spec, load_all, packaged, source_tree
 
 #: Edge colours by the table a row is written in.
 COLOURS = {"migration_source": "#1f5fbf", "migration_target": "#2a8a3a"}
@@ -32,7 +32,15 @@ NOISE = {"set_parameter", "register_resource", "supervisor_args"}  # self-loops 
 
 
 def default_dir() -> Path:
-    return default_specs_dir().parent / "diagrams"
+    """``diagrams/`` of the source checkout.  Raises InvalidArgument for an installed lockfsm
+    (there is no such place: give ``--out``)."""
+    tree = source_tree()
+    if tree is None:
+        raise InvalidArgument(
+            "this lockfsm is installed, not a source checkout: give the output directory with "
+            "--out DIR"
+        )
+    return tree / "diagrams"
 
 
 def _graphviz() -> Any:
@@ -227,8 +235,8 @@ def render(out: Path | None = None) -> list[Path]:
     specs = load_all()
     graphs = [(name, machine_graph(specs[name])) for name in TABLE_NAMES]
     recording = out / RECORDING
-    if not recording.exists():
-        raise BackendError(f"{recording} is missing: run `lockfsm diagrams --record` first")
+    if not recording.exists():  # the recorded run the package carries
+        shutil.copyfile(packaged(RECORDING), recording)
     graphs.append(("migration-sequence", sequence_graph(json.loads(recording.read_text()))))
     written = []
     for name, graph in graphs:

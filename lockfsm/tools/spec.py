@@ -32,9 +32,30 @@ GENERATED = _PROTOCOL / "states.py"
 GENERATED_MACHINES = _PROTOCOL / "tables.py"
 
 
+def source_tree() -> Path | None:
+    """The source checkout this package was imported from, or None for an installed package."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "specs").is_dir():
+        return root
+    return None
+
+
+def packaged(*parts: str) -> Path:
+    """A file of the package's copy of the tables and recordings (lockfsm/tools/data), read
+    through importlib.resources: what ``spec check`` and ``diagrams`` use outside a source
+    checkout.  ``lockfsm spec gen`` writes that copy from the source tree."""
+    from importlib import resources
+
+    found = resources.files("lockfsm.tools").joinpath("data", *parts)
+    if isinstance(found, Path):
+        return found
+    return Path(str(found))  # pragma: no cover - a zipped package: not how lockfsm installs
+
+
 def default_specs_dir() -> Path:
-    """``specs/`` of the source tree this package was imported from."""
-    return Path(__file__).resolve().parent.parent.parent / "specs"
+    """``specs/`` of the source tree this package was imported from, else the package's copy."""
+    tree = source_tree()
+    return tree / "specs" if tree else packaged("specs")
 
 
 @dataclass(frozen=True)

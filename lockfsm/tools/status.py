@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,28 +138,51 @@ def describe(row: Mapping[str, Any]) -> str:
     return f"{what}  {row['mode']}  {row['held']} by {who}{since}"
 
 
+def describe_host(host: Mapping[str, Any]) -> str:
+    """One line for a person: a host of the lockspace and its liveness."""
+    since = ""
+    if host.get("since"):
+        import time
+
+        since = " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(host["since"]))
+    return f"host {host['name']}  {host['state']}{since}  ({host.get('detail', '')})"
+
+
 def main(
-    driver: str, conf: Mapping[str, Any] | str | None, run_dir: str | None, as_json: bool
+    driver: str,
+    conf: Mapping[str, Any] | str | None,
+    run_dir: str | None,
+    as_json: bool,
+    only_hosts: bool = False,
 ) -> int:
-    """``lockfsm status``: print the survey; 2 on a bad configuration."""
+    """``lockfsm status``: print the survey -- the leases, then the lockspace's hosts with their
+    liveness (``--hosts``: the hosts only); 2 on a bad configuration or a lock service that
+    cannot be read (said on stderr)."""
     import json
 
     from lockfsm import backends
     from lockfsm.daemon import config
 
     try:
-        keys = {**config.COMMON_KEYS, **backends.module(driver).BACKEND.config_keys}
+        module = backends.module(driver)
+        keys = {**config.COMMON_KEYS, **module.BACKEND.config_keys}
         raw = dict(config.load(keys, conf)) if conf is not None else None
         settings = config.load(keys, {**(raw or {}), **({"run_dir": run_dir} if run_dir else {})})
-        rows = survey(driver, settings)
-    except LockFSMError as e:
-        print(f"lockfsm status: {e}")
+        rows = [] if only_hosts else survey(driver, settings)
+        hosts: list[dict[str, Any]] = module.hosts(settings)
+    except (LockFSMError, OSError) as e:
+        print(f"lockfsm status: {e}", file=sys.stderr)
         return 2
     if as_json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
+        print(json.dumps(hosts if only_hosts else rows, indent=2, sort_keys=True))
         return 0
-    if not rows:
-        print(f"no lease is held in the {driver} lockspace (supervisors of {settings['run_dir']})")
-    for row in rows:
-        print(describe(row))
+    if not only_hosts:
+        if not rows:
+            print(
+                f"no lease is held in the {driver} lockspace (supervisors of {settings['run_dir']})"
+            )
+        for row in rows:
+            print(describe(row))
+    for host in hosts:
+        print(describe_host(host))
     return 0

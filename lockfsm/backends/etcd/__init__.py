@@ -57,6 +57,7 @@ CAPABILITIES = Capabilities(
 )
 
 AGENT_SOCKET = "etcd-agent.sock"  # in run_dir unless agent_socket says otherwise
+RECONNECT_PAUSE = 0.1  # seconds between tries to reach a restarted agent
 DEFAULT_PORT = 2379
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/){0,8}")
@@ -66,14 +67,19 @@ _MAX_SOCKET = 107
 # -- configuration -------------------------------------------------------------------------------
 
 
+def scheme(text: str) -> str:
+    """``https`` or ``http`` (the default) of an endpoint."""
+    return text.split("://", 1)[0] if "://" in text else "http"
+
+
 def parse_endpoint(text: str) -> tuple[str, int]:
-    """``host:port``, ``http://host:port`` or ``host`` (port 2379) -> (host, port).
-    Raises ValueError."""
+    """``host:port``, ``http://host:port``, ``https://host:port`` or ``host`` (port 2379) ->
+    (host, port).  Raises ValueError."""
     rest = text
     if "://" in text:
-        scheme, rest = text.split("://", 1)
-        if scheme != "http":
-            raise ValueError(f"{text!r}: only http:// endpoints are supported (no TLS yet)")
+        kind, rest = text.split("://", 1)
+        if kind not in ("http", "https"):
+            raise ValueError(f"{text!r}: an endpoint is http:// or https://, not {kind}://")
     rest = rest.rstrip("/")
     if rest.startswith("["):  # [v6]:port
         host, _, port_text = rest[1:].partition("]")
@@ -99,6 +105,8 @@ def _endpoints(value: Any) -> list[str]:
         if not isinstance(item, str):
             raise ValueError(f"{item!r} is not an endpoint ('host:port')")
         parse_endpoint(item)
+    if len({scheme(item) for item in value}) > 1:
+        raise ValueError(f"{value!r} mixes http:// and https:// endpoints: one cluster, one way")
     return list(value)
 
 
@@ -145,6 +153,22 @@ def _socket(value: Any) -> str:
     return value
 
 
+def _file(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
+def _user(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an etcd user name (1-63 of A-Z a-z 0-9 . _ -)")
+    return value
+
+
 CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "endpoints": ConfigKey(
         _endpoints,
@@ -164,6 +188,25 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "prefix": ConfigKey(_prefix, lambda: "/lockfsm/", "the etcd key prefix of the lockspace"),
     "agent_socket": ConfigKey(
         _socket, lambda: "", f"the lease agent's socket (default <run_dir>/{AGENT_SOCKET})"
+    ),
+    "ca_file": ConfigKey(
+        _file,
+        lambda: "",
+        "https endpoints: the CA certificates (PEM) that sign the etcd members' certificates "
+        "(default: the system's)",
+    ),
+    "cert_file": ConfigKey(
+        _file,
+        lambda: "",
+        "this host's client certificate (PEM), for etcd's --client-cert-auth; with auth "
+        "enabled etcd takes its CN as the user",
+    ),
+    "key_file": ConfigKey(_file, lambda: "", "the client certificate's private key (PEM)"),
+    "user": ConfigKey(
+        _user, lambda: "", "an etcd user, for etcd's password authentication (with password_file)"
+    ),
+    "password_file": ConfigKey(
+        _file, lambda: "", "a file (mode 0600) holding the user's password on its first line"
     ),
 }
 
@@ -185,6 +228,61 @@ def fence_margin(config: Mapping[str, Any]) -> float:
             f"configuration key 'fence_margin': {margin!r} must be below half the ttl ({ttl:g} s)"
         )
     return float(margin)
+
+
+def _read(config: Mapping[str, Any], key: str, private: bool = False) -> bytes:
+    path = config[key]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if private and st.st_mode & 0o077:
+                raise InvalidArgument(
+                    f"configuration key {key!r}: {path} is readable by others "
+                    f"(mode {st.st_mode & 0o777:o}): make it 0600"
+                )
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read(1 << 20)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise InvalidArgument(f"configuration key {key!r}: {path}: {e.strerror}") from None
+
+
+def credentials(config: Mapping[str, Any]) -> Any:
+    """The agent's :class:`~lockfsm.backends.etcd.client.Credentials`, read from the files the
+    configuration names.  Raises InvalidArgument naming the key and the file (missing,
+    unreadable, a private key or password readable by others, a certificate without its key,
+    TLS files for http:// endpoints, a PEM file that is not one)."""
+    from lockfsm.backends.etcd.client import Credentials
+
+    tls = scheme(config["endpoints"][0]) == "https"
+    files = [k for k in ("ca_file", "cert_file", "key_file") if config.get(k)]
+    if files and not tls:
+        raise InvalidArgument(
+            f"configuration key {files[0]!r} is for https:// endpoints; the endpoints are http://"
+        )
+    if bool(config.get("cert_file")) != bool(config.get("key_file")):
+        raise InvalidArgument("configuration keys 'cert_file' and 'key_file' go together")
+    if bool(config.get("user")) != bool(config.get("password_file")):
+        raise InvalidArgument("configuration keys 'user' and 'password_file' go together")
+    ca = _read(config, "ca_file") if config.get("ca_file") else None
+    cert = _read(config, "cert_file") if config.get("cert_file") else None
+    key = _read(config, "key_file", private=True) if config.get("key_file") else None
+    for name, data in (("ca_file", ca), ("cert_file", cert)):
+        if data is not None and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise InvalidArgument(
+                f"configuration key {name!r}: {config[name]} is not a PEM certificate"
+            )
+    if key is not None and b"PRIVATE KEY-----" not in key:
+        raise InvalidArgument(
+            f"configuration key 'key_file': {config['key_file']} is not a PEM private key"
+        )
+    password = None
+    if config.get("password_file"):
+        lines = _read(config, "password_file", private=True).decode(errors="replace").splitlines()
+        password = lines[0] if lines else ""
+    return Credentials(tls, ca, cert, key, config.get("user") or None, password)
 
 
 def agent_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,15 +309,18 @@ def agent_call(path: str, request: Mapping[str, Any], timeout: float) -> dict[st
             s.settimeout(timeout)
             s.connect(path)
             s.sendall(wire.encode({"id": 1, **request}))
-            line = wire.recv_line(s)
+            while True:  # a message that is not the reply to this request is never taken for it
+                line = wire.recv_line(s)
+                if not line:
+                    raise BackendError(f"the lockfsm-etcd-agent at {path} closed the connection")
+                reply = wire.decode(line)
+                if reply.get("id") == 1:
+                    break
     except OSError as e:
         raise BackendError(
             f"no lockfsm-etcd-agent answers at {path} ({e.strerror or e}): start it with "
             "`lockfsm-etcd-agent <config file>` on this host"
         ) from None
-    if not line:
-        raise BackendError(f"the lockfsm-etcd-agent at {path} closed the connection")
-    reply = wire.decode(line)
     _raise_reply(reply)
     return reply
 
@@ -293,6 +394,7 @@ def _identity() -> dict[str, Any]:
     spec = LaunchSpec.of_process(sys.argv[1:])
     if spec is not None:
         ident.update(name=str(spec.name)[:256], uuid=str(spec.uuid)[:256], launch=spec.launch)
+        ident["policy"] = spec.policy()
         if spec.migration:
             ident["migration"] = str(spec.migration["id"])
     return ident
@@ -302,6 +404,12 @@ class EtcdHolder:
     """The holding half (supervisor side): one connection to this host's lease agent, which
     the guest inherits (so the agent frees the keys only once supervisor and guest are dead).
     Plain sockets and JSON lines; no etcd client, no event loop.
+
+    When the agent restarts (its connection closes), the holder connects to the new agent and
+    has it take up (``adopt``) the keys it owns; until its local deadline passes, nothing is
+    lost.  If the new agent does not have them (a new etcd lease: the old one expired), the
+    leases are lost.  Each validity push is acknowledged, so that the agent can tell a stalled
+    supervisor and stop its guest.
 
     Each method keeps the contract of lockfsm/backends/__init__.py.  Besides what it names
     there, every call that talks to the agent raises BackendError when no agent answers or etcd
@@ -324,6 +432,8 @@ class EtcdHolder:
         self.lost: str | None = None
         self.abandoned: dict[int, str] = {}  # request id -> lease key of an unanswered acquire
         self.notify: list[str] = []
+        self.reconnect_at: float | None = None  # the agent went: try to reach the next one then
+        self.changed = False  # etcd saw a key a waiting take-over needs change
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -340,9 +450,47 @@ class EtcdHolder:
                 f"no lockfsm-etcd-agent answers at {self.path} ({e.strerror or e})"
             ) from None
         s.setblocking(False)
-        self.sock = s
-        self._call({"op": "hello", "who": _identity()})
+        self.sock, self.eof, self.buf = s, False, b""
+        try:
+            self._call({"op": "hello", "who": _identity(), "subscribe": True})
+        except BackendError:
+            self._gone("the lockfsm-etcd-agent did not answer its hello")
+            raise
         return s
+
+    def _reconnect(self) -> None:
+        """The agent restarted: reach the new one and have it take up every key this holder
+        owns (all on the same etcd lease, or the leases are lost).  Tried again later when no
+        agent answers yet."""
+        self.reconnect_at = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        try:
+            self._connect()
+            owned = [
+                {"key": k, "mode": self.view.lease(k)["mode"], "state": "held"}
+                for k in self.view.keys(*tables.LEASE_HOLDS)
+            ]
+            owned += [
+                {"key": k, "mode": self.view.lease(k)["mode"], "state": "reserved"}
+                for k in self.view.keys("reserved")
+            ]
+            reply = self._call({"op": "adopt", "leases": owned}) if owned else None
+        except (BackendError, InvalidArgument) as e:
+            if self.eof or self.sock is None:
+                self.reconnect_at = time.monotonic() + RECONNECT_PAUSE
+                return
+            self._lose(f"the restarted lockfsm-etcd-agent does not have this guest's keys: {e}")
+            return
+        except LeaseConflict as e:
+            self._lose(f"the restarted lockfsm-etcd-agent does not have this guest's keys: {e}")
+            return
+        if reply is not None and self._holding():
+            self._held_on(reply)
+        print(
+            "lockfsm-supervisor: reconnected to the restarted lockfsm-etcd-agent", file=sys.stderr
+        )
 
     def _send(self, data: bytes, deadline: float) -> None:
         assert self.sock is not None
@@ -390,13 +538,22 @@ class EtcdHolder:
         return messages
 
     def _gone(self, why: str) -> None:
+        """The connection to the agent is gone (it died or restarted): reconnect, until the
+        local deadline passes (then :meth:`poll` reports the loss)."""
         self.eof = True
-        if self._holding():
-            self._lose(f"{why}: this host's etcd lease can no longer be proven alive")
+        if (
+            self.lost is None
+            and self.reconnect_at is None
+            and self.view.keys(*tables.LEASE_HOLDS, "reserved")
+        ):
+            print(f"lockfsm-supervisor: {why}; reconnecting", file=sys.stderr)
+            self.reconnect_at = time.monotonic()
 
     def _call(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send one request and wait for its reply, handling pushes meanwhile.  Never waits past
         the fencing deadline while a lease is held.  Raises the reply's error, BackendError."""
+        if self.eof and request["op"] not in ("hello", "adopt"):
+            self._reconnect()
         if self.eof:
             raise BackendError(f"the lockfsm-etcd-agent at {self.path} is gone")
         self.ids += 1
@@ -445,6 +602,16 @@ class EtcdHolder:
                 )
             elif lease == self.lease_id:
                 self.valid_until = max(self.valid_until, float(until))
+            if self.lost is None:
+                try:  # the agent fences a supervisor that stops acknowledging
+                    self._send(
+                        wire.encode({"op": "ack", "valid_until": until, "id": 0}),
+                        time.monotonic() + 0.5,
+                    )
+                except BackendError:
+                    pass
+        elif push == "changed":
+            self.changed = True
         elif push == "lost":
             if self._holding() and msg.get("lease") == self.lease_id:
                 self._lose(str(msg.get("reason", "the lease agent lost this host's etcd lease")))
@@ -453,7 +620,7 @@ class EtcdHolder:
             if msg.get("ok") is True and key:  # taken after all: give it back
                 try:
                     self._send(
-                        wire.encode({"op": "release", "key": key, "id": 0}),
+                        wire.encode({"op": "release", "keys": [key], "id": 0}),
                         time.monotonic() + 1.0,
                     )
                 except BackendError:
@@ -489,10 +656,27 @@ class EtcdHolder:
     def event_fds(self) -> list[int]:
         return [] if self.sock is None or self.eof else [self.sock.fileno()]
 
+    notifies_changes = True  # a waiting take-over is told when to try again (an etcd watch)
+
+    def take_over_due(self) -> bool:
+        """Whether etcd saw a lease a waiting take-over needs change since the last attempt."""
+        for msg in self._drain():
+            self._message(msg)
+        due, self.changed = self.changed, False
+        return due
+
     def next_check(self) -> float | None:
-        return self.valid_until if self._holding() and self.lost is None else None
+        if self.lost is not None:
+            return None
+        times = [self.valid_until] if self._holding() else []
+        if self.reconnect_at is not None:
+            times.append(self.reconnect_at)
+        return min(times) if times else None
 
     def poll(self) -> str | None:
+        due = self.reconnect_at
+        if due is not None and self.lost is None and time.monotonic() >= due:
+            self._reconnect()
         for msg in self._drain():
             self._message(msg)
         if self.lost is None and self._holding() and time.monotonic() >= self.valid_until:
@@ -550,41 +734,46 @@ class EtcdHolder:
     def settle(self, lease: Mapping[str, str]) -> None:
         pass  # the reservation went in the take-over transaction
 
-    def release(self, lease: Mapping[str, str]) -> None:
-        """Give the lease back; a lease given up while a migration target reserves it is handed
-        off to that target.  Raises BackendError for a lease this holder does not have; never
-        for one it has (a failure is reported and left to the agent)."""
-        key = lease["key"]
-        if self.view.state(key) not in tables.LEASE_HOLDS:
-            raise BackendError(f"lease {key} is not held by this supervisor")
-        self.revisions.pop(key, None)
-        if not self._holding(besides=key):
+    def release(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        """Give the leases back, in one request and one etcd transaction; a lease given up while
+        a migration target reserves it is handed off to that target.  Raises BackendError for
+        a lease this holder does not have; never for one it has (a failure is reported and left
+        to the agent)."""
+        keys = [le["key"] for le in leases]
+        missing = [k for k in keys if self.view.state(k) not in tables.LEASE_HOLDS]
+        if missing:
+            raise BackendError(f"lease {missing[0]} is not held by this supervisor")
+        for key in keys:
+            self.revisions.pop(key, None)
+        if not any(k not in keys for k in self.view.keys(*tables.LEASE_HOLDS)):
             self.lease_id = None
-        self._give(key)
+        self._give(keys)
 
-    def unreserve(self, lease: Mapping[str, str]) -> None:
-        """Let the reservation go (the migration was called off)."""
-        self._give(lease["key"])
+    def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        """Let the reservations go (the migration was called off)."""
+        self._give([le["key"] for le in leases])
 
-    def _give(self, key: str) -> None:
-        if self.eof:
-            return  # the agent is gone: its keys go with its lease
+    def _give(self, keys: list[str]) -> None:
+        if not keys:
+            return
         if self.lost is not None:
+            if self.eof:
+                return  # lost, and the agent is gone: its keys go with its lease
             # Lost already: tell the agent, but never wait for it (it may be the reason; the
             # supervisor is letting everything go after stopping the guest).
             try:
                 self._send(
-                    wire.encode({"op": "release", "key": key, "id": 0}), time.monotonic() + 0.1
+                    wire.encode({"op": "release", "keys": keys, "id": 0}), time.monotonic() + 0.1
                 )
             except BackendError:
                 pass
             return
         try:
-            self._call({"op": "release", "key": key})
+            self._call({"op": "release", "keys": keys})
         except LockFSMError as e:
             # Not held by this supervisor any more either way; the agent deletes what is left
             # when the connection closes, etcd when the lease expires.
-            print(f"lockfsm-supervisor: etcd release of {key}: {e}", file=sys.stderr)
+            print(f"lockfsm-supervisor: etcd release of {', '.join(keys)}: {e}", file=sys.stderr)
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         revision = self.revisions.get(lease["key"])
@@ -607,3 +796,31 @@ def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every key of the lockspace, across all hosts (EtcdBackend.holders).  Raises
     BackendError when the agent or etcd cannot answer."""
     return EtcdBackend(config).holders()
+
+
+def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every host that joined the lockspace, alive or dead (see the agent's op_hosts).
+    Raises BackendError when the agent or etcd cannot answer."""
+    rows: list[dict[str, Any]] = agent_call(agent_socket(config), {"op": "hosts"}, 10.0)["hosts"]
+    return rows
+
+
+def wait_free(
+    config: Mapping[str, Any], leases: Sequence[Mapping[str, Any]], timeout: float
+) -> None:
+    """Wait (an etcd watch, in the agent) until none of ``leases`` has a key.  Raises
+    LeaseConflict naming a holder when ``timeout`` passed first, BackendError."""
+    keys = [le["key"] for le in leases]
+    if not keys:
+        return
+    reply = agent_call(
+        agent_socket(config), {"op": "wait_free", "keys": keys, "timeout": timeout}, timeout + 15.0
+    )
+    if not reply.get("free"):
+        first = reply.get("held", [{}])[0]
+        raise LeaseConflict(
+            f"lease {first.get('key')} is still held after {timeout:g} s, by "
+            f"{first.get('holder', 'another holder')}",
+            f"lease {first.get('key')}",
+            str(first.get("holder", "")),
+        )

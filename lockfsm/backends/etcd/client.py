@@ -1,13 +1,15 @@
-"""etcd v3 through aetcd's gRPC stubs: an asyncio client that fails over between members, and a
-synchronous wrapper that runs it on a private event loop in its own thread.
+"""etcd v3 through gRPC (the stubs aetcd generated): an asyncio client that fails over between
+members, and a synchronous wrapper that runs it on a private event loop in its own thread.
 
-Heavy (imports grpc): only the lease agent (lockfsm/etcd_agent.py), tools and tests import it;
+Heavy (imports grpc): only the lease agent (lockfsm/agent/), tools and tests import it;
 neither the daemon's naming half nor the supervisor does.
 
-What it adds to aetcd:
+What it adds to aetcd's stubs:
 
+* TLS (the members' certificates checked against a CA, a client certificate whose CN etcd takes
+  as the user) and etcd's user/password authentication (:class:`Credentials`);
 * every member is an endpoint: a request that times out or finds its member unavailable is
-  tried on the next one (aetcd's client talks to one host);
+  tried on the next one;
 * every request has a timeout of its own, so that a member that stopped answering (a partition,
   a SIGSTOP) costs one timeout, not a hang;
 * a write that failed in flight may have been applied: it raises :class:`Uncertain`, and the
@@ -20,12 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-import aetcd
+# gRPC's C core writes TLS handshake failures to stderr as it retries; the agent reports the
+# cause itself, once, in a sentence (lockfsm/agent/preflight.py).  Set before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import grpc
 from aetcd import rpc
 
@@ -46,6 +52,24 @@ class Uncertain(EtcdError):
 
 class LeaseNotFound(EtcdError):
     """etcd does not know the lease (it expired or was revoked)."""
+
+
+class Credentials(NamedTuple):
+    """How the agent proves itself to etcd and checks etcd: TLS (the CA that signs the members'
+    certificates, None for the system's; the client's certificate and key, PEM bytes, for
+    ``--client-cert-auth``: etcd then takes the certificate's CN as the user), and a user name
+    with its password (etcd's own authentication, for a deployment without client
+    certificates)."""
+
+    tls: bool = False
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+PLAIN = Credentials()  # plain-text gRPC, no authentication
 
 
 class KV(NamedTuple):
@@ -121,6 +145,7 @@ class TxnResult(NamedTuple):
     succeeded: bool
     revision: int  # the store's revision after the transaction
     ranges: list[list[KV]]  # the rows of each range op of the branch taken, in order
+    nested: list[bool] = []  # whether each nested transaction of that branch succeeded
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -132,6 +157,13 @@ _CHANNEL = {
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
 }
+
+
+def _stale_token(error: rpc.AioRpcError) -> bool:
+    """Whether etcd refused our authentication token (it expired): authenticate again."""
+    return error.code() == rpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in (
+        error.details() or ""
+    )
 
 
 def _classify(error: BaseException) -> EtcdError | None:
@@ -148,56 +180,110 @@ def _classify(error: BaseException) -> EtcdError | None:
     return None
 
 
+class _Member:
+    """One member's gRPC channel and stubs, made on first use (and again after a failure that
+    may have broken it: an expired authentication token)."""
+
+    def __init__(self, host: str, port: int, creds: Credentials) -> None:
+        self.target = f"{host}:{port}"
+        self.creds = creds
+        self.channel: grpc.aio.Channel | None = None
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        self.kvstub: Any = None
+        self.leasestub: Any = None
+        self.maintenancestub: Any = None
+        self.watchstub: Any = None
+
+    async def connect(self, timeout: float) -> _Member:
+        if self.channel is not None:
+            return self
+        creds = self.creds
+        if creds.tls:
+            secure = grpc.ssl_channel_credentials(creds.ca, creds.key, creds.cert)
+            channel = grpc.aio.secure_channel(self.target, secure, options=_CHANNEL.items())
+        else:
+            channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL.items())
+        metadata = None
+        try:
+            if creds.user is not None:
+                auth = rpc.AuthStub(channel)
+                resp = await auth.Authenticate(
+                    rpc.AuthenticateRequest(name=creds.user, password=creds.password or ""),
+                    timeout=timeout,
+                )
+                metadata = (("token", resp.token),)
+        except BaseException:
+            await channel.close()
+            raise
+        self.channel, self.metadata = channel, metadata
+        self.kvstub = rpc.KVStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
+        self.maintenancestub = rpc.MaintenanceStub(channel)
+        self.watchstub = rpc.WatchStub(channel)
+        return self
+
+    async def close(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await channel.close()
+
+
 class Etcd:
     """An asyncio etcd client over every member of a cluster.  Use from one event loop."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], try_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        try_timeout: float = 1.0,
+        creds: Credentials = PLAIN,
+    ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoint")
         self.endpoints = list(endpoints)
         self.try_timeout = try_timeout
+        self.creds = creds
         self.current = 0
-        self._clients: dict[int, aetcd.Client] = {}
+        self._members: dict[int, _Member] = {}
 
     @property
     def endpoint(self) -> str:
         host, port = self.endpoints[self.current]
-        return f"{host}:{port}"
+        return f"{'https' if self.creds.tls else 'http'}://{host}:{port}"
 
-    async def _client(self) -> aetcd.Client:
-        client = self._clients.get(self.current)
-        if client is None:
+    async def _client(self, timeout: float) -> _Member:
+        member = self._members.get(self.current)
+        if member is None:
             host, port = self.endpoints[self.current]
-            client = aetcd.Client(host, port, connect_wait_timeout=1, options=_CHANNEL)
-            self._clients[self.current] = client
-        await client.connect()
-        return client
+            member = self._members[self.current] = _Member(host, port, self.creds)
+        return await member.connect(timeout)
 
     def _rotate(self, failed: int) -> None:
         if self.current == failed:
             self.current = (failed + 1) % len(self.endpoints)
 
-    async def _once(self, fn: Callable[[aetcd.Client], Awaitable[T]], timeout: float) -> T:
+    async def _once(self, fn: Callable[[_Member], Awaitable[T]], timeout: float) -> T:
         """One try on the current member.  Raises EtcdError, or (after moving to the next
         member) TimeoutError/ConnectionError for a try that another member may answer."""
         index = self.current
+        host, port = self.endpoints[index]
         try:
-            client = await self._client()
-            return await asyncio.wait_for(fn(client), max(0.001, timeout))
+            return await asyncio.wait_for(self._call(fn, max(0.001, timeout)), max(0.001, timeout))
         except TimeoutError:
             self._rotate(index)
-            host, port = self.endpoints[index]
             raise TimeoutError(f"etcd member {host}:{port} did not answer in time") from None
-        except (rpc.AioRpcError, aetcd.ClientError) as e:
-            ours = _classify(e.__cause__ if isinstance(e, aetcd.ClientError) else e)
+        except rpc.AioRpcError as e:
+            if _stale_token(e):
+                await self._members[index].close()  # authenticate again on the next try
+            ours = _classify(e)
             if ours is not None:
                 raise ours from None
             self._rotate(index)
-            detail = e.details() if isinstance(e, rpc.AioRpcError) else str(e)
-            host, port = self.endpoints[index]
-            raise ConnectionError(f"etcd member {host}:{port}: {detail}") from None
+            raise ConnectionError(f"etcd member {host}:{port}: {e.details()}") from None
 
-    async def read(self, fn: Callable[[aetcd.Client], Awaitable[T]], budget: float) -> T:
+    async def _call(self, fn: Callable[[_Member], Awaitable[T]], timeout: float) -> T:
+        return await fn(await self._client(timeout))
+
+    async def read(self, fn: Callable[[_Member], Awaitable[T]], budget: float) -> T:
         """An idempotent request, tried member after member until ``budget`` seconds pass.
         Raises Unavailable, EtcdError."""
         deadline = time.monotonic() + budget
@@ -212,7 +298,7 @@ class Etcd:
                 last = e
             await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
 
-    async def write(self, fn: Callable[[aetcd.Client], Awaitable[T]], timeout: float) -> T:
+    async def write(self, fn: Callable[[_Member], Awaitable[T]], timeout: float) -> T:
         """A request that changes the store, tried once.  Raises Uncertain when it failed in
         flight (it may have been applied: read back), EtcdError."""
         try:
@@ -234,14 +320,20 @@ class Etcd:
         trying every member for ``timeout``), LeaseNotFound, EtcdError."""
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
-        async def call(client: aetcd.Client) -> TxnResult:
+        async def call(client: _Member) -> TxnResult:
             resp = await client.kvstub.Txn(request, metadata=client.metadata)
+            kinds = [r.WhichOneof("response") for r in resp.responses]
             ranges = [
                 _rows(r.response_range.kvs)
-                for r in resp.responses
-                if r.WhichOneof("response") == "response_range"
+                for r, kind in zip(resp.responses, kinds, strict=True)
+                if kind == "response_range"
             ]
-            return TxnResult(resp.succeeded, resp.header.revision, ranges)
+            nested = [
+                bool(r.response_txn.succeeded)
+                for r, kind in zip(resp.responses, kinds, strict=True)
+                if kind == "response_txn"
+            ]
+            return TxnResult(resp.succeeded, resp.header.revision, ranges, nested)
 
         limit = self.try_timeout if timeout is None else timeout
         if idempotent:
@@ -259,7 +351,7 @@ class Etcd:
         """A new lease: (id, granted TTL).  A grant lost in flight only leaves a lease nobody
         uses, which expires: it is retried.  Raises Unavailable."""
 
-        async def call(client: aetcd.Client) -> tuple[int, int]:
+        async def call(client: _Member) -> tuple[int, int]:
             resp = await client.leasestub.LeaseGrant(
                 rpc.LeaseGrantRequest(TTL=ttl), metadata=client.metadata
             )
@@ -274,7 +366,7 @@ class Etcd:
         it.  One try (a late renewal must not be mistaken for a timely one).  Raises Uncertain
         (no answer in time), EtcdError."""
 
-        async def call(client: aetcd.Client) -> int:
+        async def call(client: _Member) -> int:
             stream = client.leasestub.LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease)]), metadata=client.metadata
             )
@@ -292,7 +384,7 @@ class Etcd:
         """Revoke ``lease`` (its keys are deleted); a lease etcd no longer knows is fine.
         Raises Unavailable."""
 
-        async def call(client: aetcd.Client) -> None:
+        async def call(client: _Member) -> None:
             await client.leasestub.LeaseRevoke(
                 rpc.LeaseRevokeRequest(ID=lease), metadata=client.metadata
             )
@@ -305,7 +397,7 @@ class Etcd:
     async def status(self, budget: float = 2.0) -> tuple[int, int]:
         """(member id, leader id) as the current member reports.  Raises Unavailable."""
 
-        async def call(client: aetcd.Client) -> tuple[int, int]:
+        async def call(client: _Member) -> tuple[int, int]:
             resp = await client.maintenancestub.Status(
                 rpc.StatusRequest(), metadata=client.metadata
             )
@@ -313,13 +405,39 @@ class Etcd:
 
         return await self.read(call, budget)
 
+    async def wait_change(self, keys: Sequence[bytes], start_revision: int, timeout: float) -> bool:
+        """Wait until one of ``keys`` changes at or after ``start_revision`` (an etcd watch):
+        True when it did (or etcd cannot tell: compacted, cancelled), False when ``timeout``
+        passed first or the member went away (the caller then polls)."""
+        try:
+            member = await self._client(min(self.try_timeout, timeout))
+        except (rpc.AioRpcError, TimeoutError):
+            return False
+        stream = member.watchstub.Watch(metadata=member.metadata)
+
+        async def changed() -> bool:
+            for key in keys:
+                create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+                await stream.write(rpc.WatchRequest(create_request=create))
+            async for resp in stream:
+                if resp.events or resp.canceled or resp.compact_revision:
+                    return True
+            return False
+
+        try:
+            return await asyncio.wait_for(changed(), timeout)
+        except (TimeoutError, rpc.AioRpcError):
+            return False
+        finally:
+            stream.cancel()
+
     async def close(self) -> None:
-        for client in self._clients.values():
+        for member in self._members.values():
             try:
-                await client.close()
+                await member.close()
             except Exception:  # closing a broken channel: nothing left to do
                 pass
-        self._clients.clear()
+        self._members.clear()
 
 
 # -- the synchronous wrapper ------------------------------------------------------------------
@@ -333,13 +451,18 @@ class SyncEtcd:
     Raises what the :class:`Etcd` call raises, and TimeoutError when the loop does not answer
     in time (a call is never left running: it is cancelled)."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], try_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        try_timeout: float = 1.0,
+        creds: Credentials = PLAIN,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="lockfsm-etcd-loop", daemon=True
         )
         self._thread.start()
-        self.etcd = Etcd(endpoints, try_timeout)
+        self.etcd = Etcd(endpoints, try_timeout, creds)
 
     def run(self, fn: Callable[[Etcd], Coroutine[Any, Any, T]], timeout: float = 30.0) -> T:
         """Run ``fn(etcd)`` on the private loop; its result."""
