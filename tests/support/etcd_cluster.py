@@ -24,6 +24,7 @@ from tests.support.helpers import wait_until
 
 if TYPE_CHECKING:
     from lockfsm.supervisor.leases import LeaseMachines
+    from tests.support.certs import CA
 
 #: The agents' TTL where a test does not say (long enough never to fence on a busy machine).
 TTL = 4
@@ -60,8 +61,11 @@ def toml_text(config: dict[str, Any]) -> str:
 class Member:
     """One etcd server process."""
 
-    def __init__(self, base: str, name: str, client: int, peer: int, cluster: str) -> None:
+    def __init__(
+        self, base: str, name: str, client: int, peer: int, cluster: str, tls: CA | None = None
+    ) -> None:
         self.name, self.client, self.peer = name, client, peer
+        self.tls = tls
         self.data = os.path.join(base, name)
         self.log_path = os.path.join(base, f"{name}.log")
         self.cluster = cluster
@@ -70,15 +74,24 @@ class Member:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client}"
+        """The client URL: ``127.0.0.1:port``, or ``https://127.0.0.1:port`` with TLS."""
+        return f"https://127.0.0.1:{self.client}" if self.tls else f"127.0.0.1:{self.client}"
 
     def start(self, new: bool = True) -> None:
+        url = self.endpoint if self.tls else f"http://{self.endpoint}"
+        tls: list[str] = []
+        if self.tls is not None:  # clients must show a certificate of the CA (etcd's mTLS)
+            pair = self.tls.issue(f"etcd-{self.name}", server=True)
+            tls = [
+                *("--cert-file", pair.cert, "--key-file", pair.key),
+                *("--trusted-ca-file", self.tls.cert, "--client-cert-auth"),
+            ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
                     *("etcd", "--name", self.name, "--data-dir", self.data),
-                    *("--listen-client-urls", f"http://{self.endpoint}"),
-                    *("--advertise-client-urls", f"http://{self.endpoint}"),
+                    *("--listen-client-urls", url, "--advertise-client-urls", url),
+                    *tls,
                     *("--listen-peer-urls", f"http://127.0.0.1:{self.peer}"),
                     *("--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}"),
                     *("--initial-cluster", self.cluster),
@@ -109,15 +122,20 @@ class Member:
 
 
 class Cluster:
-    """``size`` etcd members on loopback, one cluster."""
+    """``size`` etcd members on loopback, one cluster; with ``tls``, clients speak TLS to them and
+    must show a client certificate that CA signed (``--client-cert-auth``), and the cluster's
+    own :meth:`client` is ``root`` (``tls.issue("root")``)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, tls: CA | None = None) -> None:
         self.base = short_tmpdir("lfe")
+        self.tls = tls
+        self.root = tls.issue("root") if tls is not None else None
         ports = free_ports(2 * size)
         names = [f"m{i}" for i in range(size)]
         spec = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
         self.members = [
-            Member(self.base, n, ports[2 * i], ports[2 * i + 1], spec) for i, n in enumerate(names)
+            Member(self.base, n, ports[2 * i], ports[2 * i + 1], spec, tls)
+            for i, n in enumerate(names)
         ]
         self.prefix_count = 0
         try:
@@ -132,10 +150,52 @@ class Cluster:
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
-    def client(self, members: list[Member] | None = None) -> SyncEtcd:
-        from lockfsm.backends.etcd import parse_endpoint
+    def tls_config(self, cn: str) -> dict[str, str]:
+        """The driver settings of a host whose client certificate has CN ``cn``."""
+        assert self.tls is not None
+        pair = self.tls.issue(cn)
+        return {"ca_file": self.tls.cert, "cert_file": pair.cert, "key_file": pair.key}
 
-        return SyncEtcd([parse_endpoint(m.endpoint) for m in members or self.members], 0.5)
+    def client(self, members: list[Member] | None = None) -> SyncEtcd:
+        """A client of ``members`` (all by default); with TLS, as ``root``."""
+        from lockfsm.backends.etcd import credentials, parse_endpoint
+        from lockfsm.backends.etcd.client import PLAIN
+
+        creds = PLAIN
+        if self.tls is not None and self.root is not None:
+            creds = credentials(
+                {"endpoints": self.endpoints, "ca_file": self.tls.cert}
+                | {"cert_file": self.root.cert, "key_file": self.root.key}
+            )
+        return SyncEtcd([parse_endpoint(m.endpoint) for m in members or self.members], 0.5, creds)
+
+    def etcdctl(self, *args: str) -> str:
+        """Run ``etcdctl`` against the cluster (as ``root`` with TLS); its output.  Raises
+        AssertionError naming the command when it fails."""
+        cmd = ["etcdctl", "--endpoints", ",".join(m.endpoint for m in self.members)]
+        if self.tls is not None and self.root is not None:
+            cmd += ["--cacert", self.tls.cert, "--cert", self.root.cert, "--key", self.root.key]
+        proc = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def enable_auth(self, roles: dict[str, str], users: dict[str, str | None]) -> None:
+        """etcd's authentication, as the README tells an operator: a ``root`` user, ``roles``
+        (name -> the key prefix it may read and write), ``users`` (name -> its role or None),
+        then ``auth enable``.  Users have no password: a client certificate's CN names them."""
+        self.etcdctl("user", "add", "root", "--new-user-password=not-used-with-certificates")
+        self.etcdctl("user", "grant-role", "root", "root")
+        for role, prefix in roles.items():
+            self.etcdctl("role", "add", role)
+            self.etcdctl("role", "grant-permission", role, "--prefix=true", "readwrite", prefix)
+        for user, role in users.items():
+            self.etcdctl("user", "add", user, "--new-user-password=not-used-with-certificates")
+            if role is not None:
+                self.etcdctl("user", "grant-role", user, role)
+        self.etcdctl("auth", "enable")
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         """Until a put through every running member succeeds."""
@@ -250,8 +310,20 @@ class Agent:
                 os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def release(self) -> None:
+        """A host shutdown (``--release-all``): the lease revoked, every key of the host gone,
+        the agent stopped; :meth:`stop` if it does not answer."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with suppress(Exception):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            agent_call(self.path, {"op": "release_host"}, 5.0)
+            self.proc.wait(10)
+        self.stop()
+
     def stop(self) -> None:
-        """SIGTERM (a stopped agent is continued first), kill -9 if it lingers."""
+        """SIGTERM (a stopped agent is continued first; the lease stays for the next agent),
+        kill -9 if it lingers."""
         if self.proc is None or self.proc.poll() is not None:
             return
         with suppress(ProcessLookupError):
@@ -315,7 +387,7 @@ class Site:
         for host in self.hosts:
             host.cleanup()
         self.hosts.clear()
-        self.agent.stop()
+        self.agent.release()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -596,7 +596,7 @@ class EtcdHolder:
             lease, until = msg.get("lease"), msg.get("valid_until")
             if not isinstance(until, float | int):
                 return
-            if self._holding() and lease != self.lease_id:
+            if self._holding() and self.lease_id is not None and lease != self.lease_id:
                 self._lose(
                     f"this host's etcd lease {self.lease_id:x} was replaced: its keys are gone"
                 )
@@ -745,9 +745,10 @@ class EtcdHolder:
             raise BackendError(f"lease {missing[0]} is not held by this supervisor")
         for key in keys:
             self.revisions.pop(key, None)
-        if not any(k not in keys for k in self.view.keys(*tables.LEASE_HOLDS)):
+        last = not any(k not in keys for k in self.view.keys(*tables.LEASE_HOLDS))
+        self._give(keys)  # pushes may come meanwhile: the keys are still on lease_id
+        if last:
             self.lease_id = None
-        self._give(keys)
 
     def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         """Let the reservations go (the migration was called off)."""
