@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -129,7 +130,7 @@ def acquire_when_free(
     [
         ("endpoints", "127.0.0.1:2379", "list"),
         ("endpoints", [], "list"),
-        ("endpoints", ["https://127.0.0.1:2379"], "TLS"),
+        ("endpoints", ["ftp://127.0.0.1:2379"], "http:// or https://"),
         ("endpoints", ["127.0.0.1:99999"], "port"),
         ("ttl", 0, "1..3600"),
         ("ttl", 2.5, "whole number"),
@@ -514,7 +515,11 @@ def test_a_holder_never_resumes_on_a_late_answer(
     etcd1: Cluster, sites: Callable[..., Site], disks: list[str]
 ) -> None:
     """The holder's side of the deadline, without a supervisor: lost once its deadline passed
-    with no newer proof, and lost for good -- whatever the agent says after SIGCONT."""
+    with no newer proof, and lost for good -- whatever the agent says after SIGCONT.  The agent
+    lets the keys of this holder (which acknowledged nothing meanwhile) go, but never touches
+    its process's children: it is no supervisor, it has no guest.  (The agent used to SIGKILL
+    every child of the test process, the agent and etcd among them.)"""
+    bystander = subprocess.Popen(["sleep", "60"])
     a = sites(etcd1, "hostA", ttl=FAULT_TTL)
     holder = a.holder()
     holder.watch([])
@@ -540,6 +545,9 @@ def test_a_holder_never_resumes_on_a_late_answer(
     assert fresh.poll() is None and holder.poll() == reason
     holder.release(lease)  # lost: told to the agent, not waited for
     fresh.release(lease)
+    assert bystander.poll() is None and a.agent.proc is not None and a.agent.proc.poll() is None
+    bystander.kill()
+    bystander.wait()
 
 
 def test_a_validity_push_during_the_last_release_is_no_loss(
@@ -602,19 +610,20 @@ def test_a_killed_host_frees_its_leases_within_the_ttl(
     racer.release(lease)
 
 
-def test_a_killed_agent_fences_its_guests_at_once(
+def test_a_killed_agent_not_back_fences_its_guests_by_the_deadline(
     etcd1: Cluster, sites: Callable[..., Site], disks: list[str]
 ) -> None:
-    """kill -9 of the agent alone: every supervisor of the host sees its connection close and
-    stops its guest at once (its lease can no longer be proven alive); the keys go with the
-    lease's expiry."""
+    """kill -9 of the agent alone, and no new agent: every supervisor of the host tries to
+    reconnect (a restarted agent would take them up) until its local deadline (ttl -
+    fence_margin after the last keepalive), then stops its guest -- before the keys go with the
+    lease's expiry and another host acquires."""
     a, b = sites(etcd1, "hostA", ttl=FAULT_TTL), sites(etcd1, "hostB", ttl=FAULT_TTL)
     ha = a.host()
     g = ha.start("vm", disks[:1])
     lease = {"key": key_of(ha, disks[0]), "mode": "exclusive"}
     at, died, acquired = fenced_before_acquired(g, b, lease, a.agent.kill, FAULT_TTL + 3)
     print(f"\netcd: agent killed -> guest stopped after {(died - at) * 1000:.0f} ms")
-    assert died - at < 0.5 and died < acquired
+    assert died - at <= FAULT_TTL and died < acquired
     assert g.proc.wait(10) == EXIT_LEASE_LOST
 
 

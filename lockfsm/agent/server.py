@@ -294,11 +294,15 @@ class Agent:
                     await self._fence(conn)
 
     async def _fence(self, conn: Conn) -> None:
+        """Stop the guest of a stalled supervisor by its policy, let its keys go, tell it.
+        Only a supervisor (a connection that names its launch) has a guest: the children of
+        another holder (a program using the holder itself) are never touched."""
         conn.fenced = True
         conn.look_at_guests()
         policy = str(conn.who.get("policy") or self.conf["lock_failure"])
         sig = {"poweroff": signal.SIGKILL, "pause": signal.SIGSTOP}.get(policy)
-        for pid in sorted(conn.guests):
+        guests = sorted(conn.guests - {os.getpid()}) if conn.who.get("launch") else []
+        for pid in guests:
             if sig is not None and kernel.alive(pid):
                 try:
                     os.kill(pid, sig)
@@ -308,7 +312,7 @@ class Agent:
             "supervisor pid %s did not acknowledge its deadline: its guest(s) %s stopped by "
             "policy %s, its leases let go",
             conn.pid,
-            sorted(conn.guests) or "(none seen)",
+            guests or "(none seen)",
             policy,
         )
         why = (
