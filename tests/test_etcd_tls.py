@@ -87,6 +87,37 @@ def test_guests_start_hot_plug_and_migrate_over_tls(
     tgt.mgr.shutdown()
 
 
+def test_a_rotated_certificate_takes_effect_at_the_agent_restart_and_stops_no_guest(
+    tls: Cluster, ca: CA, sites: list[Site], disks: list[str]
+) -> None:
+    """Certificate rotation as an operator does it: new key and certificate files written over
+    the old ones, then ``systemctl restart`` (SIGTERM, a new agent).  The new agent connects with
+    the new certificate, resumes the host's lease; the guest keeps running, its keys unchanged;
+    a new guest starts."""
+    site = sites[0]
+    a = site.host()
+    g = a.start("vm", disks[:1])
+    with tls.client() as db:
+        before = held(db, PREFIX)
+    with open(site.config["cert_file"], "rb") as f:
+        old_cert = f.read()
+    lease = site.agent.status()["lease"]
+    rotated = ca.issue("host-a")  # the same paths: new key, new certificate
+    assert rotated.cert == site.config["cert_file"] and rotated.key == site.config["key_file"]
+    with open(rotated.cert, "rb") as f:
+        assert f.read() != old_cert
+    site.agent.stop()
+    site.agent.start()
+    assert site.agent.status()["lease"] == lease
+    assert g.pid is not None and g.proc.poll() is None
+    with tls.client() as db:
+        assert held(db, PREFIX) == before
+    h = a.start("vm2", disks[1:2])
+    assert h.mgr.state is DomainState.STARTED
+    h.mgr.shutdown()
+    g.mgr.shutdown()
+
+
 def bad_credentials(tls: Cluster, ca: CA, case: str) -> dict[str, Any]:
     """The TLS settings of host ``host-a`` gone wrong in one way."""
     good = tls.tls_config("host-a")

@@ -91,7 +91,7 @@ for line in sys.stdin:
             leases[req["lease"]["key"]] = req["lease"]
             holder.acquire(req["lease"], req["resource"])
         else:
-            holder.release(req["lease"])
+            holder.release([req["lease"]])
     except LockFSMError as e:
         reply = {"ok": False, "error": type(e).__name__, "message": str(e),
                  "resource": getattr(e, "resource", None), "holder": getattr(e, "holder", None)}

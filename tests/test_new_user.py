@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lockfsm.embed.standin import short_tmpdir
+from tests.support.helpers import copy_tracked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,14 +24,7 @@ def fresh() -> Iterator[Path]:
     """The project's files as git knows them, copied from the work tree, without any venv, then
     the README's first command run in it."""
     top = Path(short_tmpdir("lfnew"))
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, tracked.split("\0")):
-        src = ROOT / name
-        if src.is_file():
-            (top / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, top / name)
+    copy_tracked(str(top))
     readme = (top / "README.md").read_text()
     first = re.findall(r"```sh\n(.*?)\n```", readme, re.S)[0]
     out = subprocess.run(

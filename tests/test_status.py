@@ -95,7 +95,7 @@ def test_a_bad_configuration_is_named(workdir: str) -> None:
     with open(conf, "w") as f:
         f.write("lockspace = 3\n")
     out = subprocess.run([*LOCKFSM, "status", "--config", conf], capture_output=True, text=True)
-    assert out.returncode == 2 and "'lockspace'" in out.stdout and conf in out.stdout
+    assert out.returncode == 2 and "'lockspace'" in out.stderr and conf in out.stderr
 
 
 def test_every_command_says_what_it_does_in_one_line() -> None:

@@ -16,20 +16,10 @@ from pathlib import Path
 import pytest
 
 from lockfsm.embed.standin import short_tmpdir
+from tests.support.helpers import copy_tracked
 from tests.support.needs import require
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _copy_tracked(dest: Path) -> None:
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, tracked.split("\0")):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
 
 
 class Installed:
@@ -57,7 +47,7 @@ class Installed:
 def installed() -> Iterator[Installed]:
     top = Path(short_tmpdir("lfwhl"))
     src = top / "src"
-    _copy_tracked(src)
+    copy_tracked(str(src))
     inst = Installed(top)
     built = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(top / "dist"), str(src)],

@@ -294,35 +294,52 @@ class Agent:
                     await self._fence(conn)
 
     async def _fence(self, conn: Conn) -> None:
-        """Stop the guest of a stalled supervisor by its policy, let its keys go, tell it.
-        Only a supervisor (a connection that names its launch) has a guest: the children of
-        another holder (a program using the holder itself) are never touched."""
+        """Stop the guest of a stalled supervisor by its policy, let its keys go once the guest
+        is dead (or paused), tell it.  Only a supervisor (a connection that names its launch)
+        has a guest: the children of another holder (a program using the holder itself) are
+        never touched.  A supervisor whose guest the agent cannot see or kill keeps its keys
+        (it lets them go itself when it runs again; else they go with the host's lease)."""
         conn.fenced = True
         conn.look_at_guests()
         policy = str(conn.who.get("policy") or self.conf["lock_failure"])
         sig = {"poweroff": signal.SIGKILL, "pause": signal.SIGSTOP}.get(policy)
-        guests = sorted(conn.guests - {os.getpid()}) if conn.who.get("launch") else []
+        supervisor = bool(conn.who.get("launch"))
+        guests = sorted(conn.guests - {os.getpid()}) if supervisor else []
         for pid in guests:
             if sig is not None and kernel.alive(pid):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        log.warning(
-            "supervisor pid %s did not acknowledge its deadline: its guest(s) %s stopped by "
-            "policy %s, its leases let go",
-            conn.pid,
-            guests or "(none seen)",
-            policy,
-        )
         why = (
             "the supervisor did not acknowledge the lease's validity in time (stalled): the "
             f"agent applied policy {policy} to its guest and let its leases go"
         )
-        try:
-            await self.store.release_many(conn, list(conn.owned), self.budget)
-        except (BackendError, EtcdError) as e:
-            log.warning("fenced supervisor pid %s: leases not released: %s", conn.pid, e)
+        if sig == signal.SIGKILL:  # the guest's writes end when it is dead, not when signalled
+            until = time.monotonic() + self.budget
+            while any(kernel.alive(p) for p in guests) and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+        running = [p for p in guests if sig == signal.SIGKILL and kernel.alive(p)]
+        if (supervisor and not guests) or running:
+            log.warning(
+                "supervisor pid %s did not acknowledge its deadline; its guest %s: its leases "
+                "stay held until it lets them go or this host's lease ends",
+                conn.pid,
+                f"{running} does not die" if running else "is not visible",
+            )
+            why = "the supervisor did not acknowledge the lease's validity in time (stalled)"
+        else:
+            log.warning(
+                "supervisor pid %s did not acknowledge its deadline: its guest(s) %s stopped "
+                "by policy %s, its leases let go",
+                conn.pid,
+                guests or "(none: not a supervisor)",
+                policy,
+            )
+            try:
+                await self.store.release_many(conn, list(conn.owned), self.budget)
+            except (BackendError, EtcdError) as e:
+                log.warning("fenced supervisor pid %s: leases not released: %s", conn.pid, e)
         lease = self.lease
         conn.send({"push": "lost", "lease": lease.id if lease else None, "reason": why})
 

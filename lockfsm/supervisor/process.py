@@ -307,6 +307,18 @@ class Supervisor:
                 e = LeaseConflict(f"the source did not give up the lease in time: {e}", e.resource)
             self._answer_take_over(pending, wire.error_reply(e))
             return
+        except BackendError as e:
+            # The lock service did not answer (a lease agent restarting, an etcd election):
+            # nothing was taken, so try again until the take-over's time is up.
+            if time.monotonic() < pending.deadline and self.sm.can(
+                "take_over", gen=pending.gen, retry=True
+            ):
+                print(f"lockfsm-supervisor: take-over: {e}; trying again", file=sys.stderr)
+                pending.later()
+                self.take_over = pending
+                return
+            self._answer_take_over(pending, wire.error_reply(e))
+            return
         except LockFSMError as e:
             self._answer_take_over(pending, wire.error_reply(e))
             return

@@ -128,14 +128,7 @@ class Server:
         if policy is not None:
             mgr.set_parameter("lock_failure", policy)
         self.managers[uuid] = mgr
-        proc = self._launch(mgr, guest_argv(guest, self.run_dir, uuid))
-        try:
-            self.guests[uuid] = mgr.get_child(timeout=20)
-        except BaseException:
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            raise
-        return self._info(uuid, mgr, proc.pid)
+        return self._spawn(uuid, mgr, guest_argv(guest, self.run_dir, uuid))
 
     def op_incoming(
         self,
@@ -152,7 +145,11 @@ class Server:
         self.managers[uuid] = mgr
         with suppress(FileNotFoundError):
             os.unlink(go_file(self.run_dir, uuid))
-        proc = self._launch(mgr, guest_argv("incoming", self.run_dir, uuid))
+        return self._spawn(uuid, mgr, guest_argv("incoming", self.run_dir, uuid))
+
+    def _spawn(self, uuid: str, mgr: Any, guest: list[str]) -> dict[str, Any]:
+        """Launch ``mgr``'s supervisor with ``guest`` and wait for its child."""
+        proc = self._launch(mgr, guest)
         try:
             self.guests[uuid] = mgr.get_child(timeout=20)
         except BaseException:

@@ -270,7 +270,8 @@ class FaultRun:
                 )
             return
         if self.at == "waiting":  # the target takes the dead source's leases (L1)
-            self.expect(self.settle(self.pending) == "started", "the target's completion")
+            ended = self.settle(self.pending)
+            self.expect(ended == "started", f"the target's completion: {ended}")
             self.pending = None
             self.mark_done()
             return
@@ -349,14 +350,7 @@ class FaultRun:
                 self.rival_refused("while the supervisor is stopped")
         finally:
             os.kill(g.sup, signal.SIGCONT)
-        if self.at == "shutdown":
-            self.expect(self.settle(self.pending) == "stopped", "shutdown completes after SIGCONT")
-            self.pending = None
-        elif self.at == "waiting" and self.side == "target":
-            self.expect(self.settle(self.pending) == "started", "the take-over completes")
-            self.pending = None
-            self.mark_done()
-        else:
+        if not self.pending_returns("after the supervisor's SIGCONT"):
             state = self.call(g.host, "check")["state"]
             want = self.state_of(g)
             self.expect(state == want, f"after SIGCONT check() works: {state}, not {want}")
@@ -422,13 +416,23 @@ class FaultRun:
         finally:
             host.daemon.signal(signal.SIGCONT)
         self.expect(probe.result(10) == host.daemon.pid, "the daemon answers after SIGCONT")
+        self.pending_returns("after the daemon's SIGCONT")
+
+    def pending_returns(self, when: str) -> bool:
+        """A call left pending by a stopped process returns once it runs again: a shutdown
+        as stopped, a target's take-over as started (the migration is then done).  True if
+        there was one."""
         if self.at == "shutdown":
-            self.expect(self.settle(self.pending) == "stopped", "the pending shutdown returns")
-            self.pending = None
+            self.expect(self.settle(self.pending) == "stopped", f"shutdown completes {when}")
         elif self.at == "waiting" and self.side == "target":
-            self.expect(self.settle(self.pending) == "started", "the pending completion returns")
+            self.expect(self.settle(self.pending) == "started", f"the take-over completes {when}")
             self.pending = None
             self.mark_done()
+            return True
+        else:
+            return False
+        self.pending = None
+        return True
 
     def fault_crash(self) -> None:
         """kill -9 of the host's sanlock daemon (a fresh one, with a host_id of its own)."""
@@ -503,7 +507,7 @@ class FaultRun:
             self.env.revive()
 
     def fault_fenced(self) -> None:
-        """kill -9 of the host's etcd lease agent (restarted afterwards)."""
+        """kill -9 of the host's etcd lease agent, restarted only after its guests fenced."""
         g = self.subject
         agent = g.host.slot
         agent.kill()
@@ -511,7 +515,10 @@ class FaultRun:
         self.lose_subject()
         try:
             if self.side == "source":
-                self.expect(wait_for(lambda: not living(g.pid), 2), "the guest is stopped at once")
+                self.expect(
+                    wait_for(lambda: not living(g.pid), EtcdEnv.TTL),
+                    "the guest is stopped by its deadline",
+                )
                 self.expect(wait_for(lambda: not g.supervised(), 3), "the supervisor exits")
                 if self.at == "shutdown":
                     self.expect(self.settle(self.pending) == "stopped", "the pending shutdown")
@@ -526,6 +533,70 @@ class FaultRun:
                 self.pending = None
         finally:
             agent.start()
+
+    def fault_agent_restarted(self) -> None:
+        """The host's lease agent killed (-9) or stopped (SIGTERM, a service restart) and a new
+        one started at once: it resumes the lease, the supervisors reconnect; nothing changes."""
+        g = self.subject
+        agent = g.host.slot
+        if self.row.sig.startswith("SIGKILL"):
+            agent.kill()
+        else:
+            agent.stop()
+            self.expect(agent.proc.returncode == 0, "the agent exits 0 on SIGTERM")
+        agent.start()
+        if self.at != "shutdown":
+            if g.role != "incoming":
+                self.expect(g.executing(), "the guest keeps running (not fenced)")
+            self.rival_refused("after the agent's restart")
+            self.unchanged(self.before, "after the agent's restart", "S2")
+
+    def fault_hangup(self) -> None:
+        """SIGHUP to the host's lease agent (``systemctl reload``): ignored."""
+        g = self.subject
+        agent = g.host.slot
+        agent.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        self.expect(agent.proc.poll() is None, "the agent lives on after SIGHUP")
+        if self.at != "shutdown":
+            if g.role != "incoming":
+                self.expect(g.executing(), "the guest keeps running")
+            self.unchanged(self.before, "after SIGHUP", "S2")
+
+    def fault_supervisor_fenced(self) -> None:
+        """The subject's supervisor SIGSTOPped until its lease's deadline has passed: the agent
+        stops the guest (poweroff) and lets its keys go; on SIGCONT the supervisor exits 76."""
+        g = self.subject
+        assert isinstance(self.env, EtcdEnv)
+        os.kill(g.sup, signal.SIGSTOP)
+        self.lose_subject()
+        try:
+            stopped = time.monotonic()
+            self.expect(
+                wait_for(lambda: not living(g.pid), self.env.TTL),
+                "the agent stops the stalled supervisor's guest before the deadline",
+            )
+            gone = wait_for(lambda: not self.held_by(g), 3)
+            self.expect(gone, f"its keys go once its guest is dead: {self.held_by(g)}")
+            self.check(f"{time.monotonic() - stopped:.1f} s after the stop")
+        finally:
+            os.kill(g.sup, signal.SIGCONT)
+        self.expect(wait_for(lambda: not g.supervised(), 5), "the supervisor exits after SIGCONT")
+        if self.at == "shutdown":
+            ended = self.settle(self.pending, 10)
+            self.expect(ended != "still pending", f"the pending shutdown returns: {ended}")
+            self.pending = None
+        elif self.at == "waiting":
+            # The agent let the dead source's keys go: handed off to the waiting target's
+            # reservations, which may take them over before its handoff_timeout (L1: the
+            # source's guest was dead first), or time out; either way nobody else has them.
+            ended = self.settle(self.pending, HANDOFF + 5)
+            self.pending = None
+            if ended == "started":
+                self.source_completed = True
+                self.mark_done()
+            else:
+                self.expect("LeaseConflict" in ended, f"the take-over ends: {ended}")
 
     # -- helpers for the migration --------------------------------------------------------------
 
@@ -651,7 +722,8 @@ class FaultRun:
             time.sleep(0.05)
         if not self.source_completed:
             self.complete_source()
-        self.expect(self.settle(self.pending) == "started", "the target's completion")
+        ended = self.settle(self.pending)
+        self.expect(ended == "started", f"the target's completion: {ended}")
         self.pending = None
         self.mark_done()
 

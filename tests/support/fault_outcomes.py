@@ -111,11 +111,43 @@ def documented(row: Row) -> str:
                 "source holds every lease (S3); the reservations expire with the host's lease"
             )
         return (
-            "kill -9 lease agent: every supervisor of the host sees the connection close and "
-            "stops its guest at once (poweroff, exit 76); the keys expire after the TTL and "
-            "nothing else acquires before; check() says failed; shutdown() succeeds"
+            "kill -9 lease agent, no agent back before the deadline: every supervisor of the "
+            "host tries to reconnect until its deadline (ttl - fence_margin after the last "
+            "keepalive), then stops its guest (poweroff, exit 76); the keys expire after the "
+            "TTL and nothing else acquires before; check() says failed; shutdown() succeeds"
         )
+    if kind == "agent restarted":
+        return _agent_restarted(sig)
+    if kind == "hangup":
+        return _hangup()
+    if kind == "supervisor fenced":
+        return _supervisor_fenced(side, at)
     return _failover(sig)
+
+
+def _agent_restarted(sig: str) -> str:
+    how = "kill -9" if sig.startswith("SIGKILL") else "SIGTERM (a service restart)"
+    return (
+        f"{how} lease agent, a new one started at once: it resumes the host's etcd lease, the "
+        "supervisors reconnect and adopt their keys; no guest is stopped, the keys are the "
+        "same (S2), the lifecycle ends"
+    )
+
+
+def _hangup() -> str:
+    return "SIGHUP lease agent: ignored; nothing changes, the lifecycle ends"
+
+
+def _supervisor_fenced(side: str, at: str) -> str:
+    return (
+        "SIGSTOP supervisor (etcd: a call to it times out past its lease's deadline): it does "
+        "not acknowledge the agent's "
+        "pushes, so the agent stops its guest (poweroff) and lets its keys go before the "
+        "deadline; nothing else acquires before the guest is dead; SIGCONT: the supervisor "
+        "exits 76"
+        + ("; the migration cannot complete: both cancel, the guest is down" * (at == "prepared"))
+        + ("; the pending shutdown() returns" * (at == "shutdown"))
+    )
 
 
 def _stall(backend: str) -> str:
@@ -203,4 +235,21 @@ def _source_faulted(backend: str, kind: str, target: str, sig: str, at: str) -> 
         )
     if kind == "stall":
         return _stall(backend) + " (the migration completes, L1)"
+    if kind == "supervisor fenced":
+        if at == "waiting":
+            return (
+                "SIGSTOP the source's supervisor past its lease's deadline: the agent stops "
+                "the source's guest (poweroff), then lets its keys go, handed off to the "
+                "waiting target's reservations: the target takes them over (L1) if its "
+                "handoff_timeout has not passed, else both cancel and the guest is down"
+            )
+        return (
+            "SIGSTOP the source's supervisor past its lease's deadline: the agent stops the "
+            "source's guest (poweroff) and lets its keys go (handed off to the target's "
+            "reservations); the migration is not completed: both cancel; the guest is down"
+        )
+    if kind == "agent restarted":
+        return _agent_restarted(sig) + " (the migration completes, L1)"
+    if kind == "hangup":
+        return _hangup() + " (the migration completes)"
     return _failover(sig) + " (the migration completes)"

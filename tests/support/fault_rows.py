@@ -13,6 +13,20 @@ from tests.support.fault_outcomes import documented
 BACKENDS = ("fcntl", "sanlock", "etcd")
 TARGETS = ("guest", "supervisor", "daemon", "lock service", "lease agent")
 SIGNALS = ("SIGKILL", "SIGSTOP")
+#: The etcd lease agent as an operator treats it: killed or stopped as a service (``systemctl
+#: restart``) and started again at once, and sent SIGHUP (``systemctl reload``).
+AGENT_SIGNALS = (*SIGNALS, "SIGKILL+restart", "SIGTERM+restart", "SIGHUP")
+#: The steps at which an etcd supervisor's SIGSTOP lasts past its lease's deadline (a call to it
+#: times out, a grace period passes) while it holds keys: the agent fences it.  (A target's
+#: supervisor holds reservations only: nothing to fence.)
+FENCED_STEPS = (
+    "started",
+    "hot-plugged",
+    "migration prepared",
+    "shutdown in progress",
+    "target incoming, fault on the source",
+    "target waiting, fault on the source",
+)
 STEPS = (
     "started",
     "hot-plugged",
@@ -53,6 +67,10 @@ def effect(backend: str, target: str, sig: str) -> str:
     if target == "daemon":
         return "daemon killed" if sig == "SIGKILL" else "daemon stopped"
     if target == "lease agent":
+        if sig.endswith("+restart"):
+            return "agent restarted"
+        if sig == "SIGHUP":
+            return "hangup"
         return "fenced" if sig == "SIGKILL" else "stall"
     if backend == "fcntl":
         return "n/a"
@@ -79,7 +97,10 @@ class Row:
     @property
     def kind(self) -> str:
         """The kind of fault, which decides the documented end state."""
-        return effect(self.backend, self.target, self.sig)
+        kind = effect(self.backend, self.target, self.sig)
+        if kind == "supervisor stopped" and self.backend == "etcd" and self.step in FENCED_STEPS:
+            return "supervisor fenced"
+        return kind
 
     @property
     def side(self) -> str:
@@ -99,16 +120,26 @@ class Row:
     @property
     def id(self) -> str:
         step = self.step.split(" in ")[0].replace(", fault on the ", "-").replace(" ", "-")
-        return f"{self.backend}-{self.target.replace(' ', '-')}-{self.sig}-{step}"
+        sig = self.sig.replace(" ", "-")
+        return f"{self.backend}-{self.target.replace(' ', '-')}-{sig}-{step}"
 
 
 def targets(backend: str) -> tuple[str, ...]:
     return TARGETS if backend == "etcd" else TARGETS[:4]
 
 
+def signals(backend: str, target: str) -> tuple[str, ...]:
+    """The faults a target gets: kill -9 and SIGSTOP, and the etcd agent's service signals."""
+    return AGENT_SIGNALS if target == "lease agent" else SIGNALS
+
+
 def all_rows() -> list[Row]:
     return [
-        Row(b, t, s, st) for b in BACKENDS for t in targets(b) for s in SIGNALS for st in ALL_STEPS
+        Row(b, t, s, st)
+        for b in BACKENDS
+        for t in targets(b)
+        for s in signals(b, t)
+        for st in ALL_STEPS
     ]
 
 
@@ -117,7 +148,7 @@ def default_rows() -> set[Row]:
     at least once (fcntl's lock service is not applicable: its cells count as covered)."""
     chosen = set()
     for offset, b in enumerate(BACKENDS):
-        pairs = [(t, s) for t in targets(b) for s in SIGNALS]
+        pairs = [(t, s) for t in targets(b) for s in signals(b, t)]
         live = [(t, s) for t, s in pairs if effect(b, t, s) != "n/a"]
         for i, (t, s) in enumerate(live):
             st = STEPS[(i + 2 * offset) % len(STEPS)]

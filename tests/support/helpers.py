@@ -5,6 +5,8 @@ a migration pair of given hosts, and hosts made for one test and cleaned up afte
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -14,6 +16,7 @@ import lockfsm
 from lockfsm.daemon.values import MigrationCookie
 from lockfsm.embed.standin import Guest, Host, Pair
 from lockfsm.protocol import kernel
+from tests.support import ROOT
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
@@ -111,3 +114,16 @@ def lockspace_locks(lockspace: str) -> dict[str, list[str]]:
 def inodes_locked_by(pid: int) -> set[int]:
     """Inodes on which the open files of process ``pid`` hold a lock."""
     return {inode for inode, _, _ in kernel.fd_locks(pid)}
+
+
+def copy_tracked(dest: str) -> None:
+    """Copy the project's files as git knows them (from the work tree) into ``dest``: what a
+    fresh clone has, without any venv or build output."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        src = os.path.join(ROOT, name)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, name))
