@@ -46,16 +46,26 @@ def missing() -> str | None:
 class Sites:
     """A running cluster of ``members`` and ``hosts`` lease agents (host0, host1, ...)."""
 
-    def __init__(self, members: int, hosts: int, ttl: int) -> None:
+    def __init__(self, members: int, hosts: int, ttl: int, tls_dir: str | None = None) -> None:
         from tests.support.etcd_cluster import Cluster, Site
 
-        self.cluster = Cluster(members)
+        ca = None
+        if tls_dir is not None:  # production settings: TLS, client certificates, etcd auth
+            from tests.support.certs import CA
+
+            ca = CA(tls_dir)
+        self.cluster = Cluster(members, ca)
+        names = [f"host{i}" for i in range(hosts)]
+        creds: dict[str, dict[str, str]] = {n: {} for n in names}
+        if ca is not None:
+            self.cluster.enable_auth({"lockfsm": PREFIX}, {n: "lockfsm" for n in names})
+            creds = {n: self.cluster.tls_config(n) for n in names}
         self.sites: list[Site | None] = [None] * hosts
         errors: list[BaseException] = []
 
         def start(i: int) -> None:
             try:
-                self.sites[i] = Site(self.cluster, f"host{i}", PREFIX, ttl)
+                self.sites[i] = Site(self.cluster, names[i], PREFIX, ttl, **creds[names[i]])
             except BaseException as e:  # raised below, once every thread is done
                 errors.append(e)
 
@@ -89,8 +99,10 @@ class Sites:
 
 
 @contextmanager
-def cluster(members: int, hosts: int, ttl: int = 10) -> Iterator[Sites]:
-    sites = Sites(members, hosts, ttl)
+def cluster(members: int, hosts: int, ttl: int = 10, tls_dir: str | None = None) -> Iterator[Sites]:
+    """``members`` etcd members and ``hosts`` agents; with ``tls_dir``, TLS with client
+    certificates (a CA made there) and etcd authentication, as in production."""
+    sites = Sites(members, hosts, ttl, tls_dir)
     try:
         yield sites
     finally:

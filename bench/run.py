@@ -30,6 +30,7 @@ GROUPS = {
     "handoff": ("bench.handoff", "5. migration handoff latency: fcntl, etcd, sanlock"),
     "scale": ("bench.scale", "6. 500-guest start storm on fcntl; etcd hosts x guests"),
     "check": ("bench.checking", "7. protocol checking: hypothesis steps/s, spin states/s"),
+    "fleet": ("bench.fleet", "8. a fleet of hosts on one 3-member etcd cluster"),
 }
 
 RESULTS = os.path.join(REPO, "bench", "results")

@@ -209,6 +209,23 @@ class Holder(Protocol):
     def settle(self, lease: Mapping[str, str]) -> None: ...
 
 
+class PollingHolder:
+    """What a holder without change notifications shares (fcntl, sanlock, nop): a waiting
+    take-over polls, no descriptor wakes the supervisor, and a handoff carries no data (the
+    target's reservation covers the window).  A holder overrides what it does otherwise."""
+
+    notifies_changes = False  # a waiting take-over polls
+
+    def take_over_due(self) -> bool:
+        return False
+
+    def event_fds(self) -> list[int]:
+        return []
+
+    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
+        return {}
+
+
 class Backend(Protocol):
     name: str
     capabilities: Capabilities

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lockfsm.backends import Capabilities, ConfigKey, LeaseView
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView, PollingHolder
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
 from lockfsm.protocol import kernel, tables
 from lockfsm.protocol.launch import SUPERVISOR_NAMES, LaunchSpec
@@ -130,7 +130,7 @@ def _foreign(st: os.stat_result) -> str | None:
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
-class FcntlHolder:
+class FcntlHolder(PollingHolder):
     """The holding half (supervisor side): one open file description per lease.
 
     Byte 0 of a lease file is the lease; byte 1 is its *gate*, lockfsm's own (libvirt locks
@@ -285,19 +285,8 @@ class FcntlHolder:
 
     unreserve = release  # the gate goes the same way: unlock both bytes, close
 
-    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
-        return {}  # no atomic handoff: the target's reservation covers the window
-
     def watch(self, notify: list[str]) -> None:
         self.next_at = time.monotonic() + CHECK_EVERY  # the kernel never revokes a lock
-
-    notifies_changes = False  # a waiting take-over polls
-
-    def take_over_due(self) -> bool:
-        return False
-
-    def event_fds(self) -> list[int]:
-        return []
 
     def next_check(self) -> float | None:
         return self.next_at if self.fds else None

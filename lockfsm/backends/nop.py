@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lockfsm.backends import Capabilities, ConfigKey, LeaseView
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView, PollingHolder
 
 CAPABILITIES = Capabilities(
     per_disk=False,
@@ -35,7 +35,7 @@ class NopBackend:
         return []
 
 
-class NopHolder:
+class NopHolder(PollingHolder):
     def acquire(self, lease: Mapping[str, str], resource: str) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
@@ -57,19 +57,8 @@ class NopHolder:
     def settle(self, lease: Mapping[str, str]) -> None:
         raise AssertionError("the nop backend names no lease")  # pragma: no cover
 
-    def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
-        return {}  # no atomic handoff: the target's reservation covers the window
-
     def watch(self, notify: list[str]) -> None:
         pass  # nothing is held: nothing can be lost
-
-    notifies_changes = False  # a waiting take-over polls
-
-    def take_over_due(self) -> bool:
-        return False
-
-    def event_fds(self) -> list[int]:
-        return []
 
     def next_check(self) -> float | None:
         return None

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lockfsm.backends import Capabilities, ConfigKey, LeaseView
+from lockfsm.backends import Capabilities, ConfigKey, LeaseView, PollingHolder
 from lockfsm.errors import BackendError, LeaseConflict
 from lockfsm.protocol import tables
 from lockfsm.protocol.paths import default_state_dir, safe_dir
@@ -447,7 +447,7 @@ def _binding(private_dir: str) -> Any:
     return sanlock
 
 
-class SanlockHolder:
+class SanlockHolder(PollingHolder):
     """The holding half (supervisor side): one registered connection to this host's daemon,
     through which every lease of the guest is held.  Whether a lease is held or only reserved
     is its lease machine's state (the view)."""
@@ -639,14 +639,6 @@ class SanlockHolder:
             self.sanlock.killpath(program, args, slkfd=fd)
         except self.sanlock.SanlockException as e:
             raise BackendError(f"sanlock killpath: {e}") from None
-
-    notifies_changes = False  # a waiting take-over polls
-
-    def take_over_due(self) -> bool:
-        return False
-
-    def event_fds(self) -> list[int]:
-        return []
 
     def next_check(self) -> float | None:
         if self.fd is None or self.lost is not None:
