@@ -44,7 +44,7 @@ from typing import Any
 from bench import disk_files, launched
 from bench import etcd_hosts as etcd
 from bench.etcd_judge import JudgeProcess
-from bench.measure import IDLE, bare_interpreters, end, own_rss_kb, pss_mb, quantile
+from bench.measure import IDLE, bare_interpreters, end, own_rss_kb, progress, pss_mb, quantile
 from lockfsm.embed.standin import Guest, short_tmpdir
 
 DISKS = 4
@@ -133,8 +133,9 @@ class Storm:
             d.source = Side(d.host, g.supervisor_pid)
             self.judge.side(d.uuid, "source", f"host{d.host}", g.supervisor_pid)
             spawned.append((d, g))
-        for d, g in spawned:
+        for i, (d, g) in enumerate(spawned, 1):
             g.pid = g.mgr.get_child(timeout=TIMEOUT)
+            progress("etcd storm: guests running", i, len(spawned))
             assert d.source is not None
             d.source.guest = g.pid
             self.judge.up(d.uuid, "source", g.pid)
@@ -186,8 +187,10 @@ class Storm:
         random.Random(8).shuffle(order)
         started = time.perf_counter()
         with ThreadPoolExecutor(window) as pool:
-            for done in [pool.submit(self.migrate, d, i) for i, d in order]:
+            futures = [pool.submit(self.migrate, d, i) for i, d in order]
+            for n, done in enumerate(futures, 1):
                 done.result()
+                progress("etcd storm: guests migrated", n, len(futures))
         return time.perf_counter() - started
 
     def stop_all(self) -> float:

@@ -43,6 +43,7 @@ from bench import GUEST, Context, disk_files, quiet_host
 from bench import etcd_hosts as etcd
 from bench.measure import median, spread
 from bench.report import Row, Target, collect, unavailable
+from lockfsm import ResourceType
 from lockfsm.embed.standin import Host
 from tests.support import sanlock_daemons as sl
 
@@ -300,9 +301,9 @@ def _hot_plug_acquire(host: Host, disks: list[str]) -> float:
     g = host.start("plug", disks[:1], guest=GUEST, timeout=30)
     try:
         started = time.perf_counter()
-        g.mgr.acquire_resource(1, disks[1])  # ResourceType.DISK
+        g.mgr.acquire_resource(ResourceType.DISK, disks[1])
         took = time.perf_counter() - started
-        g.mgr.release_resource(1, disks[1])
+        g.mgr.release_resource(ResourceType.DISK, disks[1])
         return took
     finally:
         host.stop(g)

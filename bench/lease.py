@@ -41,7 +41,7 @@ def acquire_release(ctx: Context) -> Row:
 
     def through_backend() -> None:
         holder.acquire(lease, "disk /bench.img")
-        holder.release(lease)
+        holder.release([lease])
 
     calls = 500
     ours, theirs = alternate(

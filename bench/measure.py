@@ -126,12 +126,26 @@ def end(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def in_fresh_interpreter(module: str, *args: object, timeout: float = 3600) -> Any:
     """``python -m <module> <args>`` in a fresh interpreter (in the source tree): the JSON it
-    prints."""
+    prints.  Its stderr (its progress) goes to ours."""
     from bench import REPO
 
     command = [sys.executable, "-m", module, *map(str, args)]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout
+    )
     if out.returncode:
         what = " ".join(command[1:])
-        raise RuntimeError(f"python {what} failed: {out.stderr.strip()[-400:]}")
+        raise RuntimeError(f"python {what} failed (exit {out.returncode}; its stderr is above)")
     return json.loads(out.stdout)
+
+
+def progress(what: str, done: int, total: int) -> None:
+    """Say how far a long step (a storm) is, on stderr: one live line on a terminal, else a
+    line at each tenth."""
+    if total <= 0:
+        return
+    if sys.stderr.isatty():
+        end = "\n" if done >= total else ""
+        print(f"\r   {what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+    elif done >= total or done % max(1, total // 10) == 0:
+        print(f"   {what}: {done}/{total}", file=sys.stderr, flush=True)

@@ -21,7 +21,15 @@ from typing import Any
 
 from bench import Context
 from bench.handoff import etcd_missing
-from bench.measure import bare_interpreters, end, in_fresh_interpreter, median, own_rss_kb, pss_mb
+from bench.measure import (
+    bare_interpreters,
+    end,
+    in_fresh_interpreter,
+    median,
+    own_rss_kb,
+    progress,
+    pss_mb,
+)
 from bench.report import Row, Target, collect, unavailable
 
 GUESTS = 500
@@ -42,8 +50,9 @@ def _lockfsm_storm(count: int) -> dict[str, Any]:
     before = own_rss_kb()
     started = time.perf_counter()
     guests = [launched(host, f"vm{i}", disks[i * DISKS : (i + 1) * DISKS]) for i in range(count)]
-    for g in guests:
+    for i, g in enumerate(guests, 1):
         g.pid = g.mgr.get_child(timeout=300)
+        progress("fcntl storm: guests running", i, count)
     storm = time.perf_counter() - started
     gc.collect()
     daemon_mb = (own_rss_kb() - before) / 1024
