@@ -80,8 +80,11 @@ class Sites:
 
     def host(self, i: int, **extra: Any) -> Host:
         """A daemon on simulated host ``i`` (its own run dir, the host's agent)."""
+        from bench import run_dir
+
         site = self.sites[i]
         assert site is not None
+        extra.setdefault("run_dir", run_dir())
         return site.host(stderr=subprocess.DEVNULL, **extra)
 
     def agent_pids(self) -> list[int]:

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-from bench import Context, disk_files
+from bench import Context, disk_files, run_dir
 from bench import etcd_hosts as etcd
 from bench.handoff import DISKS, one_handoff
 from bench.measure import median
@@ -215,8 +215,8 @@ def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
                     raise RuntimeError("a fleet worker failed during its set-up")
                 time.sleep(0.2)
             set_up = time.monotonic() - set_up
-            source = real[0].host(stderr=subprocess.DEVNULL)
-            target = real[1].host(stderr=subprocess.DEVNULL)
+            source = real[0].host(stderr=subprocess.DEVNULL, run_dir=run_dir())
+            target = real[1].host(stderr=subprocess.DEVNULL, run_dir=run_dir())
             one_handoff(source, target, disks, "sequential")  # warm-up
             members = [m.proc.pid for m in cluster.members if m.proc is not None]
             cpu0 = sum(cpu_seconds(p) for p in members)
