@@ -263,11 +263,7 @@ class FaultRun:
                 self.expect_raises(self.pending, lockfsm.BackendError, "the pending completion")
                 self.pending = None
             else:
-                self.refused(
-                    lambda: self.call(g.host, "check"),
-                    "check() after the kill",
-                    (lockfsm.BackendError,),
-                )
+                self.check_refused_after_the_kill(g)
             return
         if self.at == "waiting":  # the target takes the dead source's leases (L1)
             ended = self.settle(self.pending)
@@ -289,11 +285,13 @@ class FaultRun:
             self.expect(self.settle(self.pending) == "stopped", "the pending shutdown: stopped")
             self.pending = None
         else:
-            self.refused(
-                lambda: self.call(g.host, "check"),
-                "check() after the kill",
-                (lockfsm.BackendError,),
-            )
+            self.check_refused_after_the_kill(g)
+
+    def check_refused_after_the_kill(self, g: GuestRec) -> None:
+        """S5: check() of a killed guest raises BackendError and changes nothing."""
+        self.refused(
+            lambda: self.call(g.host, "check"), "check() after the kill", (lockfsm.BackendError,)
+        )
 
     def fault_paused(self) -> None:
         g = self.subject
