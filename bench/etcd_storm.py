@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,35 +211,48 @@ class Storm:
         }
 
 
-def lockfsm_storm(hosts: int, guests: int, window: int) -> dict[str, Any]:
-    """The storms through lockfsm on a fresh cluster; the figures."""
+def lockfsm_storm(
+    hosts: int,
+    guests: int,
+    window: int,
+    background: Callable[[etcd.Sites], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
+    """The storms through lockfsm on a fresh cluster; the figures.  ``background(sites)``, if
+    given, starts a load on the cluster before the storms and returns what stops it."""
     with etcd.cluster(MEMBERS, hosts) as sites:
-        judge = JudgeProcess(etcd.PREFIX, sites.cluster.endpoints)
-        client = sites.client()
-        storm = Storm(sites, hosts, guests, judge)
+        stop_background = background(sites) if background is not None else None
         try:
-            gc.collect()
-            before = own_rss_kb()
-            start_s = storm.start()
-            gc.collect()
-            daemon_mb = (own_rss_kb() - before) / 1024
-            wrong_start = _check_keys(client, storm.domains, "source")
-            started = storm.memory("source")
-            clients = bare_interpreters(
-                hosts, CLIENT_IDLE
-            )  # the agents' baseline, alive beside them
-            agents_mb = pss_mb(sites.agent_pids())
-            clients_mb = pss_mb([p.pid for p in clients])
-            end(clients)
-            migration_s = storm.migrate_all(window)
-            found = judge.finish()  # its last sample is of the settled key space
-            wrong_end = _check_keys(client, storm.domains, "target")
-            migrated = storm.memory("target")
-            stop_s = storm.stop_all()
+            return _storms_on(sites, hosts, guests, window)
         finally:
-            judge.kill()
-            client.close()
-            shutil.rmtree(storm.disk_dir, ignore_errors=True)
+            if stop_background is not None:
+                stop_background()
+
+
+def _storms_on(sites: etcd.Sites, hosts: int, guests: int, window: int) -> dict[str, Any]:
+    judge = JudgeProcess(etcd.PREFIX, sites.cluster.endpoints)
+    client = sites.client()
+    storm = Storm(sites, hosts, guests, judge)
+    try:
+        gc.collect()
+        before = own_rss_kb()
+        start_s = storm.start()
+        gc.collect()
+        daemon_mb = (own_rss_kb() - before) / 1024
+        wrong_start = _check_keys(client, storm.domains, "source")
+        started = storm.memory("source")
+        clients = bare_interpreters(hosts, CLIENT_IDLE)  # the agents' baseline, alive beside them
+        agents_mb = pss_mb(sites.agent_pids())
+        clients_mb = pss_mb([p.pid for p in clients])
+        end(clients)
+        migration_s = storm.migrate_all(window)
+        found = judge.finish()  # its last sample is of the settled key space
+        wrong_end = _check_keys(client, storm.domains, "target")
+        migrated = storm.memory("target")
+        stop_s = storm.stop_all()
+    finally:
+        judge.kill()
+        client.close()
+        shutil.rmtree(storm.disk_dir, ignore_errors=True)
     took = [d.took for d in storm.domains if not d.error] or [0.0]
     failed = [f"{d.name}: {d.error}" for d in storm.domains if d.error]
     return {

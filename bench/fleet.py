@@ -187,25 +187,22 @@ def db_mb(data_dir: str) -> float:
     return os.path.getsize(path) / 2**20 if os.path.exists(path) else 0.0
 
 
-def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
-    """One fleet of ``hosts`` on a fresh 3-member cluster; its measurements."""
-    from tests.support.etcd_cluster import Site
+class Fleet:
+    """The worker processes playing ``hosts`` hosts on ``cluster`` (files in ``tmp``): started
+    at once, each sets its share up and waits for :meth:`go`."""
 
-    tmp = ctx.tmpdir("lfbf")
-    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
-    with etcd.cluster(3, 0) as sites:
-        cluster = sites.cluster
-        go = os.path.join(tmp, "go")
+    def __init__(self, cluster: Any, hosts: int, duration: float, tmp: str) -> None:
+        self.tmp, self.go_path = tmp, os.path.join(tmp, "go")
         share = -(-hosts // WORKERS)
-        procs = []
-        outs = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.outs: list[tuple[str, str]] = []
         for w in range(WORKERS):
             first, count = w * share, min(share, hosts - w * share)
             if count <= 0:
                 break
             out, ready = os.path.join(tmp, f"out{w}.json"), os.path.join(tmp, f"ready{w}")
-            outs.append((out, ready))
-            procs.append(
+            self.outs.append((out, ready))
+            self.procs.append(
                 subprocess.Popen(
                     [
                         sys.executable,
@@ -215,30 +212,55 @@ def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
                         *("--endpoints", *cluster.endpoints),
                         *("--first", str(first), "--count", str(count)),
                         *("--duration", str(duration), "--workers", str(WORKERS)),
-                        *("--ready", ready, "--go", go, "--out", out),
+                        *("--ready", ready, "--go", self.go_path, "--out", out),
                     ],
                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     stderr=open(os.path.join(tmp, f"err{w}"), "wb"),  # noqa: SIM115
                 )
             )
+
+    def wait_ready(self) -> None:
+        """Until every worker has set its hosts up.  Raises RuntimeError if one failed."""
+        while not all(os.path.exists(r) for _, r in self.outs):
+            failed = [w for w, p in enumerate(self.procs) if p.poll() not in (None, 0)]
+            if failed:
+                with open(os.path.join(self.tmp, f"err{failed[0]}"), errors="replace") as f:
+                    why = f.read().strip().splitlines()[-1:] or ["?"]
+                raise RuntimeError(f"a fleet worker failed during its set-up: {why[0]}")
+            time.sleep(0.2)
+
+    def go(self) -> None:
+        with open(self.go_path, "w") as f:
+            f.write("go")
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(30)
+
+
+def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
+    """One fleet of ``hosts`` on a fresh 3-member cluster; its measurements."""
+    from tests.support.etcd_cluster import Site
+
+    tmp = ctx.tmpdir("lfbf")
+    disks = disk_files(ctx.tmpdir("lfbd"), DISKS)
+    with etcd.cluster(3, 0) as sites:
+        cluster = sites.cluster
+        fleet = Fleet(cluster, hosts, duration, tmp)
+        procs, outs = fleet.procs, fleet.outs
         set_up = time.monotonic()
         real = [Site(cluster, f"real{i}", etcd.PREFIX, TTL) for i in range(2)]
         try:
-            while not all(os.path.exists(r) for _, r in outs):
-                failed = [w for w, p in enumerate(procs) if p.poll() not in (None, 0)]
-                if failed:
-                    with open(os.path.join(tmp, f"err{failed[0]}"), errors="replace") as f:
-                        why = f.read().strip().splitlines()[-1:] or ["?"]
-                    raise RuntimeError(f"a fleet worker failed during its set-up: {why[0]}")
-                time.sleep(0.2)
+            fleet.wait_ready()
             set_up = time.monotonic() - set_up
             source = real[0].host(stderr=subprocess.DEVNULL, run_dir=run_dir())
             target = real[1].host(stderr=subprocess.DEVNULL, run_dir=run_dir())
             one_handoff(source, target, disks, "sequential")  # warm-up
             members = [m.proc.pid for m in cluster.members if m.proc is not None]
             cpu0 = sum(cpu_seconds(p) for p in members)
-            with open(go, "w") as f:
-                f.write("go")
+            fleet.go()
             started = time.monotonic()
             handoffs: list[float] = []
             bare: list[float] = []
@@ -258,9 +280,7 @@ def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
         finally:
             for site in real:
                 site.close()
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+            fleet.kill()
     results: dict[str, Any] = {"keepalive": [], "lag": [], "txn": [], "errors": {}}
     for out, _ in outs:
         with open(out) as f:
@@ -336,6 +356,41 @@ def rows_of(m: dict[str, Any]) -> list[Row]:
     ]
 
 
+def storm_under_fleet(ctx: Context) -> Row:
+    """The etcd storm (bench/etcd_storm.py: starts, then every guest migrated, judged from
+    etcd's keys all along) on a cluster that also carries a fleet's keepalives and churn."""
+    from bench import etcd_storm
+
+    fleet_hosts = 300 if ctx.quick else 1000
+    hosts, guests, window = (4, 10, 10) if ctx.quick else (4, 50, 25)
+    tmp = ctx.tmpdir("lfbf")
+
+    def background(sites: etcd.Sites) -> Any:
+        fleet = Fleet(sites.cluster, fleet_hosts, 3600, tmp)
+        try:
+            fleet.wait_ready()
+        except BaseException:
+            fleet.kill()
+            raise
+        fleet.go()
+        return fleet.kill
+
+    found = etcd_storm.lockfsm_storm(hosts, guests, window, background)
+    return Row(
+        "8.fleet.storm.violations",
+        f"etcd storm ({hosts} hosts x {guests} guests, all migrated {window} at a time), "
+        f"judged, with a fleet of {fleet_hosts} hosts x {GUESTS} guests on the same cluster",
+        float(found["violations"]),
+        "",
+        target=Target("value", 0),
+        note=(
+            f"{found.get('samples', 0)} samples of etcd's keys; start storm "
+            f"{found['storm_s']:.1f} s, migration storm {found['migration_s']:.1f} s; "
+            f"{found.get('violations_sampled') or 'no violation'}"
+        ),
+    )
+
+
 def run(ctx: Context) -> list[Row]:
     why = etcd.missing()
     sizes = (100, 1000) if ctx.quick else (100, 1000, 5000)
@@ -351,6 +406,10 @@ def run(ctx: Context) -> list[Row]:
                 unavailable(f"8.fleet.{n}.keepalive", f"fleet of {n} hosts", f"failed: {e}")
             )
             break
+    try:
+        rows.append(storm_under_fleet(ctx))
+    except Exception as e:
+        rows.append(unavailable("8.fleet.storm.violations", "etcd storm under a fleet", str(e)))
     cliff = next((r for r in rows if r.key.endswith(".keepalive") and r.met is False), None)
     print(
         "fleet: keepalive p99 "
