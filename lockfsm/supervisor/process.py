@@ -350,7 +350,9 @@ class Supervisor:
         if not uuid:
             return
         other = rundir.pointed(self.run_dir, uuid)
-        if not take and other is not None and other != self.launch:
+        if other == self.launch:
+            return  # it does already (a target on another host than its source)
+        if not take and other is not None:
             record = rundir.read_record(self.run_dir, other)
             if record is not None and rundir.supervisor_alive(record, other):
                 return
