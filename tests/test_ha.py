@@ -250,3 +250,28 @@ def test_sanlock_restart_elsewhere(cluster: Any, mode: str) -> None:
             b.cleanup()
     finally:
         stop_all(extra)
+
+
+def test_status_lists_the_hosts(etcd1: Any, etcd_sites: Callable[..., Any]) -> None:
+    """``lockfsm status --hosts`` lists the lockspace's hosts with their liveness: A alive, then
+    dead once its agent is killed and etcd dropped its lease."""
+    import json
+    import subprocess
+    import sys
+
+    site_a, site_b = etcd_sites("hostA"), etcd_sites("hostB")
+    command = [sys.executable, "-m", "lockfsm", "status", "--driver", "etcd"]
+    command += ["--config", site_b.agent.conf_file, "--hosts"]
+
+    def states() -> dict[str, str]:
+        out = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        hosts = json.loads(out.stdout)
+        return {h["name"]: h["state"] for h in hosts}
+
+    assert states() == {"hostA": "alive", "hostB": "alive"}
+    text = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    assert "hostA" in text and "alive" in text
+    site_a.agent.kill()
+    wait_until(lambda: states().get("hostA") == "dead", ETCD_TTL + 10, "hostA to be dead")
+    assert states()["hostB"] == "alive"
