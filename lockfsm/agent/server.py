@@ -311,15 +311,13 @@ class Agent:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        why = (
-            "the supervisor did not acknowledge the lease's validity in time (stalled): the "
-            f"agent applied policy {policy} to its guest and let its leases go"
-        )
+        why = "the supervisor did not acknowledge the lease's validity in time (stalled)"
+        running: list[int] = []
         if sig == signal.SIGKILL:  # the guest's writes end when it is dead, not when signalled
             until = time.monotonic() + self.budget
             while any(kernel.alive(p) for p in guests) and time.monotonic() < until:
                 await asyncio.sleep(0.01)
-        running = [p for p in guests if sig == signal.SIGKILL and kernel.alive(p)]
+            running = [p for p in guests if kernel.alive(p)]
         if (supervisor and not guests) or running:
             log.warning(
                 "supervisor pid %s did not acknowledge its deadline; its guest %s: its leases "
@@ -327,8 +325,8 @@ class Agent:
                 conn.pid,
                 f"{running} does not die" if running else "is not visible",
             )
-            why = "the supervisor did not acknowledge the lease's validity in time (stalled)"
         else:
+            why += f": the agent applied policy {policy} to its guest and let its leases go"
             log.warning(
                 "supervisor pid %s did not acknowledge its deadline: its guest(s) %s stopped "
                 "by policy %s, its leases let go",

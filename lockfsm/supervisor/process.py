@@ -296,12 +296,10 @@ class Supervisor:
         try:
             self.fire("take_over", gen=pending.gen, retry=not first)
         except LeaseConflict as e:
-            if not e.final and time.monotonic() < pending.deadline:
-                # A backend that tells when a lease changed wakes the next attempt; the timer
-                # is only a fallback then.
-                notified = self.leases.holder.notifies_changes
-                pending.later(NOTIFIED_FALLBACK if notified else RETRY_PAUSE[1])
-                self.take_over = pending
+            # A backend that tells when a lease changed wakes the next attempt; the timer is
+            # only a fallback then.
+            notified = self.leases.holder.notifies_changes
+            if not e.final and self._again(pending, NOTIFIED_FALLBACK if notified else None):
                 return
             if not e.final:
                 e = LeaseConflict(f"the source did not give up the lease in time: {e}", e.resource)
@@ -310,12 +308,8 @@ class Supervisor:
         except BackendError as e:
             # The lock service did not answer (a lease agent restarting, an etcd election):
             # nothing was taken, so try again until the take-over's time is up.
-            if time.monotonic() < pending.deadline and self.sm.can(
-                "take_over", gen=pending.gen, retry=True
-            ):
+            if self.sm.can("take_over", gen=pending.gen, retry=True) and self._again(pending):
                 print(f"lockfsm-supervisor: take-over: {e}; trying again", file=sys.stderr)
-                pending.later()
-                self.take_over = pending
                 return
             self._answer_take_over(pending, wire.error_reply(e))
             return
@@ -324,6 +318,15 @@ class Supervisor:
             return
         self._point(take=True)  # this launch runs the guest now: ATTACH must find it
         self._answer_take_over(pending, {"ok": True, **self.info()})
+
+    def _again(self, pending: TakeOver, longest: float | None = None) -> bool:
+        """Schedule the next attempt of ``pending`` (backing off up to ``longest``), unless its
+        time is up; whether it was."""
+        if time.monotonic() >= pending.deadline:
+            return False
+        pending.later(RETRY_PAUSE[1] if longest is None else longest)
+        self.take_over = pending
+        return True
 
     def _answer_take_over(self, pending: TakeOver, reply: Mapping[str, Any]) -> None:
         if self.take_over is pending:
