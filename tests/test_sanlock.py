@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -436,7 +437,11 @@ def test_a_stalled_hosts_lease_is_refused_at_once(
             took = time.monotonic() - started
             assert proc.wait(10) == EXIT_REFUSED
             print(f"sanlock: supervisor refused in {took:.2f} s: {refused.value}")
-            assert "sanlock -247" in str(refused.value) and "host_id 5" in refused.value.holder
+            # Either answer is a refusal at once: sanlock's answer for the same stalled owner
+            # moves between -243 and -247 while its renewal thread's view of the owner catches up
+            # (seen in CI: -247 to the worker, then -243 to the supervisor 0.2 s later).
+            assert re.search(r"sanlock -24[37]\b", str(refused.value)), refused.value
+            assert "host_id 5" in refused.value.holder
             assert took < 5  # supervisor start included; the acquire itself is timed above
             assert not os.path.exists(marker) and cluster.daemons[0].held() == {}
             # Its own supervisor stopped it: with its sanlock daemon dead, nothing renews.
