@@ -239,7 +239,8 @@ class HostLeaseKeeper:
     async def current(self) -> HostLease:
         """The host's lease, valid now; waits a little for one.  Raises BackendError."""
         try:
-            await asyncio.wait_for(self.ready.wait(), self.budget)
+            if not self.ready.is_set():
+                await asyncio.wait_for(self.ready.wait(), self.budget)
         except TimeoutError:
             raise BackendError(
                 "the lease agent is not ready yet: it holds no etcd lease (etcd does not answer)"

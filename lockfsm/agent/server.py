@@ -2,10 +2,10 @@
 of the host lease's validity.
 
 It serves the host's supervisors on a Unix socket (mode 0600, peer uid checked; JSON lines).
-Requests (``{"id": n, "op": ...}``, each answered by a message with the same id): ``hello``,
-``acquire``, ``reserve``, ``take_over``, ``release``, ``adopt``, ``ack``, ``holders``,
-``status``, ``release_host``.  Pushes (``{"push": ...}``, no id) go only to connections that
-subscribed in their hello (a supervisor's); a one-shot request never sees one.
+Requests (``{"id": n, "op": ...}``, each answered by a message with the same id; id 0: no
+answer): ``hello``, ``acquire``, ``reserve``, ``take_over``, ``peek``, ``release``, ``adopt``,
+``ack``, ``holders``, ``status``, ``release_host``.  Pushes (``{"push": ...}``, no id) go only
+to connections that subscribed in their hello (a supervisor's); a one-shot request never sees one.
 
 * **A restart stops no guest.**  The agent keeps its lease in its run directory
   (:mod:`lockfsm.agent.hoststate`).  A restarted agent takes the same lease up if its local
@@ -178,6 +178,15 @@ class Agent:
         if not isinstance(keys, list) or len(keys) > 64:
             raise InvalidArgument("release needs keys: a list of at most 64 lease keys")
         await self.store.release_many(conn, [k for k in keys if isinstance(k, str)])
+        return {}
+
+    async def op_peek(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
+        """The connection's guest is being killed: read now what the release of ``keys`` that
+        follows must look at, so that the release is one transaction."""
+        keys = req.get("keys")
+        if not isinstance(keys, list) or len(keys) > 64:
+            raise InvalidArgument("peek needs keys: a list of at most 64 lease keys")
+        await self.store.peek(conn, [k for k in keys if isinstance(k, str)])
         return {}
 
     async def op_adopt(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:

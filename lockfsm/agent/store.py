@@ -60,6 +60,11 @@ class WaitingConflict(LeaseConflict):
         self.revision = revision
 
 
+#: How long what a ``peek`` read may stand in for the release's own read (seconds).  Older rows
+#: would only cost a failed try; the guest of a handoff is dead well within this.
+PEEK_FRESH = 2.0
+
+
 class Owned:
     """What one party (a supervisor's connection) has written for one lease key."""
 
@@ -82,6 +87,8 @@ class Party:
         self.who = who
         self.sid = sid
         self.owned: dict[str, Owned] = {}
+        #: what a ``peek`` read for the coming release: (when, key -> (x rows, r rows))
+        self.peeked: tuple[float, dict[str, tuple[list[KV], list[KV]]]] | None = None
 
 
 def lease_request(req: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -356,25 +363,61 @@ class LeaseStore:
         is tried again when the party goes.  Raises BackendError."""
         pending = {k: party.owned[k] for k in keys if k in party.owned}
         deadline = time.monotonic() + (budget or self.budget)
+        known = self._peeked(party, sorted(pending))
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackendError(f"etcd did not take the release of {sorted(pending)} in time")
             try:
-                await self._release_once(party, pending, left)
+                await self._release_once(party, pending, left, known)
             except (Uncertain, LeaseNotFound):
                 continue  # read back, then decide again
             except EtcdError as e:
                 raise BackendError(f"etcd refused the release: {e}") from None
+            finally:
+                known = None  # a second try reads for itself
 
-    async def _release_once(self, party: Party, pending: dict[str, Owned], timeout: float) -> None:
-        """One read and one transaction; what is done leaves ``pending``."""
-        keys = sorted(pending)
+    async def peek(self, party: Party, keys: list[str]) -> None:
+        """Read, for a release that is coming (the guest is being killed), the keys and the
+        reservations it must look at.  Raises BackendError."""
+        keys = sorted(k for k in keys if k in party.owned)
+        if keys:
+            try:
+                party.peeked = (time.monotonic(), await self._look(keys, self.budget))
+            except EtcdError as e:
+                raise BackendError(f"etcd did not answer: {e}") from None
+
+    def _peeked(self, party: Party, keys: list[str]) -> dict[str, tuple[list[KV], list[KV]]] | None:
+        """What a recent ``peek`` read of every one of ``keys``, once; else None."""
+        peeked, party.peeked = party.peeked, None
+        if peeked is None or time.monotonic() - peeked[0] > PEEK_FRESH:
+            return None
+        rows = peeked[1]
+        return rows if all(k in rows for k in keys) else None
+
+    async def _look(self, keys: list[str], timeout: float) -> dict[str, tuple[list[KV], list[KV]]]:
+        """Each key's exclusive key and reservation, in one read."""
         reads = [get(self.keys.exclusive(k)) for k in keys]
         reads += [get(self.keys.reservation(k)) for k in keys]
         now = await self.etcd.txn([], reads, timeout=timeout, idempotent=True)
-        xs = dict(zip(keys, now.ranges[: len(keys)], strict=True))
-        rs = dict(zip(keys, now.ranges[len(keys) :], strict=True))
+        n = len(keys)
+        return {k: (now.ranges[i], now.ranges[n + i]) for i, k in enumerate(keys)}
+
+    async def _release_once(
+        self,
+        party: Party,
+        pending: dict[str, Owned],
+        timeout: float,
+        known: dict[str, tuple[list[KV], list[KV]]] | None = None,
+    ) -> None:
+        """One transaction, after one read unless ``known`` (a ``peek``'s rows) says what is
+        there: every choice it makes is also a compare of the transaction, so rows that are
+        out of date only fail the compare and the next try reads.  What is done leaves
+        ``pending``."""
+        keys = sorted(pending)
+        rows = known if known is not None else await self._look(keys, timeout)
+        xs = {k: rows[k][0] for k in keys}
+        rs = {k: rows[k][1] for k in keys}
         ops: list[Any] = []
         order: list[str | None] = []
         for key in keys:

@@ -65,6 +65,12 @@ lease versions).
     included).  Never raises for leases it holds; releasing a lease it does not hold is a
     BackendError.
 
+``Holder.expect_release()``
+    A hint: the guest is being killed, and once it is dead every held lease will be released
+    (a handoff, a stop, a lost lease).  A backend may prepare meanwhile (etcd: the agent reads
+    the reservations the release must look at while the guest dies, so that the release itself
+    is one transaction).  Never blocks and never raises; the release stays correct without it.
+
 ``Holder.unreserve(leases)``
     Called for reserved leases (``release`` from ``reserved``): the migration was cancelled or
     the incoming guest exited.
@@ -188,6 +194,8 @@ class Holder(Protocol):
 
     def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None: ...
 
+    def expect_release(self) -> None: ...
+
     def inheritable_fds(self) -> list[int]: ...
 
     notifies_changes: bool
@@ -224,6 +232,9 @@ class PollingHolder:
 
     def handoff_data(self, lease: Mapping[str, Any]) -> dict[str, int]:
         return {}
+
+    def expect_release(self) -> None:
+        pass  # a release costs the same whenever it comes
 
 
 class Backend(Protocol):

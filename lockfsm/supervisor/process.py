@@ -199,6 +199,7 @@ class Supervisor:
         assert self.guest is not None
         self.kill_at = None
         self.guest.kill()
+        self.leases.holder.expect_release()  # every lease goes once the guest is dead
 
     def _do_pause_guest(self, args: Mapping[str, Any]) -> None:
         assert self.guest is not None

@@ -750,6 +750,18 @@ class EtcdHolder:
         if last:
             self.lease_id = None
 
+    def expect_release(self) -> None:
+        """Ask the agent to read, while the guest dies, what the coming release must look at
+        (its keys and their reservations): the release is then one transaction.  No reply is
+        awaited; a failure only leaves the release to read for itself."""
+        keys = self.view.keys(*tables.LEASE_HOLDS)
+        if not keys or self.lost is not None or self.eof or self.sock is None:
+            return
+        try:
+            self._send(wire.encode({"op": "peek", "keys": keys, "id": 0}), time.monotonic() + 0.1)
+        except BackendError:
+            pass
+
     def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         """Let the reservations go (the migration was called off)."""
         self._give([le["key"] for le in leases])

@@ -267,7 +267,8 @@ class Etcd:
         index = self.current
         host, port = self.endpoints[index]
         try:
-            return await asyncio.wait_for(self._call(fn, max(0.001, timeout)), max(0.001, timeout))
+            async with asyncio.timeout(max(0.001, timeout)):  # no task per request
+                return await self._call(fn, max(0.001, timeout))
         except TimeoutError:
             self._rotate(index)
             raise TimeoutError(f"etcd member {host}:{port} did not answer in time") from None
