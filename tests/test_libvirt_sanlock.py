@@ -355,3 +355,28 @@ def test_a_lease_file_another_host_is_initialising_is_waited_for_never_written(
     with open(half, "rb") as f:
         assert f.read() == bytes(1 << 20), "left as it was"
     os.unlink(half)
+
+
+# -- configuration (no daemon needed) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"libvirt_disk_leases": "yes"}, "'libvirt_disk_leases'.*'yes' is not true or false"),
+        (
+            {"libvirt_disk_leases": True, "lockspace": "mine"},
+            "lockspace 'mine': with libvirt_disk_leases the lockspace is libvirt's",
+        ),
+    ],
+)
+def test_the_setting_is_checked(workdir: str, extra: dict[str, Any], says: str) -> None:
+    """A bad value of the setting, or a lockspace of lockfsm's own beside it, is refused naming
+    the value before any lease file is made."""
+    import lockfsm
+
+    lease_dir = os.path.join(workdir, "l")
+    config = {"run_dir": workdir, "lease_dir": lease_dir, "host_id": 1, **extra}
+    with pytest.raises(lockfsm.InvalidArgument, match=says):
+        lockfsm.load_driver("sanlock", config)
+    assert not os.path.exists(lease_dir) or os.listdir(lease_dir) == []
