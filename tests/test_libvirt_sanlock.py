@@ -252,6 +252,23 @@ def test_a_paused_libvirt_guest_holds_no_lease_and_cannot_resume_over_lockfsm(
     assert lv.state("g1") == "running"
 
 
+def test_a_read_only_libvirt_disk_has_no_lease(lv: Libvirt, hosts: Callable[..., Host]) -> None:
+    """libvirt takes no lease for a ``<readonly/>`` disk: a lockfsm writer starts beside the
+    libvirt reader (a limit, in the README).  A lockfsm reader's shared lease keeps a libvirt
+    writer out."""
+    a = hosts()
+    disk = image(lv)
+    lv.create("reader", disk, readonly=True)
+    assert libvirt_holds(lv, disk) == []
+    g = a.start("vm", [disk])
+    a.stop(g)
+    lv.destroy("reader")
+    g = a.start("vm", shared=[disk])
+    with pytest.raises(VirshError, match="Failed to acquire lock"):
+        lv.create("writer", disk)
+    a.stop(g)
+
+
 # -- lockfsm status ------------------------------------------------------------------------------
 
 

@@ -272,6 +272,10 @@ class SanlockBackend:
     config_keys: Mapping[str, ConfigKey] = CONFIG_KEYS
 
     def __init__(self, config: Mapping[str, Any]) -> None:
+        """Initialise the lockspace file unless it is (waiting for one another host is making)
+        and make this host's daemon join it.  Raises InvalidArgument for a ``lockspace`` of
+        lockfsm's own beside ``libvirt_disk_leases`` (before anything is made), BackendError
+        when the lockspace cannot be made or joined."""
         self.config = config
         self.dir: str = config["lease_dir"]
         if config["libvirt_disk_leases"] and config["lockspace"] not in (
