@@ -31,6 +31,7 @@ GROUPS = {
     "scale": ("bench.scale", "6. 500-guest start storm on fcntl; etcd hosts x guests"),
     "check": ("bench.checking", "7. protocol checking: hypothesis steps/s, spin states/s"),
     "fleet": ("bench.fleet", "8. a fleet of hosts on one 3-member etcd cluster"),
+    "libvirt": ("bench.libvirt", "9. side by side with libvirt: start, hot-plug, stop"),
 }
 
 RESULTS = os.path.join(REPO, "bench", "results")

@@ -19,6 +19,19 @@ holds every lease through that registered connection.  The guest inherits the co
 the leases outlive the supervisor exactly until the guest is dead too (the daemon releases a
 client's leases when its connection closes).
 
+With ``libvirt_disk_leases`` on, a disk's leases are libvirt's sanlock driver's
+(``lock_manager = "sanlock"``, ``auto_disk_leases = 1``), so that lockfsm hosts and libvirt hosts
+protect each other's disks: the lockspace is libvirt's, ``__LIBVIRT__DISKS__`` in the file of that
+name in ``lease_dir`` (libvirt's ``disk_lease_dir``), and a disk's lease is named by the lowercase
+MD5 hex of its path as given, in the lease file ``<lease_dir>/<md5>``; where the canonical path
+differs, the canonical path's lease is taken too (libvirt names a disk only as its domain XML
+writes it).  The guest's own lease and explicit leases keep lockfsm's names (47 hex digits: never
+an MD5's 32) in the same lockspace.  libvirt creates a lease file in place (exclusive create,
+zero-fill, then init) and uses a file that exists at once: a lease file that exists but is not
+initialised yet is waited for (INIT_WAIT), never written; ``virt-sanlock-cleanup`` deletes free
+lease files (it holds the lease while it deletes): a file deleted between naming and acquiring is
+made again by the holder.
+
 Migration is atomic: the source reports the version of each exclusive lease it holds
 (``handoff_data``), it travels in the cookie, and the target acquires with that version.  sanlock
 refuses the acquire (-240) if anyone took the lease after the source, so there is no window in
@@ -43,7 +56,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lockfsm.backends import Capabilities, ConfigKey, LeaseView, PollingHolder
-from lockfsm.errors import BackendError, LeaseConflict
+from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict
 from lockfsm.protocol import tables
 from lockfsm.protocol.paths import default_state_dir, safe_dir
 
@@ -64,6 +77,9 @@ CAPABILITIES = Capabilities(
 )
 
 LOCKSPACE_FILE = "__LOCKSPACE__"
+LIBVIRT_LOCKSPACE = "__LIBVIRT__DISKS__"  # libvirt's lockspace name and the name of its file
+# Seconds (plus io_timeout) to wait for a lease file another host is still initialising.
+INIT_WAIT = 3.0
 LEASE_SIZE = 1 << 20  # align 1 MiB, sector 512: room for 2000 hosts
 MAX_HOST_ID = 2000
 SECTOR = 512
@@ -92,6 +108,10 @@ DAEMON_CHECK = 1.0  # seconds between looks at the registered connection (is the
 _LOCAL = (17, -17)  # EEXIST: another process on this host holds it
 _BUSY = (11, -11, 16, -16)  # EAGAIN, EBUSY: shared holders, or a lease in transition
 _NO_LOCKSPACE = (28, -28)  # ENOSPC: this host's daemon has not joined the lockspace
+_NO_FILE = -2  # ENOENT: the lease file is gone (virt-sanlock-cleanup deleted it)
+# The lease file is there but not initialised yet: empty (-90, EMSGSIZE) or zeros (-223,
+# SANLK_LEADER_MAGIC), as a libvirt host leaves it between its create and its init.
+_NOT_YET = (-90, -223)
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -131,6 +151,19 @@ def _lockspace_name(value: Any) -> str:
     return value
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def space(config: Mapping[str, Any]) -> tuple[str, str]:
+    """(lockspace name, lockspace file) of a validated configuration."""
+    if config.get("libvirt_disk_leases"):
+        return LIBVIRT_LOCKSPACE, os.path.join(config["lease_dir"], LIBVIRT_LOCKSPACE)
+    return str(config["lockspace"]), os.path.join(config["lease_dir"], LOCKSPACE_FILE)
+
+
 CONFIG_KEYS: Mapping[str, ConfigKey] = {
     "lease_dir": ConfigKey(
         _lease_dir,
@@ -145,6 +178,14 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
         _run_dir, lambda: "/run/sanlock", "SANLOCK_RUN_DIR of this host's sanlock daemon"
     ),
     "lockspace": ConfigKey(_lockspace_name, lambda: "lockfsm", "name of the sanlock lockspace"),
+    "libvirt_disk_leases": ConfigKey(
+        _flag,
+        lambda: False,
+        "share disk leases with libvirt's sanlock driver (auto_disk_leases): lease_dir is its\n"
+        f"# disk_lease_dir, the lockspace its {LIBVIRT_LOCKSPACE}, a disk's lease named by the\n"
+        "# MD5 of its path as written (and of its canonical path where that differs); every\n"
+        "# host must write a disk's path the same way.  lockspace must be left unset",
+    ),
 }
 
 
@@ -185,10 +226,11 @@ def owner_of(path: str) -> int | None:
     return int(fields[6])
 
 
-def host_name(lease_dir: str, host_id: int) -> str:
-    """The name (``sanlock daemon -e``) host ``host_id`` wrote into its delta lease, or ''."""
+def host_name(lockspace_file: str, host_id: int) -> str:
+    """The name (``sanlock daemon -e``) host ``host_id`` wrote into its delta lease in the
+    lockspace file ``lockspace_file``, or ''."""
     try:
-        leader = read_leader(os.path.join(lease_dir, LOCKSPACE_FILE), (host_id - 1) * SECTOR)
+        leader = read_leader(lockspace_file, (host_id - 1) * SECTOR)
     except OSError:
         return ""
     return leader[2] if leader and leader[0] == _DELTA_MAGIC else ""
@@ -230,12 +272,23 @@ class SanlockBackend:
     config_keys: Mapping[str, ConfigKey] = CONFIG_KEYS
 
     def __init__(self, config: Mapping[str, Any]) -> None:
+        """Initialise the lockspace file unless it is (waiting for one another host is making)
+        and make this host's daemon join it.  Raises InvalidArgument for a ``lockspace`` of
+        lockfsm's own beside ``libvirt_disk_leases`` (before anything is made), BackendError
+        when the lockspace cannot be made or joined."""
         self.config = config
         self.dir: str = config["lease_dir"]
-        self.lockspace: str = config["lockspace"]
+        if config["libvirt_disk_leases"] and config["lockspace"] not in (
+            "lockfsm",
+            LIBVIRT_LOCKSPACE,
+        ):
+            raise InvalidArgument(
+                f"lockspace {config['lockspace']!r}: with libvirt_disk_leases the lockspace is "
+                f"libvirt's, {LIBVIRT_LOCKSPACE}: leave lockspace unset"
+            )
+        self.lockspace, self.lockspace_path = space(config)
         self.run_dir: str = config["sanlock_run_dir"]
         self.io_timeout: int = config["io_timeout"]
-        self.lockspace_path = os.path.join(self.dir, LOCKSPACE_FILE)
         self._ensure_initialised(self.lockspace_path, None)
         self._join(config["host_id"])
 
@@ -267,45 +320,79 @@ class SanlockBackend:
                 f"{(joined.stderr or joined.stdout).strip()[-200:]}"
             )
 
-    def _initialised(self, path: str, resource: str | None) -> bool:
-        """Whether ``path`` holds the initialised lockspace (``resource`` None) or resource.
-        Raises BackendError for a file that is something else."""
-        try:
-            leader = read_leader(path)
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            raise BackendError(f"lease file {path} cannot be read: {e}") from None
-        magic = _DELTA_MAGIC if resource is None else _PAXOS_MAGIC
-        if (
-            leader
-            and leader[0] == magic
-            and leader[1] == self.lockspace
-            and (resource is None or leader[2] == resource)
-        ):
-            return True
-        raise BackendError(
-            f"{path} exists but is not the sanlock "
-            f"{'lockspace' if resource is None else 'lease ' + repr(resource)} of lockspace "
-            f"{self.lockspace!r}: not used, not overwritten"
-        )
-
     def _ensure_initialised(self, path: str, resource: str | None) -> None:
-        """Create and initialise ``path`` unless it is already: initialise a private file, then
-        link it into place (link never replaces), so an existing file is never written."""
-        if self._initialised(path, resource):
-            return
+        ensure_initialised(path, self.lockspace, resource, self.run_dir, self.io_timeout)
+
+    def leases(
+        self, resource_type: str, path: str, canonical: str, shared: bool
+    ) -> list[dict[str, str]]:
+        """The leases of a resource (a disk's own lease file initialised if it is missing).
+        Raises BackendError when a lease file cannot be made, or is something else."""
+        import hashlib  # here, not at the top: the supervisor never needs it
+
+        mode = "shared" if shared else "exclusive"
+        if resource_type == "disk" and self.config["libvirt_disk_leases"]:
+            names = [path] if canonical == path else [path, canonical]
+            keys = [hashlib.md5(n.encode("utf-8", "surrogateescape")).hexdigest() for n in names]
+        else:
+            text = f"lease:{path}" if resource_type == "lease" else canonical
+            keys = [hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_LEN]]
+        for key in keys:
+            self._ensure_initialised(os.path.join(self.dir, key), key)
+        return [{"key": key, "mode": mode} for key in keys]
+
+
+def _initialised(path: str, lockspace: str, resource: str | None) -> bool | None:
+    """Whether ``path`` holds the initialised lockspace (``resource`` None) or resource: False
+    when there is no file, None when it is there but not initialised yet (empty, or zeros where
+    the leader record goes: a libvirt host between its create and its init).  Raises
+    BackendError for a file that is something else."""
+    try:
+        leader = read_leader(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise BackendError(f"lease file {path} cannot be read: {e}") from None
+    if leader is None or leader[0] == 0:
+        return None
+    magic = _DELTA_MAGIC if resource is None else _PAXOS_MAGIC
+    if (
+        leader[0] == magic
+        and leader[1] == lockspace
+        and (resource is None or leader[2] == resource)
+    ):
+        return True
+    raise BackendError(
+        f"{path} exists but is not the sanlock "
+        f"{'lockspace' if resource is None else 'lease ' + repr(resource)} of lockspace "
+        f"{lockspace!r}: not used, not overwritten"
+    )
+
+
+def ensure_initialised(
+    path: str, lockspace: str, resource: str | None, run_dir: str, io_timeout: int
+) -> None:
+    """Create and initialise lease file ``path`` unless it is already: zero-fill a private
+    file to LEASE_SIZE and initialise it (``sanlock direct init``), then link it into place
+    (link never replaces), so that an existing file is never written.  A file that exists but
+    is not initialised yet (another host is making it, as libvirt does, in place) is waited for,
+    INIT_WAIT + io_timeout seconds.  Raises BackendError when the file cannot be made, stays
+    uninitialised, or is something else."""
+    state = _initialised(path, lockspace, resource)
+    if state is True:
+        return
+    if state is False:
         import tempfile
 
-        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=self.dir)  # mode 0600
+        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=os.path.dirname(path))  # mode 0600
         try:
             os.ftruncate(fd, LEASE_SIZE)
             os.close(fd)
             if resource is None:
-                args = ["-o", str(self.io_timeout), "-s", f"{self.lockspace}:0:{tmp}:0"]
+                args = ["-o", str(io_timeout), "-s", f"{lockspace}:0:{tmp}:0"]
             else:
-                args = ["-r", f"{self.lockspace}:{resource}:{tmp}:0"]
-            done = _sanlock_cmd(["direct", "init", *args], self.run_dir, 60.0)
+                args = ["-r", f"{lockspace}:{resource}:{tmp}:0"]
+            done = _sanlock_cmd(["direct", "init", *args], run_dir, 60.0)
             if _done_code(done.stdout) != 0:
                 raise BackendError(
                     f"sanlock direct init of {path} failed: "
@@ -314,21 +401,21 @@ class SanlockBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                pass  # another daemon made it meanwhile: use theirs
+                pass  # another host made it meanwhile: use theirs
         finally:
             os.unlink(tmp)
-        if not self._initialised(path, resource):
-            raise BackendError(f"lease file {path} is still not initialised")  # pragma: no cover
-
-    def leases(
-        self, resource_type: str, path: str, canonical: str, shared: bool
-    ) -> list[dict[str, str]]:
-        import hashlib  # here, not at the top: the supervisor never needs it
-
-        text = f"lease:{path}" if resource_type == "lease" else canonical
-        key = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:NAME_LEN]
-        self._ensure_initialised(os.path.join(self.dir, key), key)
-        return [{"key": key, "mode": "shared" if shared else "exclusive"}]
+    waited = INIT_WAIT + io_timeout
+    deadline = time.monotonic() + waited
+    while (state := _initialised(path, lockspace, resource)) is not True:
+        if state is False:
+            raise BackendError(f"lease file {path} was deleted while being made: try again")
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"lease file {path} exists but is still not initialised after {waited:g} s: "
+                "the host that created it stopped half-way, or its storage is slow.  lockfsm "
+                "never writes a lease file that exists; remove it once no host uses it"
+            )
+        time.sleep(0.05)
 
 
 # -- the holding half ----------------------------------------------------------------------------
@@ -454,9 +541,11 @@ class SanlockHolder(PollingHolder):
 
     def __init__(self, config: Mapping[str, Any], view: LeaseView) -> None:
         self.dir: str = config["lease_dir"]
-        self.lockspace = str(config["lockspace"]).encode()
+        name, self.lockspace_file = space(config)
+        self.lockspace = name.encode()
         self.host_id: int = config["host_id"]
         self.run_dir: str = config["sanlock_run_dir"]
+        self.io_timeout: int = config["io_timeout"]
         self.private = os.path.join(config["run_dir"], ".sanlock-py")
         self.view = view
         self.sanlock: Any = None
@@ -484,7 +573,8 @@ class SanlockHolder(PollingHolder):
         return [(os.path.join(self.dir, key), 0)]
 
     def _holder(self, key: str) -> str:
-        """Who holds lease ``key``, as far as its leader record tells."""
+        """Who holds lease ``key``, as far as its leader record tells (and, for a holder on
+        this host, this host's daemon: the owner name, libvirt's VM name)."""
         try:
             owners = self.sanlock.read_resource_owners(
                 self.lockspace, key.encode(), self._disks(key)
@@ -495,9 +585,11 @@ class SanlockHolder(PollingHolder):
         names = []
         for host_id in ids:
             if host_id == self.host_id:
-                names.append(f"another process on this host (sanlock host_id {host_id})")
+                local = local_owners(self.run_dir, self.lockspace.decode()).get(key, [])
+                who = ", ".join(f"{n} (pid {p})" if n else f"pid {p}" for p, n in local)
+                names.append(f"{who or 'another process'} on this host (sanlock host_id {host_id})")
             else:
-                name = host_name(self.dir, host_id)
+                name = host_name(self.lockspace_file, host_id)
                 names.append(f"sanlock host_id {host_id}" + (f" ({name})" if name else ""))
         return ", ".join(names)
 
@@ -557,7 +649,26 @@ class SanlockHolder(PollingHolder):
         # stopped renewing would block this single-threaded supervisor inside the acquire
         # until that host is declared dead (8 x io_timeout + 60 s), and then take the lease.
         ((path, offset),) = self._disks(key)
-        code = _acquire_function()(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        acquire = _acquire_function()
+        code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        if code == _NO_FILE and lver is None:
+            # Deleted since the daemon named it (virt-sanlock-cleanup deletes free lease
+            # files): made again as the daemon makes it, then acquired.
+            ensure_initialised(path, self.lockspace.decode(), key, self.run_dir, self.io_timeout)
+            code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        elif code in _NOT_YET:
+            # Another host (libvirt) made it again after a cleanup, and is initialising it.
+            ensure_initialised(path, self.lockspace.decode(), key, self.run_dir, self.io_timeout)
+            code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        if code == _NO_FILE:
+            raise LeaseConflict(
+                f"{resource}: its lease file {path} was deleted since the source prepared "
+                "the migration (virt-sanlock-cleanup?): the lease version the handoff expects "
+                "is gone with it",
+                resource,
+                "",
+                final=True,
+            )
         if code != 0:
             raise self._conflict(code, key, resource, version)
 
@@ -677,48 +788,73 @@ class SanlockHolder(PollingHolder):
 BACKEND = SanlockBackend
 
 
+def local_owners(run_dir: str, lockspace: str) -> dict[str, list[tuple[int, str]]]:
+    """Lease name -> [(pid, owner name)] of the processes that hold it through the sanlock
+    daemon of ``run_dir`` (``sanlock client status``): the owner name is the VM name for
+    libvirt's QEMUs.  sanlock keeps owner names in the holding daemon only, never on disk:
+    another host's holders are known by host id and host name alone.  {} when the daemon
+    does not answer; never raises."""
+    try:
+        done = _sanlock_cmd(["client", "status"], run_dir, 10.0)
+    except BackendError:
+        return {}
+    names: dict[int, str] = {}
+    found: dict[str, list[tuple[int, str]]] = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["p"] and len(parts) >= 2 and parts[1].isdigit():
+            names[int(parts[1])] = parts[2] if len(parts) > 2 else ""
+        elif parts[:1] == ["r"] and len(parts) >= 4 and parts[2] == "p" and parts[3].isdigit():
+            fields = parts[1].split(":")
+            if fields[0] == lockspace and len(fields) > 1:
+                pid = int(parts[3])
+                found.setdefault(fields[1], []).append((pid, names.get(pid, "")))
+    return found
+
+
 def make_holder(config: Mapping[str, Any], view: LeaseView) -> SanlockHolder:
     return SanlockHolder(config, view)
 
 
 # -- who holds what (lockfsm status) ------------------------------------------------------------
 
-_KEY = re.compile(r"[0-9a-f]{47}")
+_KEY = re.compile(r"[0-9a-f]{47}|[0-9a-f]{32}")  # lockfsm's names; libvirt's (MD5)
 
 
 def holders(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every lease of the lockspace that a host owns, from its leader record (shared holders
-    from the mode blocks): ``{"key", "kind": "held", "holder": {host id and name}}``.  The
+    from the mode blocks): ``{"key", "kind": "held", "holder": {host id and name}}``, and for a
+    holder on this host's daemon its owner names and pids (libvirt's: the VM names).  The
     records are read through this host's sanlock daemon (any daemon of the lockspace reads the
     same ones).  Raises BackendError when the binding cannot be loaded."""
     lease_dir = config["lease_dir"]
     # The binding reads through a daemon: this host's, unless this process already chose one.
     os.environ.setdefault("SANLOCK_RUN_DIR", config["sanlock_run_dir"])
     binding = _binding(os.path.join(config["run_dir"], ".sanlock-py"))
-    space = str(config["lockspace"]).encode()
+    name_of_space, space_file = space(config)
+    lockspace = name_of_space.encode()
+    local = local_owners(config["sanlock_run_dir"], name_of_space)
     rows = []
     for name in sorted(os.listdir(lease_dir)):
         if not _KEY.fullmatch(name):
             continue
         try:
             owners = binding.read_resource_owners(
-                space, name.encode(), [(os.path.join(lease_dir, name), 0)]
+                lockspace, name.encode(), [(os.path.join(lease_dir, name), 0)]
             )
         except binding.SanlockException:
             continue
         for o in owners:
             host_id = int(o["host_id"])
-            rows.append(
-                {
-                    "key": name,
-                    "kind": "held",
-                    "holder": {
-                        "manager": "sanlock",
-                        "host_id": host_id,
-                        "host": host_name(lease_dir, host_id),
-                    },
-                }
-            )
+            holder: dict[str, Any] = {
+                "manager": "sanlock",
+                "host_id": host_id,
+                "host": host_name(space_file, host_id),
+            }
+            if host_id == config["host_id"] and local.get(name):
+                holder["owner"] = ", ".join(n or "?" for _, n in local[name])
+                holder["pids"] = [p for p, _ in local[name]]
+            rows.append({"key": name, "kind": "held", "holder": holder})
     return rows
 
 
@@ -729,20 +865,21 @@ def hosts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     fencing -- with a watchdog; without one, see PROTOCOL.md); FAIL and UNKNOWN unknown.
     Raises BackendError when the daemon does not answer."""
     done = _sanlock_cmd(["client", "gets", "-h", "1"], config["sanlock_run_dir"], 10.0)
+    name_of_space, space_file = space(config)
     rows = []
-    space = ""
+    current = ""
     for line in done.stdout.splitlines():
         parts = line.split()
         if parts[:1] == ["s"] and len(parts) > 1:
-            space = parts[1].split(":", 1)[0]  # the lockspace the next hosts are of
+            current = parts[1].split(":", 1)[0]  # the lockspace the next hosts are of
             continue
         if len(parts) < 7 or parts[0] != "h" or parts[6] == "FREE":
             continue
-        if space != config["lockspace"]:
+        if current != name_of_space:
             continue
         host_id, flag = int(parts[1]), parts[6]
         state = {"LIVE": "alive", "DEAD": "dead"}.get(flag, "unknown")
-        name = host_name(config["lease_dir"], host_id) or f"host_id {host_id}"
+        name = host_name(space_file, host_id) or f"host_id {host_id}"
         rows.append(
             {
                 "name": name,
@@ -781,7 +918,7 @@ def wait_free(
             return
         if time.monotonic() >= deadline:
             key, owner = busy[0]
-            who = host_name(config["lease_dir"], owner) or f"host_id {owner}"
+            who = host_name(space(config)[1], owner) or f"host_id {owner}"
             raise LeaseConflict(
                 f"lease {key} is still held after {timeout:g} s, by sanlock host {who}",
                 f"lease {key}",

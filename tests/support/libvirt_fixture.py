@@ -1,6 +1,8 @@
-"""A real libvirt host for interoperation tests: libvirtd with the QEMU driver and virtlockd (the
-``lockd`` lock manager, ``file_lockspace_dir`` lease files), started as root without systemd, as
-``../shared/recipes/libvirt-lockd.sh`` does.
+"""A real libvirt host for interoperation tests: libvirtd with the QEMU driver and either virtlockd
+(the ``lockd`` lock manager, ``file_lockspace_dir`` lease files, as
+``../shared/recipes/libvirt-lockd.sh`` does) or a sanlock daemon (the ``sanlock`` lock manager of
+the ``libvirt-sanlock`` plugin, ``auto_disk_leases`` in ``disk_lease_dir``, host_id 1, as
+``../shared/recipes/libvirt-sanlock.sh`` does), started as root without systemd.
 
 Nothing on the machine is changed: the daemons run in a private mount namespace (``unshare
 -m``) in which their configuration, run, state, cache and log directories are bind-mounted from
@@ -34,6 +36,8 @@ from lockfsm.protocol.kernel import alive
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 PROGRAMS = ("libvirtd", "virtlockd", "virsh", "unshare", "mount", QEMU, "qemu-img")
+SANLOCK_PLUGIN = "/usr/lib/x86_64-linux-gnu/libvirt/lock-driver/sanlock.so"
+SANLOCK_LOCKSPACE = "__LIBVIRT__DISKS__"
 STATE_DIRS = ("/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
 
 LIBVIRTD_CONF = """\
@@ -52,7 +56,7 @@ log_filters = "1:locking 1:util.lockspace"
 log_outputs = "1:file:/var/log/libvirt/virtlockd.log"
 """
 QEMU_CONF = """\
-lock_manager = "lockd"
+lock_manager = "{manager}"
 cgroup_controllers = [ ]
 namespaces = [ ]
 user = "root"
@@ -69,11 +73,23 @@ require_lease_for_disks = 1
 file_lockspace_dir = "{lockspace}"
 """
 
-# Runs inside the new mount namespace: the bind mounts, then both daemons (they fork away).
+# What a libvirt host's /etc/libvirt/qemu-sanlock.conf says to share disk leases with lockfsm.
+SANLOCK_CONF = """\
+auto_disk_leases = 1
+disk_lease_dir = "{lease_dir}"
+host_id = {host_id}
+require_lease_for_disks = 1
+io_timeout = {io_timeout}
+"""
+
+# Runs inside the new mount namespace: the bind mounts, then both daemons (they fork away): with
+# sanlock, its daemon first (libvirtd joins its lockspace at its own start only), unprivileged
+# and without a watchdog, with a private /var/log for its sanlock.log.
 START = """\
 set -e
 T=$1
 mount --make-rprivate /
+if [ "$3" = sanlock ]; then mount --bind "$T/varlog" /var/log; fi
 mount --bind "$T/etc/passwd" /etc/passwd
 mount --bind "$T/etc/group" /etc/group
 mount --bind "$T/etc" /etc/libvirt
@@ -84,7 +100,12 @@ mount --bind "$T/log" /var/log/libvirt
 mount --bind "$2" "$T/qemu/bin/qemu-real"
 mount --bind "$T/qemu-unlocked" "$2"
 mkdir -p /run/libvirt
-/usr/sbin/virtlockd -d -f /etc/libvirt/virtlockd.conf -p /run/virtlockd.pid
+if [ "$3" = sanlock ]; then
+    SANLOCK_PRIVILEGED=0 sanlock daemon -w 0 -l 0 -h 0 -U root -G root -e "$4" -g 3
+    for i in $(seq 200); do [ -S /run/sanlock/sanlock.sock ] && break; sleep 0.05; done
+else
+    /usr/sbin/virtlockd -d -f /etc/libvirt/virtlockd.conf -p /run/virtlockd.pid
+fi
 /usr/sbin/libvirtd -d -f /etc/libvirt/libvirtd.conf -p /run/libvirtd.pid
 """
 
@@ -109,6 +130,12 @@ class VirshError(AssertionError):
 def lease_name(lockspace: str, disk: str) -> str:
     """The lease file libvirt's lockd uses for ``disk`` (its path as the domain XML gives it)."""
     return os.path.join(lockspace, hashlib.sha256(disk.encode()).hexdigest())
+
+
+def sanlock_lease(lease_dir: str, disk: str) -> str:
+    """The lease file libvirt's sanlock driver uses for ``disk`` (its path as the domain XML
+    gives it): ``<disk_lease_dir>/<md5 hex>``, the resource of the same name."""
+    return os.path.join(lease_dir, hashlib.md5(disk.encode()).hexdigest())
 
 
 def domain_xml(
@@ -137,11 +164,20 @@ def domain_xml(
 
 class Libvirt:
     """One libvirt host: ``start()`` it, run guests with :meth:`create`, ``stop()`` it.
-    ``lockspace`` is its ``file_lockspace_dir``."""
+    ``lock_manager`` is ``"lockd"`` (``lockspace`` is its ``file_lockspace_dir``), ``"sanlock"``
+    (``lease_dir`` is its ``disk_lease_dir``, its sanlock daemon's run dir ``sanlock_run_dir``
+    outside the namespace, its host name ``host_name``) or ``None`` (no lock manager)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, lock_manager: str | None = "lockd", host_id: int = 1, io_timeout: int = 1
+    ) -> None:
         self.top = short_tmpdir("lfv")
+        self.lock_manager = lock_manager
+        self.host_id, self.io_timeout = host_id, io_timeout
         self.lockspace = os.path.join(self.top, "lockspace")
+        self.lease_dir = os.path.join(self.top, "leases")
+        self.sanlock_run_dir = os.path.join(self.top, "run", "sanlock")
+        self.host_name = f"libvirt{host_id}"
         self.images = os.path.join(self.top, "img")
         self.env = {
             **os.environ,
@@ -159,13 +195,23 @@ class Libvirt:
     def start(self, timeout: float = 90.0) -> None:
         """Configure and start virtlockd and libvirtd; return once libvirtd answers (its first
         answer waits for QEMU's capability probe, ~8 s).  Raises AssertionError if it does not."""
-        for d in ("etc", "run", "lib", "cache", "log", "img"):
+        for d in ("etc", "run", "lib", "cache", "log", "img", "varlog", "varlog/libvirt"):
             os.mkdir(os.path.join(self.top, d), 0o755)
         os.mkdir(self.lockspace, 0o700)
+        os.mkdir(self.lease_dir, 0o700)
         self._write("etc/libvirtd.conf", LIBVIRTD_CONF)
         self._write("etc/virtlockd.conf", VIRTLOCKD_CONF)
-        self._write("etc/qemu.conf", QEMU_CONF)
+        qemu_conf = QEMU_CONF.format(manager=self.lock_manager or "")
+        if self.lock_manager is None:
+            qemu_conf = qemu_conf.replace('lock_manager = ""\n', "")
+        self._write("etc/qemu.conf", qemu_conf)
         self._write("etc/qemu-lockd.conf", LOCKD_CONF.format(lockspace=self.lockspace))
+        self._write(
+            "etc/qemu-sanlock.conf",
+            SANLOCK_CONF.format(
+                lease_dir=self.lease_dir, host_id=self.host_id, io_timeout=self.io_timeout
+            ),
+        )
         with suppress(FileNotFoundError):
             shutil.copy("/etc/libvirt/libvirt.conf", os.path.join(self.top, "etc"))
         # libvirtd's QEMU driver looks up the user "libvirt-qemu" even with user = "root" (the
@@ -193,7 +239,11 @@ class Libvirt:
                 os.mkdir(d, 0o755)
                 self.made_dirs.append(d)
         began = time.monotonic()
-        subprocess.run(["unshare", "-m", "sh", "-c", START, "sh", self.top, QEMU], check=True)
+        manager = self.lock_manager or "none"
+        subprocess.run(
+            ["unshare", "-m", "sh", "-c", START, "sh", self.top, QEMU, manager, self.host_name],
+            check=True,
+        )
         deadline = began + timeout
         while self.virsh("version", check=False).returncode != 0:
             if time.monotonic() > deadline or not alive(self.pid("libvirtd")):
@@ -202,8 +252,9 @@ class Libvirt:
         self.start_seconds = time.monotonic() - began
 
     def pid(self, daemon: str) -> int:
-        """The pid of ``libvirtd`` or ``virtlockd``."""
-        with open(os.path.join(self.top, "run", f"{daemon}.pid")) as f:
+        """The pid of ``libvirtd``, ``virtlockd`` or ``sanlock``."""
+        rel = "sanlock/sanlock.pid" if daemon == "sanlock" else f"{daemon}.pid"
+        with open(os.path.join(self.top, "run", rel)) as f:
             return int(f.read())
 
     def log(self, daemon: str = "libvirtd", lines: int = 5) -> str:
@@ -221,11 +272,20 @@ class Libvirt:
             if entry.endswith(".pid"):
                 with suppress(OSError, ValueError), open(os.path.join(qemu_run, entry)) as f:
                     os.kill(int(f.read()), signal.SIGKILL)
-        for daemon in ("libvirtd", "virtlockd"):
+        for daemon in ("libvirtd", "virtlockd", "sanlock"):
             try:
                 pid = self.pid(daemon)
-                os.kill(pid, signal.SIGTERM)
-            except (OSError, ValueError):
+                if daemon == "sanlock":  # SIGTERM is ignored while a lockspace is joined
+                    subprocess.run(
+                        ["sanlock", "client", "shutdown", "-f", "1", "-w", "0"],
+                        env={**os.environ, "SANLOCK_RUN_DIR": self.sanlock_run_dir},
+                        capture_output=True,
+                        timeout=10,
+                        start_new_session=True,
+                    )
+                else:
+                    os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 continue
             deadline = time.monotonic() + 5
             while alive(pid) and time.monotonic() < deadline:
