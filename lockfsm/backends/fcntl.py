@@ -65,7 +65,7 @@ def _lockspace(value: Any) -> str:
 #: What each holder call does to the lock files, as the diagrams' sequence charts label it
 #: ({lock}: the lease's lock kind; the gate is byte 1, the lease byte 0).
 TRACE: dict[str, str | None] = {
-    "acquire": "OFD {lock}-lock byte 0 (passing the gate: rd-lock byte 1, then unlock it)",
+    "acquire": "OFD {lock}-lock byte 0, passing the gate (rd-lock byte 1, unlock)",
     "reserve": "OFD wr-lock gate byte 1",
     "take_over": "OFD {lock}-lock byte 0, gate kept",
     "settle": "OFD unlock gate byte 1",

@@ -115,6 +115,10 @@ def run_scenes(a: Any, b: Any, disks: list[str], hotplug: str, lose: Lose) -> No
         scene(f"lost-{policy}")
         g = a.start("vm", disks[:1], uuid=str(uuidlib.uuid4()), policy=policy)
         lose(g, disks[0])
+        if policy == "poweroff":
+            # The supervisor exits by itself once the guest is dead: let it, so that shutdown
+            # finds it gone (not exiting, its socket closed, its record not yet final).
+            g.proc.wait(30)
         g.mgr.check()
         a.stop(g)
 
@@ -229,12 +233,15 @@ def short(label: str) -> str:
     return os.path.basename(label.split(" ", 1)[-1]) or label
 
 
-def _fill(template: str, lease: Mapping[str, Any]) -> str:
-    exclusive = lease["mode"] == "exclusive"
+def _fill(template: str, leases: list[Mapping[str, Any]]) -> str:
+    """A backend's TRACE text for an operation on ``leases`` (one, or a group of the same
+    mode): each lease's version, in the order of ``leases``, where they differ."""
+    exclusive = leases[0]["mode"] == "exclusive"
+    versions = [str(le.get("version")) for le in leases]
     return template.format(
         lock="wr" if exclusive else "rd",
-        mode=lease["mode"],
-        version=lease.get("version"),
+        mode=leases[0]["mode"],
+        version=versions[0] if len(set(versions)) == 1 else "/".join(versions),
         kind="x" if exclusive else "s",
     )
 
@@ -305,7 +312,7 @@ def normalise(
                 op=e["op"],
                 leases=leases,
                 modes=[le["mode"] for le in e["leases"]],
-                does=_fill(e["does"], e["leases"][0]) if e["leases"] else e["does"],
+                does=_fill(e["does"], e["leases"]) if e["leases"] else e["does"],
                 outcome=e["outcome"],
             )
         elif kind == "service_note":
