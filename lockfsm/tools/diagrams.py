@@ -12,14 +12,8 @@ three, starting sanlock and etcd daemons for the purpose.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +101,7 @@ def charts(run: dict[str, Any]) -> list[tuple[str, str]]:
     """(file name without suffix, SVG text) of each sequence chart of a recorded run."""
     events = run["events"]
     starts = {e["name"]: n for n, e in enumerate(events) if e["kind"] == "scene"}
-    bounds = sorted(starts.values()) + [len(events)]
+    bounds = [*sorted(starts.values()), len(events)]
     drawn = []
     for name, title, scenes in recording.CHARTS:
         missing = [s for s in scenes if s not in starts]
