@@ -32,6 +32,7 @@ main{display:flex;gap:10px;padding:10px}
 #charts{flex:3;overflow:auto;height:calc(100vh - 70px);border:1px solid #ddd}
 #side{flex:2;overflow:auto;height:calc(100vh - 70px)}
 .run{display:none}.run.shown{display:block}
+.run svg{width:100%;height:auto}
 .ev{opacity:.18}.ev.done{opacity:1}
 .ev.current line{stroke-width:3}.ev.current text{font-weight:bold;fill:#c00000}
 .ev.current rect{stroke-width:3}
@@ -46,6 +47,7 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}
 SCRIPT = """
 const RUNS = JSON.parse(document.getElementById('data').textContent);
 let run = Object.keys(RUNS)[0], step = 0;
+const drawn = {};  // run -> the step its chart shows
 function mark(diagram, host, state) {
   for (const g of document.querySelectorAll('#' + diagram + ' g.node')) {
     const title = g.querySelector('title');
@@ -59,11 +61,15 @@ function show() {
     div.classList.toggle('shown', div.dataset.run === run);
   }
   const chart = document.querySelector('.run[data-run="' + run + '"]');
-  for (const g of chart.querySelectorAll('g.ev')) {
-    const i = Number(g.id.slice(3));
+  // Only the events between the step shown before and this one change (a run has hundreds).
+  const before = drawn[run] === undefined ? n : drawn[run];
+  for (let i = Math.min(before, step) - 1; i <= Math.max(before, step); i++) {
+    const g = chart.querySelector('#ev-' + i);
+    if (!g) continue;
     g.classList.toggle('done', i < step);
     g.classList.toggle('current', i === step - 1);
   }
+  drawn[run] = step;
   const now = step === 0 ? r.initial : r.steps[step - 1];
   for (const host of ['A', 'B']) {
     mark('domain', host, now.states[host].domain);
