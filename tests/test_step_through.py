@@ -100,7 +100,10 @@ def test_the_step_through_page_follows_each_recorded_run_step_by_step() -> None:
         middle = next(
             n for n, ev in enumerate(runs["fcntl"]["events"]) if ev.get("op") == "take_over"
         )
-        b.run("for (let i = 0; i <= arguments[0]; i++) document.getElementById('next').click();", middle)
+        b.run(
+            "for (let i = 0; i <= arguments[0]; i++) document.getElementById('next').click();",
+            middle,
+        )
         shot = b.screenshot()
         assert shot.startswith(b"\x89PNG"), "the screenshot is not a PNG"
         (artefacts() / "step-through.png").write_bytes(shot)

@@ -152,7 +152,8 @@ def chart(
         ".title{font-size:15px;font-weight:bold;}"
         "</style>",
         '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="3" '
-        'orient="auto" markerUnits="userSpaceOnUse"><path d="M0,0 L7,3 L0,6 z" fill="context-stroke"/></marker></defs>',
+        'orient="auto" markerUnits="userSpaceOnUse">'
+        '<path d="M0,0 L7,3 L0,6 z" fill="context-stroke"/></marker></defs>',
         f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
         _text(WIDTH // 2, 20, f"{title} ({backend}, a recorded run)", cls="title"),
     ]

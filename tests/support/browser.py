@@ -114,9 +114,7 @@ class Browser:
 
     def click(self, css: str) -> None:
         """A real click (WebDriver's element click) on the element ``css`` selects."""
-        found = self._call(
-            "POST", self._s("/element"), {"using": "css selector", "value": css}
-        )
+        found = self._call("POST", self._s("/element"), {"using": "css selector", "value": css})
         element = next(iter(found.values()))
         self._call("POST", self._s(f"/element/{element}/click"), {})
 
