@@ -342,7 +342,12 @@ class LockManager:
                 self._fire(raised, error=e)
             raise
         if not moved:
-            choose(tables.DOMAIN, source.value, event, self, {**args, "_memo": memo})
+            try:
+                choose(tables.DOMAIN, source.value, event, self, {**args, "_memo": memo})
+            except LockFSMError as e:  # a guard refused: the call's reply is that error
+                if trace.on() and "error" not in args:
+                    self._trace_reply(event, type(e).__name__)
+                raise
             raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
         if trace.on():
             self._trace_move(source, event, "error" in args)

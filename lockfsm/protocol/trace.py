@@ -32,19 +32,20 @@ origin: str | None = None  # this process's run_dir, once it is one host's (the 
 
 
 def on() -> bool:
-    """Whether events are being recorded."""
+    """Whether events are being recorded.  Raises nothing."""
     return _path is not None
 
 
 def start(path: str) -> None:
-    """Record from now on into ``path`` (and in every process started from now on)."""
+    """Record from now on into ``path`` (and in every process started from now on).  Raises
+    nothing: the file is opened at each event."""
     global _path
     _path = path
     os.environ[ENV] = path
 
 
 def stop() -> None:
-    """Stop recording (here and in processes started from now on)."""
+    """Stop recording (here and in processes started from now on).  Raises nothing."""
     global _path
     _path = None
     os.environ.pop(ENV, None)

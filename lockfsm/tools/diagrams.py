@@ -83,6 +83,7 @@ def machine_graph(spec: Spec) -> Any:
 
 
 def recording_path(out: Path, backend: str) -> Path:
+    """Where ``out`` keeps the recorded run of ``backend``.  Raises nothing."""
     return out / f"run-{backend}.json"
 
 
@@ -98,7 +99,8 @@ def load_recording(path: Path) -> dict[str, Any]:
 
 
 def charts(run: dict[str, Any]) -> list[tuple[str, str]]:
-    """(file name without suffix, SVG text) of each sequence chart of a recorded run."""
+    """(file name without suffix, SVG text) of each sequence chart of a recorded run.  Raises
+    InvalidArgument when the run lacks a scene a chart shows."""
     events = run["events"]
     starts = {e["name"]: n for n, e in enumerate(events) if e["kind"] == "scene"}
     bounds = [*sorted(starts.values()), len(events)]

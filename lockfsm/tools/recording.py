@@ -144,7 +144,8 @@ def _target_first(source: Any, target: Any) -> None:
 
 def report_loss(g: Any, disk: str) -> None:
     """The lock service's report of a lost lease, as sanlock's kill path makes it:
-    ``lockfsm-supervisor --lease-lost SOCKET WHY``."""
+    ``lockfsm-supervisor --lease-lost SOCKET WHY``.  Raises CalledProcessError or
+    TimeoutExpired when the report fails."""
     launch = rundir.pointed(g.host.run_dir, g.uuid)
     assert launch is not None
     sock = rundir.socket_path(g.host.run_dir, launch)
@@ -155,7 +156,9 @@ def report_loss(g: Any, disk: str) -> None:
 def steal_fcntl(lockspace: str) -> Lose:
     """fcntl's own way of losing a lease: its lease file is replaced by one a rival has locked
     already; the supervisor finds out within its check interval.  The rival is this process
-    (its locks go when the returned function's files are closed at exit of the run)."""
+    (its lock goes once the supervisor noticed the loss, so that the next scene can take the
+    lease).  The returned function raises TimeoutError when the supervisor does not notice in
+    30 s, OSError when the lease file cannot be replaced."""
     rivals: list[int] = []
 
     def lose(g: Any, disk: str) -> None:
@@ -227,7 +230,7 @@ _OWN = re.compile(r"the own lease of guest .*")
 
 def short(label: str) -> str:
     """A lease or resource name as the charts show it: a disk's file name, ``own`` for the
-    guest's own lease."""
+    guest's own lease.  Raises nothing."""
     if _OWN.fullmatch(label):
         return "own"
     return os.path.basename(label.split(" ", 1)[-1]) or label

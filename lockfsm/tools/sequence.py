@@ -69,11 +69,13 @@ def _cookie_from(ev: Mapping[str, Any]) -> str | None:
 
 
 def row_height(ev: Mapping[str, Any]) -> int:
+    """The height of an event's row.  Raises KeyError for an event without a kind."""
     return SCENE_ROW if ev["kind"] == "scene" else ROW
 
 
 def draw_event(ev: Mapping[str, Any], y: int) -> str:
-    """The SVG of one event whose row ends at ``y`` (its baseline)."""
+    """The SVG of one event whose row ends at ``y`` (its baseline).  Raises KeyError for an
+    event that lacks a field of its kind (recording.check found it sound: it does not)."""
     kind = ev["kind"]
     host = ev.get("host", "")
     colour = COLOUR.get(host, COLOUR["svc"])
@@ -138,7 +140,8 @@ def chart(
     first: int = 0,
 ) -> str:
     """The SVG text of a chart of ``events``; each event is a group ``ev-<n>`` (``n`` counted
-    from ``first``) of class ``ev``, for a page to highlight."""
+    from ``first``) of class ``ev``, for a page to highlight.  Raises KeyError for an event
+    that is not sound (check it with recording.check first)."""
     height = TOP + sum(row_height(e) for e in events) + 20
     out = [
         '<svg xmlns="http://www.w3.org/2000/svg" '

@@ -113,7 +113,8 @@ def _inline(svg: str) -> str:
 
 
 def label(ev: Mapping[str, Any]) -> str:
-    """One line saying what an event is, for the page's status line."""
+    """One line saying what an event is, for the page's status line.  Raises KeyError for an
+    event that lacks a field of its kind."""
     host = ev.get("host", "")
     kind = ev["kind"]
     if kind == "scene":
