@@ -52,8 +52,9 @@ def stop() -> None:
 
 
 def emit(kind: str, **fields: Any) -> None:
-    """Append one event of ``kind`` (with ``fields``, JSON values) to the trace file; nothing
-    when off.  Never raises: a trace that cannot be written is not written."""
+    """Append one event of ``kind`` (with ``fields``, JSON values; ``t`` the instant it is
+    drawn at, when not now) to the trace file; nothing when off.  Never raises: a trace that
+    cannot be written is not written."""
     if _path is None:
         return
     event = {"t": time.monotonic_ns(), "pid": os.getpid(), "kind": kind, **fields}

@@ -107,6 +107,7 @@ class LeaseMachines:
             call()
             return
         outcome = "ok"
+        sent = time.monotonic_ns()  # the operation is drawn where it began
         try:
             call()
         except BaseException as e:
@@ -117,6 +118,7 @@ class LeaseMachines:
             if template is not None:
                 trace.emit(
                     "service",
+                    t=sent,
                     op=op,
                     does=template,
                     leases=[

@@ -122,6 +122,13 @@ def render(out: Path | None = None) -> list[Path]:
     rsvg-convert, InvalidArgument for a malformed recording in ``out``."""
     out = out or default_dir()
     out.mkdir(parents=True, exist_ok=True)
+    runs, drawn = {}, []
+    for backend in BACKENDS:  # every recording is checked before anything is written
+        path = recording_path(out, backend)
+        if not path.exists():  # the recorded run the package carries
+            shutil.copyfile(packaged(path.name), path)
+        runs[backend] = load_recording(path)
+        drawn += charts(runs[backend])
     specs = load_all()
     written = []
     for name in TABLE_NAMES:
@@ -132,16 +139,10 @@ def render(out: Path | None = None) -> list[Path]:
             path = out / f"{name}.{fmt}"
             path.write_bytes(graph.pipe(format=fmt))
             written.append(path)
-    runs = {}
-    for backend in BACKENDS:
-        path = recording_path(out, backend)
-        if not path.exists():  # the recorded run the package carries
-            shutil.copyfile(packaged(path.name), path)
-        runs[backend] = load_recording(path)
-        for name, svg in charts(runs[backend]):
-            (out / f"{name}.svg").write_text(svg)
-            (out / f"{name}.png").write_bytes(sequence.png(svg))
-            written += [out / f"{name}.svg", out / f"{name}.png"]
+    for name, svg in drawn:
+        (out / f"{name}.svg").write_text(svg)
+        (out / f"{name}.png").write_bytes(sequence.png(svg))
+        written += [out / f"{name}.svg", out / f"{name}.png"]
     page = out / stepper.PAGE
     page.write_text(
         stepper.page(
