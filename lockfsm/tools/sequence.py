@@ -23,8 +23,8 @@ from xml.sax.saxutils import escape
 from lockfsm.errors import BackendError
 
 LANES = ("daemon A", "supervisor A", "lock service", "supervisor B", "daemon B")
-X = {"dA": 190, "sA": 420, "svc": 720, "sB": 1020, "dB": 1250, "eA": 12, "eB": 1428}
-WIDTH = 1440
+X = {"dA": 270, "sA": 510, "svc": 810, "sB": 1110, "dB": 1350, "eA": 12, "eB": 1608}
+WIDTH = 1620
 ROW = 22
 SCENE_ROW = 34
 TOP = 70
