@@ -33,6 +33,8 @@ main{display:flex;gap:10px;padding:10px}
 #side{flex:2;overflow:auto;height:calc(100vh - 70px)}
 .run{display:none}.run.shown{display:block}
 .run svg{width:100%;height:auto}
+.lanes{position:sticky;top:0;height:18px;background:#fafafa;border-bottom:1px solid #ddd}
+.lanes span{position:absolute;transform:translateX(-50%);font-weight:bold;white-space:nowrap}
 .ev{opacity:.18}.ev.done{opacity:1}
 .ev.current line{stroke-width:3}.ev.current text{font-weight:bold;fill:#c00000}
 .ev.current rect{stroke-width:3}
@@ -112,6 +114,16 @@ def _inline(svg: str) -> str:
     return re.sub(r"^.*?(<svg\b)", r"\1", svg, count=1, flags=re.S)
 
 
+def _lanes(backend: str) -> str:
+    """The lanes' names, kept in view above the chart as it scrolls."""
+    spans = []
+    for name, key in zip(sequence.LANES, ("dA", "sA", "svc", "sB", "dB"), strict=True):
+        left = sequence.X[key] * 1000 // sequence.WIDTH
+        text = f"{name} ({backend})" if key == "svc" else name
+        spans.append(f'<span style="left:{left // 10}.{left % 10}%">{escape(text)}</span>')
+    return f'<div class="lanes">{"".join(spans)}</div>'
+
+
 def label(ev: Mapping[str, Any]) -> str:
     """One line saying what an event is, for the page's status line.  Raises KeyError for an
     event that lacks a field of its kind."""
@@ -162,7 +174,7 @@ def page(runs: Mapping[str, Mapping[str, Any]], domain_svg: str, supervisor_svg:
             "leases": names,
         }
         svg = sequence.chart(run["events"], "the whole recorded run", backend)
-        charts.append(f'<div class="run" data-run="{escape(backend)}">{svg}</div>')
+        charts.append(f'<div class="run" data-run="{escape(backend)}">{_lanes(backend)}{svg}</div>')
     options = "".join(f'<option value="{escape(b)}">{escape(b)}</option>' for b in runs)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
