@@ -90,7 +90,8 @@ def test_the_wheel_carries_the_tables_and_the_models(installed: Installed) -> No
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     for table in sorted((ROOT / "specs").glob("*.toml")):
         assert f"lockfsm/tools/data/specs/{table.name}" in names, table.name
-    assert "lockfsm/tools/data/migration-run.json" in names
+    for backend in ("fcntl", "sanlock", "etcd"):
+        assert f"lockfsm/tools/data/run-{backend}.json" in names, backend
     assert not any(n.startswith(("specs/", "tests/", "bench/")) for n in names), sorted(names)
 
 
@@ -142,7 +143,8 @@ def test_diagrams_from_the_wheel_go_where_they_are_told(installed: Installed) ->
     out = installed.run(installed.bin("lockfsm"), "diagrams", "--out", str(dest))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     drawn = {p.name for p in dest.glob("*.svg")}
-    assert {"domain.svg", "supervisor.svg", "migration-sequence.svg"} <= drawn, drawn
+    assert {"domain.svg", "supervisor.svg", "sequence-fcntl-migration.svg"} <= drawn, drawn
+    assert (dest / "step-through.html").is_file()
 
 
 def test_user_errors_are_one_line_without_a_traceback(installed: Installed) -> None:

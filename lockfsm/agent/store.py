@@ -45,7 +45,7 @@ from lockfsm.backends.etcd.client import (
     value,
 )
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict
-from lockfsm.protocol import wire
+from lockfsm.protocol import trace, wire
 
 log = logging.getLogger("lockfsm.agent")
 
@@ -440,6 +440,7 @@ class LeaseStore:
                 compare = [value(x, owned.held), value(r, res.value), lease_is(r, res.lease)]
                 ops.append(nested(compare, [put(x, marker(res.value), res.lease)]))
                 log.info("%s: handed off to %s", owned.resource, describe(res.value))
+                trace.emit("service_note", label=owned.resource, note="x := handoff marker")
             else:
                 ops.append(nested([value(x, owned.held), create(r, 0)], [delete(x)]))
             order.append(key)

@@ -62,6 +62,18 @@ def _lockspace(value: Any) -> str:
     return safe_dir(value, "lockspace_dir", 0o700)
 
 
+#: What each holder call does to the lock files, as the diagrams' sequence charts label it
+#: ({lock}: the lease's lock kind; the gate is byte 1, the lease byte 0).
+TRACE: dict[str, str | None] = {
+    "acquire": "OFD {lock}-lock byte 0, passing the gate (rd-lock byte 1, unlock)",
+    "reserve": "OFD wr-lock gate byte 1",
+    "take_over": "OFD {lock}-lock byte 0, gate kept",
+    "settle": "OFD unlock gate byte 1",
+    "release": "OFD unlock bytes 0-1, close",
+    "unreserve": "OFD unlock gate byte 1, close",
+}
+
+
 class FcntlBackend:
     """The naming half (daemon side)."""
 

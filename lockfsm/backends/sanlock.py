@@ -264,6 +264,18 @@ def _done_code(out: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+#: What each holder call asks of the sanlock daemon, as the diagrams' sequence charts label it
+#: (None: the call asks nothing).
+TRACE: dict[str, str | None] = {
+    "acquire": "acquire {mode}",
+    "reserve": "register (the connection the incoming guest inherits)",
+    "take_over": "acquire {mode} with lver={version}",
+    "settle": None,
+    "release": "release",
+    "unreserve": None,
+}
+
+
 class SanlockBackend:
     """The naming half (daemon side)."""
 

@@ -13,13 +13,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lockfsm.errors import BackendError, LeaseLost
-from lockfsm.protocol import rundir, tables, wire
+from lockfsm.protocol import rundir, tables, trace, wire
 
 log_control = logging.getLogger("lockfsm.control")  # one line per request to a supervisor
 
 #: First and longest wait between attempts to reach a supervisor that is starting (a start takes
 #: ~70 ms: a longer wait would be noticed late).
 POLL = (0.001, 0.004)
+#: A request that reached no supervisor (one still starting, or gone): not a message of the
+#: protocol, so not recorded.
+UNREACHED = ("FileNotFoundError", "ConnectionRefusedError", "ConnectionResetError")
 
 
 class SupervisorClient:
@@ -35,12 +38,17 @@ class SupervisorClient:
         Raises what wire.call raises."""
         started = time.monotonic()
         outcome = "ok"
+        sent = time.monotonic_ns()
+        reply: dict[str, Any] = {}
         try:
-            return wire.call(rundir.socket_path(self.run_dir, launch), request, timeout)
+            reply = wire.call(rundir.socket_path(self.run_dir, launch), request, timeout)
+            return reply
         except BaseException as e:
             outcome = type(e).__name__
             raise
         finally:
+            if trace.on() and outcome not in UNREACHED:
+                self._trace(launch, request, reply, outcome, sent)
             log_control.debug(
                 "request domain=%s op=%s launch=%s result=%s duration_ms=%.3f",
                 self.label(),
@@ -49,6 +57,34 @@ class SupervisorClient:
                 outcome,
                 (time.monotonic() - started) * 1000,
             )
+
+    def _trace(
+        self,
+        launch: str,
+        request: Mapping[str, Any],
+        reply: Mapping[str, Any],
+        outcome: str,
+        sent: int,
+    ) -> None:
+        carries = ""
+        if "resource" in request:
+            carries = str(request["resource"]["path"])
+        elif "migration" in request:
+            carries = f"migration={request['migration']}"
+        elif "timeout" in request:
+            carries = f"timeout={request['timeout']:g}s"
+        answer = outcome
+        if outcome == "ok" and reply.get("state"):
+            answer = f"ok ({reply['state']})"
+        trace.emit(
+            "control",
+            run_dir=self.run_dir,
+            launch=launch,
+            op=request.get("op"),
+            carries=carries,
+            sent=sent,
+            outcome=answer,
+        )
 
     def call(self, launch: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         """One request to a supervisor that must be running.  Raises the reply's error;

@@ -47,7 +47,7 @@ from lockfsm.errors import (
     Unsupported,
     show,
 )
-from lockfsm.protocol import tables, wire
+from lockfsm.protocol import tables, trace, wire
 from lockfsm.protocol.engine import choose
 from lockfsm.protocol.launch import LaunchSpec
 from lockfsm.protocol.states import DomainState
@@ -325,12 +325,16 @@ class LockManager:
 
     def _fire(self, event: str, **args: Any) -> None:
         self._legal(event)
+        if trace.on() and "error" not in args:  # a seed call (not the move a raise makes)
+            self._trace_call(event, args)
         source = self._fsm
         started = time.monotonic()
         memo: dict[str, Any] = {}  # the reads this call made, shared by every candidate move
         try:
             moved = _TRIGGERS[event](self, **args, _memo=memo)
         except LockFSMError as e:
+            if trace.on() and "error" not in args:
+                self._trace_reply(event, type(e).__name__)
             # An error the table names an event for (LeaseLost: the supervisor lost a lease and
             # applied the policy): the call is refused, and the manager makes that move.
             raised = tables.DOMAIN.raised_by.get(type(e).__name__)
@@ -338,8 +342,15 @@ class LockManager:
                 self._fire(raised, error=e)
             raise
         if not moved:
-            choose(tables.DOMAIN, source.value, event, self, {**args, "_memo": memo})
+            try:
+                choose(tables.DOMAIN, source.value, event, self, {**args, "_memo": memo})
+            except LockFSMError as e:  # a guard refused: the call's reply is that error
+                if trace.on() and "error" not in args:
+                    self._trace_reply(event, type(e).__name__)
+                raise
             raise AssertionError("transitions refused a move the table allows")  # pragma: no cover
+        if trace.on():
+            self._trace_move(source, event, "error" in args)
         if event in tables.DOMAIN.unrecorded:
             return
         seconds = time.monotonic() - started
@@ -363,6 +374,49 @@ class LockManager:
                 "duration": seconds,
             },
         )
+
+    # -- the recording hooks (lockfsm.protocol.trace; only called while it records) ------------
+
+    def _trace_call(self, event: str, args: Mapping[str, Any]) -> None:
+        carries = ""
+        if event == "set_parameter":
+            key, value = args["key"], args["value"]
+            carries = key
+            if isinstance(value, MigrationCookie):
+                carries += f"=cookie({value.migration})"
+            elif key in ("name", "id", "lock_failure"):
+                carries += f"={value}"
+        elif "resource" in args:
+            carries = args["resource"].path
+        elif "hosturi" in args:
+            carries = args["hosturi"]
+        elif args.get("cancel"):
+            carries = "cancel"
+        trace.emit("seed", run_dir=self._client.run_dir, mgr=id(self), call=event, carries=carries)
+
+    def _trace_reply(self, event: str, outcome: str) -> None:
+        trace.emit(
+            "seed_reply", run_dir=self._client.run_dir, mgr=id(self), call=event, outcome=outcome
+        )
+
+    def _trace_move(self, source: DomainState, event: str, raised: bool) -> None:
+        if not raised:
+            outcome = "ok"
+            if event == "get_child":
+                outcome = "pid"
+            elif event == "prepare_migrate" and self._cookie is not None:
+                outcome = f"cookie({MigrationCookie.decode(self._cookie).migration})"
+            self._trace_reply(event, outcome)
+        if source is not self._fsm:
+            trace.emit(
+                "state",
+                run_dir=self._client.run_dir,
+                mgr=id(self),
+                machine="domain",
+                event=event,
+                source=source.value,
+                dest=self._fsm.value,
+            )
 
     # -- guards: None to pass, or why not ------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import lockfsm
 from lockfsm import NewFlags, ResourceFlags, ResourceType
+from lockfsm.protocol import trace
 
 GUEST = ["sleep", "1000"]  # a stand-in guest: a real process that runs until killed
 
@@ -134,8 +135,10 @@ class Host:
         self, mgr: lockfsm.LockManager, guest: list[str] | None = None
     ) -> subprocess.Popen[bytes]:
         """Run the manager's supervisor as a daemon does; do not wait for it."""
+        argv = [mgr.supervisor_path, *mgr.supervisor_args, "--", *(guest or GUEST)]
+        trace.emit("spawn", run_dir=self.run_dir, guest=os.path.basename((guest or GUEST)[0]))
         proc = subprocess.Popen(
-            [mgr.supervisor_path, *mgr.supervisor_args, "--", *(guest or GUEST)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lockfsm.backends import make_holder
+from lockfsm.backends import make_holder, module
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LockFSMError
-from lockfsm.protocol import rundir, tables, wire
+from lockfsm.protocol import rundir, tables, trace, wire
 from lockfsm.protocol.engine import Instance, check_model, fire_all
 
 Lease = dict[str, Any]  # {"key", "mode"[, "version"]}, as the daemon named it
@@ -54,6 +54,7 @@ class LeaseMachines:
         self.machines: dict[str, Instance] = {}
         self.leases: dict[str, Lease] = {}
         self.labels: dict[str, str] = {}
+        self.driver = driver
         self.holder = make_holder(driver, config, self)
 
     # -- the LeaseView the holder reads --------------------------------------------------------
@@ -74,22 +75,63 @@ class LeaseMachines:
     # -- the lease table's actions -------------------------------------------------------------
 
     def _do_backend_acquire(self, args: Mapping[str, Any]) -> None:
-        self.holder.acquire(args["lease"], args["label"])
+        lease, label = args["lease"], args["label"]
+        self._traced("acquire", [lease], lambda: self.holder.acquire(lease, label), label)
 
     def _do_backend_reserve(self, args: Mapping[str, Any]) -> None:
-        self.holder.reserve(args["lease"], args["label"])
+        lease, label = args["lease"], args["label"]
+        self._traced("reserve", [lease], lambda: self.holder.reserve(lease, label), label)
 
     def _do_backend_take_over(self, args: Mapping[str, Any]) -> None:
-        self.holder.take_over([(a["lease"], a["label"]) for a in args["group"]])
+        group = [(a["lease"], a["label"]) for a in args["group"]]
+        self._traced("take_over", [le for le, _ in group], lambda: self.holder.take_over(group))
 
     def _do_backend_settle(self, args: Mapping[str, Any]) -> None:
-        self.holder.settle(args["lease"])
+        lease = args["lease"]
+        self._traced("settle", [lease], lambda: self.holder.settle(lease))
 
     def _do_backend_release(self, args: Mapping[str, Any]) -> None:
-        self.holder.release([a["lease"] for a in args["group"]])
+        leases = [a["lease"] for a in args["group"]]
+        self._traced("release", leases, lambda: self.holder.release(leases))
 
     def _do_backend_unreserve(self, args: Mapping[str, Any]) -> None:
-        self.holder.unreserve([a["lease"] for a in args["group"]])
+        leases = [a["lease"] for a in args["group"]]
+        self._traced("unreserve", leases, lambda: self.holder.unreserve(leases))
+
+    def _traced(
+        self, op: str, leases: list[Lease], call: Callable[[], None], label: str = ""
+    ) -> None:
+        """Make one holder call; while lockfsm.protocol.trace records, record it as an operation
+        on the lock service, with what the backend sends (its module's TRACE says)."""
+        if not trace.on():
+            call()
+            return
+        outcome = "ok"
+        sent = time.monotonic_ns()  # the operation is drawn where it began
+        try:
+            call()
+        except BaseException as e:
+            outcome = type(e).__name__
+            raise
+        finally:
+            template = getattr(module(self.driver), "TRACE", {}).get(op, op)
+            if template is not None:
+                trace.emit(
+                    "service",
+                    t=sent,
+                    op=op,
+                    does=template,
+                    leases=[
+                        {
+                            "key": le["key"],
+                            "mode": le["mode"],
+                            "version": le.get("version"),
+                            "label": self.labels.get(le["key"]) or label,
+                        }
+                        for le in leases
+                    ],
+                    outcome=outcome,
+                )
 
     # -- one lease at a time ---------------------------------------------------------------------
 

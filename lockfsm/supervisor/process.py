@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
-from lockfsm.protocol import rundir, tables, wire
+from lockfsm.protocol import rundir, tables, trace, wire
 from lockfsm.protocol.engine import Instance, check_model
 from lockfsm.protocol.launch import USAGE, LaunchSpec
 from lockfsm.supervisor.guest import GuestProcess
@@ -93,6 +93,7 @@ class Supervisor:
         self.guest_argv = guest_argv
         self.config = spec.config
         self.run_dir: str = self.config["run_dir"]
+        trace.origin = self.run_dir  # what the backend records is this host's
         self.launch = spec.launch
         self.policy = spec.policy()
         self.leases = LeaseSet(spec.driver, self.config, spec.launch)
@@ -218,6 +219,16 @@ class Supervisor:
     def fire(self, event: str, **args: Any) -> None:
         started = time.monotonic()
         source, dest = self.sm.fire(event, **args)
+        if trace.on() and source != dest:
+            trace.emit(
+                "state",
+                run_dir=self.run_dir,
+                launch=self.launch,
+                machine="supervisor",
+                event=event,
+                source=source,
+                dest=dest,
+            )
         self._record()
         if self.config.get("supervisor_log") == "moves":
             # The daemon's own move lines (logger lockfsm.core) have the same shape.
@@ -520,6 +531,7 @@ def report_loss(args: list[str]) -> int:
         print("usage: lockfsm-supervisor --lease-lost SOCKET [WHY...]", file=sys.stderr)
         return EXIT_USAGE
     why = " ".join(args[1:]) or "the lock service revoked the leases"
+    trace.emit("lost_report", socket=args[0], reason=why[:80])
     try:
         wire.call(args[0], {"op": "lease_lost", "reason": why[:1024]}, 5.0)
     except (OSError, LockFSMError) as e:

@@ -172,13 +172,17 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true", help="print the verdicts as JSON (for CI)")
     c.set_defaults(func=_spec_check)
-    dg = sub.add_parser("diagrams", help="draw every table and a recorded migration into diagrams/")
+    dg = sub.add_parser(
+        "diagrams",
+        help="draw every table, the recorded runs' sequence charts and the step-through page "
+        "into diagrams/",
+    )
     dg.add_argument(
         "--out",
         help="the output directory (default: diagrams/ of a source checkout; required when "
         "lockfsm is installed)",
     )
-    dg.add_argument("--record", action="store_true", help="record a new migration run first")
+    dg.add_argument("--record", action="store_true", help="record the fcntl run again first")
     dg.set_defaults(func=_diagrams)
     cf = sub.add_parser(
         "config", help="print a driver's documented configuration file, or check one"

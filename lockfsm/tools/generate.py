@@ -45,7 +45,7 @@ def package_data(tree: Path) -> dict[Path, Path]:
     data = tree / "lockfsm" / "tools" / "data"
     pairs = {data / "specs" / p.name: p for p in sorted((tree / "specs").glob("*.toml"))}
     pairs.update({data / "specs" / p.name: p for p in sorted((tree / "specs").glob("*.pml"))})
-    pairs[data / "migration-run.json"] = tree / "diagrams" / "migration-run.json"
+    pairs.update({data / p.name: p for p in sorted((tree / "diagrams").glob("run-*.json"))})
     return pairs
 
 

@@ -56,6 +56,17 @@ CAPABILITIES = Capabilities(
     spans_hosts="any network",
 )
 
+#: What each holder call has the host's agent do in etcd, as the diagrams' sequence charts label
+#: it (None: nothing).
+TRACE: dict[str, str | None] = {
+    "acquire": "txn: put {kind} if free",
+    "reserve": "txn: put r (reservation)",
+    "take_over": "txn: x = handoff marker and create rev = {version} -> x := ours, delete r",
+    "settle": None,
+    "release": "txn: delete {kind} (x reserved by a target: x := handoff marker)",
+    "unreserve": "txn: delete r",
+}
+
 AGENT_SOCKET = "etcd-agent.sock"  # in run_dir unless agent_socket says otherwise
 RECONNECT_PAUSE = 0.1  # seconds between tries to reach a restarted agent
 DEFAULT_PORT = 2379
