@@ -15,6 +15,7 @@ what etcd and gRPC cost and nothing of this process's threads.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
 import subprocess
@@ -112,9 +113,12 @@ def cluster(members: int, hosts: int, ttl: int = 10, tls_dir: str | None = None)
         sites.stop()
 
 
-def bare_takeover(client: Any, disks: int, tag: str) -> float:
+def bare_takeover(client: Any, disks: int, tag: str, idle: float = 0.0) -> float:
     """Seconds of one bare etcd transaction of the take-over's shape over ``disks`` keys (the
-    keys are set up before the clock starts, untimed, and left for the next sample)."""
+    keys are set up before the clock starts, untimed, and left for the next sample).  The
+    setup is a transaction too, so the timed one finds etcd and the connection busy; with
+    ``idle``, the client waits that many seconds first, as an agent's transaction comes after
+    a pause (a handoff's take-over seconds after the reservation)."""
     from lockfsm.backends.etcd.client import delete, get, put, value
 
     base = f"/lockfsm-bench-bare/{tag}/".encode()
@@ -126,6 +130,8 @@ def bare_takeover(client: Any, disks: int, tag: str) -> float:
         )
         compare = [c for x, r in keys for c in (value(r, b"r"), value(x, b"handed off to r"))]
         success = [op for x, r in keys for op in (put(x, b"holder"), delete(r), get(x))]
+        if idle:
+            await asyncio.sleep(idle)
         started = time.perf_counter()
         result = await etcd.txn(compare, success, [get(base)])
         took = time.perf_counter() - started
