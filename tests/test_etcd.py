@@ -31,6 +31,7 @@ import pytest
 
 import lockfsm
 from lockfsm import DomainState, ResourceType
+from lockfsm.agent.keys import KeySchema
 from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
 from lockfsm.embed.standin import Guest, Host
 from lockfsm.protocol.kernel import alive, process_state
@@ -575,6 +576,48 @@ def test_a_validity_push_during_the_last_release_is_no_loss(
     holder.release_all([lease])
     assert holder.poll() is None and etcd_holder.lost is None
     assert etcd_holder.lease_id is None  # nothing held: no lease to follow
+
+
+def test_a_release_read_ahead_by_peek_is_right_when_the_reservations_changed_since(
+    etcd1: Cluster, shared_sites: list[Site]
+) -> None:
+    """The source's agent reads the reservations while the guest dies (``expect_release``: the
+    agent's peek), and the release's one transaction goes by those rows.  Rows out of date
+    cost a try, never a wrong give-up: (1) a reservation made after the peek still gets the
+    lease handed off (the target's take-over then succeeds); (2) a reservation let go after
+    the peek does not leave a marker nobody can take: the key is deleted."""
+    src, dst = shared_sites[0].holder(), shared_sites[1].holder()
+    src.watch([])
+    dst.watch([])
+    key = f"peeked-{os.getpid()}"
+    lease = {"key": key, "mode": "exclusive"}
+    x = KeySchema(shared_sites[0].config["prefix"]).exclusive(key)
+
+    def value_of_x() -> bytes | None:
+        with etcd1.client() as client:
+            rows = client.range(x)
+        return rows[0].value if rows else None
+
+    # (1) peeked with no reservation; then the target reserves; then the release.
+    src.acquire(lease, "disk peeked")
+    assert value_of_x() is not None, x
+    data = src.handoff_data(lease)
+    src.holder.expect_release()
+    time.sleep(0.2)  # the peek is read (no reply is awaited)
+    dst.reserve({**lease, **data}, "disk peeked")
+    src.release(lease)
+    assert b"handed_off_to" in (value_of_x() or b""), value_of_x()
+    dst.take_over([({**lease, **data}, "disk peeked")])
+    assert b"handed_off_to" not in (value_of_x() or b"handed_off_to")
+
+    # (2) the other way: peeked with the reservation, which is let go before the release.
+    data = dst.handoff_data(lease)
+    src.reserve({**lease, **data}, "disk peeked")
+    dst.holder.expect_release()
+    time.sleep(0.2)
+    src.release(lease)  # the reservation goes (its migration was called off)
+    dst.release(lease)
+    assert value_of_x() is None  # deleted, not a marker for a reservation that is gone
 
 
 def test_a_killed_host_frees_its_leases_within_the_ttl(
