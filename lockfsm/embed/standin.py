@@ -221,6 +221,33 @@ class Host:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def complete(
+    source: lockfsm.LockManager, target: lockfsm.LockManager, order: str, pause: float = 0.05
+) -> None:
+    """Both sides of a migration complete: ``"target-first"`` (the target's call waits for the
+    source's, as two daemons run them; the source completes ``pause`` s later) or
+    ``"source-first"``.  Raises what either call raises."""
+    if order == "source-first":
+        source.complete_migrate_in()
+        target.complete_migrate_in()
+        return
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target.complete_migrate_in()
+        except BaseException as e:  # reported to the caller below
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(pause)  # let the target's take-over begin before the source completes
+    source.complete_migrate_in()
+    t.join(60)
+    if errors:
+        raise errors[0]
+
+
 class Pair:
     """A source and a target host on one lockspace, joined so that a migration reads as the
     protocol (after h11's ConnectionPair).  Each side's calls go to its own host's driver."""
@@ -254,26 +281,7 @@ class Pair:
         """Both sides complete: target first (its call waits for the source's, as two daemons
         would run them; the source completes ``pause`` s later), or source first."""
         assert self.guest is not None and self.incoming is not None
-        source, target = self.guest.mgr, self.incoming.mgr
-        if order == "source-first":
-            source.complete_migrate_in()
-            target.complete_migrate_in()
-            return
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                target.complete_migrate_in()
-            except BaseException as e:  # reported to the caller below
-                errors.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
-        time.sleep(pause)  # let the target's take-over begin before the source completes
-        source.complete_migrate_in()
-        t.join(60)
-        if errors:
-            raise errors[0]
+        complete(self.guest.mgr, self.incoming.mgr, order, pause)
 
     def cancel(self, order: str = "target-first") -> None:
         assert self.guest is not None and self.incoming is not None

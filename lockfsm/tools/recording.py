@@ -26,7 +26,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
@@ -81,6 +80,7 @@ def run_scenes(a: Any, b: Any, disks: list[str], hotplug: str, lose: Lose) -> No
     """Drive hosts ``a`` and ``b`` (:class:`lockfsm.embed.standin.Host`) through every scene.
     Raises what the harness raises (LockFSMError, TimeoutError)."""
     from lockfsm import ResourceType
+    from lockfsm.embed.standin import complete
 
     def scene(name: str) -> None:
         trace.emit("scene", name=name, title=dict(SCENES)[name])
@@ -100,7 +100,7 @@ def run_scenes(a: Any, b: Any, disks: list[str], hotplug: str, lose: Lose) -> No
 
     scene("target-first")
     incoming = b.incoming(g, g.mgr.prepare_migrate(HOSTURI["B"]))
-    _target_first(g.mgr, incoming.mgr)
+    complete(g.mgr, incoming.mgr, "target-first", pause=0.3)  # the target waits
     a.stop(g)
     g = incoming
 
@@ -121,25 +121,6 @@ def run_scenes(a: Any, b: Any, disks: list[str], hotplug: str, lose: Lose) -> No
             g.proc.wait(30)
         g.mgr.check()
         a.stop(g)
-
-
-def _target_first(source: Any, target: Any) -> None:
-    """The target completes first (its call waits for the source's), as two daemons do."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target.complete_migrate_in()
-        except BaseException as e:  # raised to the caller below
-            errors.append(e)
-
-    waiter = threading.Thread(target=run)
-    waiter.start()
-    time.sleep(0.3)  # the target's take-over waits for the source's guest to stop
-    source.complete_migrate_in()
-    waiter.join(60)
-    if errors:
-        raise errors[0]
 
 
 def report_loss(g: Any, disk: str) -> None:
