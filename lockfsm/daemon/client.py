@@ -20,6 +20,9 @@ log_control = logging.getLogger("lockfsm.control")  # one line per request to a 
 #: First and longest wait between attempts to reach a supervisor that is starting (a start takes
 #: ~70 ms: a longer wait would be noticed late).
 POLL = (0.001, 0.004)
+#: How long a supervisor that has ended (its record says so) may take to exit once its control
+#: socket is closed: it only writes its last record and returns.
+EXITING = 5.0
 #: A request that reached no supervisor (one still starting, or gone): not a message of the
 #: protocol, so not recorded.
 UNREACHED = ("FileNotFoundError", "ConnectionRefusedError", "ConnectionResetError")
@@ -159,14 +162,15 @@ class SupervisorClient:
 
     def shutdown(self, launch: str, gen: int, grace: float, uuid: str | None) -> None:
         """Ask the supervisor to stop the guest and wait until it has released everything.
-        Succeeds when it is gone already (the kernel or the supervisor released every lease).
+        Succeeds when it is gone already (the kernel or the supervisor released every lease),
+        or is exiting (its record says it ended: a lease lost under ``poweroff``, a refusal).
         Raises BackendError if it runs but does not answer, or does not stop in time."""
         request = {"op": "shutdown", "gen": gen, "grace": grace}
         try:
             self.send(launch, request, grace + 30.0)
         except (FileNotFoundError, ConnectionError):
             record = rundir.read_record(self.run_dir, launch)
-            if record is not None and rundir.supervisor_alive(record, launch):
+            if record is not None and not self._gone(record, launch, EXITING):
                 raise BackendError(
                     f"the supervisor of {self.label()!r} (pid {record['pid']}) runs but does not "
                     "answer on its control socket"
@@ -174,6 +178,19 @@ class SupervisorClient:
         except TimeoutError:
             raise BackendError(f"the supervisor of {self.label()!r} did not stop in time") from None
         self.forget(launch, uuid)
+
+    def _gone(self, record: Mapping[str, Any], launch: str, wait: float) -> bool:
+        """Whether the supervisor of ``record`` is gone, or goes within ``wait`` s because it
+        has ended already (its socket closes before the process exits)."""
+        deadline = time.monotonic() + wait
+        while rundir.supervisor_alive(record, launch):
+            if record.get("state") not in tables.SUPERVISOR.terminal:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL[0])
+            record = rundir.read_record(self.run_dir, launch) or record
+        return True
 
     def exited(self, launch: str) -> bool:
         """Whether the supervisor of ``launch`` ran and is gone (its record is left)."""

@@ -300,7 +300,8 @@ class LockManager:
     def shutdown(self) -> None:
         """Stop the guest if it still runs; return once every lease is released.
 
-        Succeeds when the supervisor has already gone.  Raises IllegalTransition unless started,
+        Succeeds when the supervisor has already gone, or is exiting (it applied a lease loss's
+        ``poweroff``).  Raises IllegalTransition unless started,
         migrating or failed; BackendError if the supervisor runs but does not answer.
         """
         with self._lock:
