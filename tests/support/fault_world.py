@@ -250,10 +250,21 @@ class SanlockEnv:
         self.extra: list[Any] = []
         self.next_id = 10
         self.stopped: set[int] = set()  # host_ids whose daemon is SIGSTOPped
-        os.environ["SANLOCK_RUN_DIR"] = self.daemons[2].run_dir
         from lockfsm.backends.sanlock import _binding
 
-        self.binding = _binding(os.path.join(self.base, "py"))
+        # The binding talks to the daemon of the SANLOCK_RUN_DIR of its first call, for good;
+        # the variable is put back after that call, so that no later test of the session finds
+        # it set (lockfsm's status and holders read it as this host's daemon's).
+        before = os.environ.get("SANLOCK_RUN_DIR")
+        os.environ["SANLOCK_RUN_DIR"] = self.daemons[2].run_dir
+        try:
+            self.binding = _binding(os.path.join(self.base, "py"))
+            self.binding.get_lockspaces()
+        finally:
+            if before is None:
+                del os.environ["SANLOCK_RUN_DIR"]
+            else:
+                os.environ["SANLOCK_RUN_DIR"] = before
 
     def slot(self, index: int, fresh: bool = False) -> Any:
         if not fresh:
