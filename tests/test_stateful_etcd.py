@@ -125,6 +125,9 @@ class EtcdTwoHosts(base.ServiceTwoHosts):
         }
         self.incarnation: Counter[str] = Counter()
         self.versions: dict[int, dict[str, int]] = {}  # migration number -> incarnations
+        #: incoming supervisor pid -> the disks its migration brings (a run that came in takes
+        #: those keys over: never a new incarnation, whoever made the cookie it came in with)
+        self.came_in: dict[int, set[str]] = {}
 
     def teardown(self) -> None:
         for side in self.sides.values():
@@ -201,13 +204,13 @@ class EtcdTwoHosts(base.ServiceTwoHosts):
                 assert side.proc is not None
                 now = ("held", side.name, side.proc.pid)
                 if was != now:
-                    m = side.migration
                     # A side whose run came in by a migration took the key over (the model
-                    # may not have judged its completion yet: a background one); a fresh
-                    # start has no migration.
+                    # may not have judged its completion yet: a background one), even when
+                    # it came in with a cookie it made itself, and before reconcile saw the
+                    # handoff marker; a fresh start, or a disk hot-plugged since, did not.
                     took_over = was is not None and (
                         was == ("marker", side.name, side.proc.pid)
-                        or (m is not None and m.source != side.name)
+                        or disk in self.came_in.get(side.proc.pid, ())
                     )
                     if not took_over:  # a fresh acquire: a new incarnation of the key
                         self.incarnation[disk] += 1
@@ -243,6 +246,12 @@ class EtcdTwoHosts(base.ServiceTwoHosts):
             if self.xkey[disk] is None or self.incarnation[disk] != versions.get(disk):
                 return True
         return False
+
+    def do_incoming(self, side: base.Side) -> None:
+        before = side.proc
+        super().do_incoming(side)
+        if side.proc is not before and side.proc is not None and side.migration is not None:
+            self.came_in[side.proc.pid] = {*side.migration.disks, GUEST_LEASE}
 
     def do_prepare(self, side: base.Side) -> None:
         self.reconcile()
