@@ -382,8 +382,8 @@ class LeaseStore:
         reservations it must look at.  Raises BackendError."""
         keys = sorted(k for k in keys if k in party.owned)
         if keys:
-            try:
-                party.peeked = (time.monotonic(), await self._look(keys, self.budget))
+            try:  # never longer than its rows would be of use (requests wait behind it)
+                party.peeked = (time.monotonic(), await self._look(keys, PEEK_FRESH / 2))
             except EtcdError as e:
                 raise BackendError(f"etcd did not answer: {e}") from None
 
@@ -411,9 +411,9 @@ class LeaseStore:
         known: dict[str, tuple[list[KV], list[KV]]] | None = None,
     ) -> None:
         """One transaction, after one read unless ``known`` (a ``peek``'s rows) says what is
-        there: every choice it makes is also a compare of the transaction, so rows that are
-        out of date only fail the compare and the next try reads.  What is done leaves
-        ``pending``."""
+        there: every choice made on those rows is also a compare of the transaction, so rows
+        that are out of date only fail the compare and the next try reads (a key they show as
+        not ours any more is left to that try too).  What is done leaves ``pending``."""
         keys = sorted(pending)
         rows = known if known is not None else await self._look(keys, timeout)
         xs = {k: rows[k][0] for k in keys}
@@ -433,6 +433,8 @@ class LeaseStore:
                 s = self.keys.shared(key, party.sid)
                 ops.append(nested([value(s, owned.held)], [delete(s)]))
             elif not xs[key] or xs[key][0].value != owned.held:
+                if known is not None:
+                    continue  # decided on rows read now only: the next try reads
                 owned.held = None  # not ours any more: nothing to give back
                 continue
             elif rs[key]:

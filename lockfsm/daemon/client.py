@@ -183,12 +183,14 @@ class SupervisorClient:
         """Whether the supervisor of ``record`` is gone, or goes within ``wait`` s because it
         has ended already (its socket closes before the process exits)."""
         deadline = time.monotonic() + wait
+        delay = POLL[0]
         while rundir.supervisor_alive(record, launch):
             if record.get("state") not in tables.SUPERVISOR.terminal:
                 return False
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(POLL[0])
+            time.sleep(delay)
+            delay = min(delay * 2, POLL[1])
             record = rundir.read_record(self.run_dir, launch) or record
         return True
 

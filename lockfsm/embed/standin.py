@@ -226,7 +226,8 @@ def complete(
 ) -> None:
     """Both sides of a migration complete: ``"target-first"`` (the target's call waits for the
     source's, as two daemons run them; the source completes ``pause`` s later) or
-    ``"source-first"``.  Raises what either call raises."""
+    ``"source-first"``.  Raises what either call raises; TimeoutError if the target's call
+    has not returned 60 s after the source's."""
     if order == "source-first":
         source.complete_migrate_in()
         target.complete_migrate_in()
@@ -246,6 +247,8 @@ def complete(
     t.join(60)
     if errors:
         raise errors[0]
+    if t.is_alive():
+        raise TimeoutError("the target's complete_migrate_in did not return in 60 s")
 
 
 class Pair:

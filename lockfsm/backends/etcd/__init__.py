@@ -513,6 +513,8 @@ class EtcdHolder:
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if len(view) < len(data):  # half a line is out: the stream is broken
+                        self._gone("a message to the lockfsm-etcd-agent was cut off")
                     raise BackendError("the lockfsm-etcd-agent does not read its socket") from None
                 select.select([], [self.sock], [], left)
             except OSError as e:
