@@ -80,6 +80,11 @@ LOCKSPACE_FILE = "__LOCKSPACE__"
 LIBVIRT_LOCKSPACE = "__LIBVIRT__DISKS__"  # libvirt's lockspace name and the name of its file
 # Seconds (plus io_timeout) to wait for a lease file another host is still initialising.
 INIT_WAIT = 3.0
+#: The longest a supervisor waits for a lease file another host is initialising: well within
+#: the daemon's request (30 s), so that a hot-plug it gave up on never takes the lease after.
+SUPERVISOR_INIT_WAIT = 10.0
+#: add_lockspace's answers while another client of the daemon joins (-115) or leaves (-11) it.
+_JOIN_BUSY = (-115, -11)
 LEASE_SIZE = 1 << 20  # align 1 MiB, sector 512: room for 2000 hosts
 MAX_HOST_ID = 2000
 SECTOR = 512
@@ -184,7 +189,9 @@ CONFIG_KEYS: Mapping[str, ConfigKey] = {
         "share disk leases with libvirt's sanlock driver (auto_disk_leases): lease_dir is its\n"
         f"# disk_lease_dir, the lockspace its {LIBVIRT_LOCKSPACE}, a disk's lease named by the\n"
         "# MD5 of its path as written (and of its canonical path where that differs); every\n"
-        "# host must write a disk's path the same way.  lockspace must be left unset",
+        "# host must write a disk's path the same way.  lockspace must be left unset.  The\n"
+        "# same on every host of lease_dir: a host with it off uses other lease names and\n"
+        "# does not exclude one with it on (switch every host at once, with no guest running)",
     ),
 }
 
@@ -319,13 +326,23 @@ class SanlockBackend:
                 f"{(probe.stderr or probe.stdout).strip()[-200:]}"
             )
         # Joining waits for the delta lease: ~2 x io_timeout, ~20 x io_timeout if unlucky.
-        joined = _sanlock_cmd(
-            ["client", "add_lockspace", "-o", str(self.io_timeout), "-s", spec],
-            self.run_dir,
-            30.0 * self.io_timeout + 30.0,
-        )
-        code = _done_code(joined.stdout)
-        if code not in (0, -17):  # -17: joined (or joining) already
+        deadline = time.monotonic() + 30.0 * self.io_timeout + 30.0
+        while True:
+            joined = _sanlock_cmd(
+                ["client", "add_lockspace", "-o", str(self.io_timeout), "-s", spec],
+                self.run_dir,
+                max(1.0, deadline - time.monotonic()),
+            )
+            code = _done_code(joined.stdout)
+            if code not in _JOIN_BUSY or time.monotonic() >= deadline:
+                break
+            # Another client of this daemon (libvirtd at boot) is joining or leaving it: wait
+            # until that is done, then ask again.
+            time.sleep(min(1.0, float(self.io_timeout)))
+            probe = _sanlock_cmd(["client", "inq_lockspace", "-s", spec], self.run_dir, 10)
+            if _done_code(probe.stdout) == 0:
+                return
+        if code not in (0, -17):  # -17: joined already
             raise BackendError(
                 f"the sanlock daemon of {self.run_dir} could not join lockspace "
                 f"{self.lockspace} as host_id {host_id} (sanlock says {code}): "
@@ -382,21 +399,29 @@ def _initialised(path: str, lockspace: str, resource: str | None) -> bool | None
 
 
 def ensure_initialised(
-    path: str, lockspace: str, resource: str | None, run_dir: str, io_timeout: int
+    path: str,
+    lockspace: str,
+    resource: str | None,
+    run_dir: str,
+    io_timeout: int,
+    wait: float | None = None,
 ) -> None:
     """Create and initialise lease file ``path`` unless it is already: zero-fill a private
     file to LEASE_SIZE and initialise it (``sanlock direct init``), then link it into place
     (link never replaces), so that an existing file is never written.  A file that exists but
     is not initialised yet (another host is making it, as libvirt does, in place) is waited for,
-    INIT_WAIT + io_timeout seconds.  Raises BackendError when the file cannot be made, stays
-    uninitialised, or is something else."""
+    INIT_WAIT + io_timeout seconds (or ``wait``).  Raises BackendError when the file cannot be
+    made, stays uninitialised, or is something else."""
     state = _initialised(path, lockspace, resource)
     if state is True:
         return
     if state is False:
         import tempfile
 
-        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=os.path.dirname(path))  # mode 0600
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".init-", dir=os.path.dirname(path))  # mode 0600
+        except OSError as e:
+            raise BackendError(f"lease file {path} cannot be made: {e}") from None
         try:
             os.ftruncate(fd, LEASE_SIZE)
             os.close(fd)
@@ -414,9 +439,14 @@ def ensure_initialised(
                 os.link(tmp, path)
             except FileExistsError:
                 pass  # another host made it meanwhile: use theirs
+        except OSError as e:
+            raise BackendError(f"lease file {path} cannot be made: {e}") from None
         finally:
-            os.unlink(tmp)
-    waited = INIT_WAIT + io_timeout
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # gone already: nothing to tidy
+    waited = INIT_WAIT + io_timeout if wait is None else wait
     deadline = time.monotonic() + waited
     while (state := _initialised(path, lockspace, resource)) is not True:
         if state is False:
@@ -663,15 +693,21 @@ class SanlockHolder(PollingHolder):
         ((path, offset),) = self._disks(key)
         acquire = _acquire_function()
         code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
-        if code == _NO_FILE and lver is None:
+        if (code == _NO_FILE and lver is None) or code in _NOT_YET:
             # Deleted since the daemon named it (virt-sanlock-cleanup deletes free lease
-            # files): made again as the daemon makes it, then acquired.
-            ensure_initialised(path, self.lockspace.decode(), key, self.run_dir, self.io_timeout)
+            # files): made again as the daemon makes it, then acquired; or another host
+            # (libvirt) made it again after a cleanup and is initialising it: waited for.
+            ensure_initialised(
+                path,
+                self.lockspace.decode(),
+                key,
+                self.run_dir,
+                self.io_timeout,
+                min(INIT_WAIT + self.io_timeout, SUPERVISOR_INIT_WAIT),
+            )
             code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
-        elif code in _NOT_YET:
-            # Another host (libvirt) made it again after a cleanup, and is initialising it.
-            ensure_initialised(path, self.lockspace.decode(), key, self.run_dir, self.io_timeout)
-            code = acquire(fd, self.lockspace, key.encode(), path, offset, shared, lver)
+        if code == _NO_FILE and lver is None:
+            raise BackendError(f"{resource}: its lease file {path} vanished again once made")
         if code == _NO_FILE:
             raise LeaseConflict(
                 f"{resource}: its lease file {path} was deleted since the source prepared "

@@ -101,8 +101,8 @@ def survey(driver: str, config: Mapping[str, Any]) -> list[dict[str, Any]]:
         # A holder of another host (a sanlock host_id not ours) is never one of ours, even on a
         # lease one of ours holds too (shared).
         elsewhere = found["holder"].get("host_id", config.get("host_id")) != config.get("host_id")
-        if mine is not None and not elsewhere and (not pids or pids & mine):
-            continue  # one of this host's supervisors (or its guest): named above
+        if mine is not None and not elsewhere and (not pids or pids <= mine):
+            continue  # only this host's supervisors (and guests) hold it: named above
         if found["holder"].get("manager") == "lockfsm or another OFD lock user" and not pids:
             found["holder"]["manager"] = "another host (not visible to this kernel)"
         rows.append(
