@@ -101,6 +101,7 @@ def test_every_chart_has_the_lanes_and_an_arrow_for_every_message() -> None:
         ("not json", "is not a recorded run"),
         ('{"backend": "fcntl", "events": [{"kind": "wave"}]}', "event 0 is not an event"),
         ('{"backend": "fcntl", "events": [{"kind": "seed", "host": "C"}]}', "host 'C'"),
+        ('{"backend": "fcntl", "events": [{"kind": "seed", "host": "A"}]}', "lacks call, carries"),
     ],
 )
 def test_a_malformed_recording_is_refused_naming_the_file(
@@ -112,6 +113,17 @@ def test_a_malformed_recording_is_refused_naming_the_file(
         diagrams.render(tmp_path)
     assert str(path) in str(e.value) and says in str(e.value)
     assert "\n" not in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing written
+
+
+def test_a_malformed_later_recording_leaves_nothing_written(tmp_path: Path) -> None:
+    """The package's recorded runs are copied into ``--out`` only once every recording there
+    has been read: a bad one refuses the whole call, and nothing is left half-written."""
+    path = tmp_path / "run-etcd.json"
+    path.write_text('{"backend": "etcd", "events": [{"kind": "state", "host": "A"}]}')
+    with pytest.raises(InvalidArgument, match="lacks machine, dest"):
+        diagrams.render(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_out_must_be_a_directory(tmp_path: Path) -> None:

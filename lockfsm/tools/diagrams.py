@@ -122,13 +122,16 @@ def render(out: Path | None = None) -> list[Path]:
     rsvg-convert, InvalidArgument for a malformed recording in ``out``."""
     out = out or default_dir()
     out.mkdir(parents=True, exist_ok=True)
-    runs, drawn = {}, []
+    runs, drawn, copies = {}, [], []
     for backend in BACKENDS:  # every recording is checked before anything is written
-        path = recording_path(out, backend)
-        if not path.exists():  # the recorded run the package carries
-            shutil.copyfile(packaged(path.name), path)
-        runs[backend] = load_recording(path)
+        path = source = recording_path(out, backend)
+        if not path.exists():  # the recorded run the package carries: copied once all load
+            source = packaged(path.name)
+            copies.append((source, path))
+        runs[backend] = load_recording(source)
         drawn += charts(runs[backend])
+    for source, path in copies:
+        shutil.copyfile(source, path)
     specs = load_all()
     written = []
     for name in TABLE_NAMES:

@@ -366,6 +366,21 @@ def steps(recording: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+#: The fields each kind of event must carry (what the charts and the step-through page read).
+FIELDS: Mapping[str, tuple[str, ...]] = {
+    "scene": ("name", "title"),
+    "seed": ("call", "carries"),
+    "seed_reply": ("call", "outcome"),
+    "spawn": ("guest",),
+    "control": ("op", "carries"),
+    "control_reply": ("op", "outcome"),
+    "state": ("machine", "dest"),
+    "service": ("op", "leases", "modes", "does", "outcome"),
+    "service_note": ("lease", "note"),
+    "lost_report": ("reason",),
+}
+
+
 def check(recording: Any) -> None:
     """Raises InvalidArgument, naming what is wrong, unless ``recording`` is a recording."""
     if not isinstance(recording, dict) or not isinstance(recording.get("events"), list):
@@ -377,6 +392,11 @@ def check(recording: Any) -> None:
             raise InvalidArgument(f"recording event {n} is not an event: {str(ev)[:80]}")
         if ev["kind"] not in ("scene", "service_note") and ev.get("host") not in ("A", "B"):
             raise InvalidArgument(f"recording event {n} has host {ev.get('host')!r}, not A or B")
+        missing = [f for f in FIELDS[ev["kind"]] if f not in ev]
+        if missing:
+            raise InvalidArgument(
+                f"recording event {n} ({ev['kind']}) lacks {', '.join(missing)}: {str(ev)[:80]}"
+            )
         if ev["kind"] == "state" and ev.get("machine") not in ("domain", "supervisor"):
             raise InvalidArgument(f"recording event {n} has machine {ev.get('machine')!r}")
         if ev["kind"] == "service" and (
