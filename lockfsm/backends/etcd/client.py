@@ -295,8 +295,13 @@ class Etcd:
                 raise Unavailable(f"no etcd member answered in {budget:g} s: {last}")
             try:
                 return await self._once(fn, min(self.try_timeout, left))
-            except (TimeoutError, ConnectionError) as e:
+            except ConnectionError as e:
                 last = e
+            except TimeoutError as e:
+                # A member's refusal says why (a certificate refused, say); a try cut short by
+                # the time left says nothing more: the refusal stays the reason given.
+                if not isinstance(last, ConnectionError):
+                    last = e
             await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
 
     async def write(self, fn: Callable[[_Member], Awaitable[T]], timeout: float) -> T:
