@@ -17,8 +17,6 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from lockfsm.protocol import kernel
 from lockfsm.protocol.kernel import fd_locks
 from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.tools import status
+from tests.support.helpers import lockfsm_status as status_of
 from tests.support.helpers import wait_until
 from tests.support.libvirt_fixture import PROGRAMS, Libvirt, VirshError, lease_name
 from tests.support.needs import IN_CI, require
@@ -120,17 +119,7 @@ def busy(lease: str) -> str:
 
 
 def lockfsm_status(host: Daemon, libvirt: Libvirt) -> str:
-    conf = os.path.join(host.state_dir, "status.toml")
-    with open(conf, "w") as f:
-        f.write(f'lockspace_dir = "{libvirt.lockspace}"\nrun_dir = "{host.run_dir}"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "lockfsm", "status", "--config", conf],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return status_of(host.state_dir, {"lockspace_dir": libvirt.lockspace, "run_dir": host.run_dir})
 
 
 # -- exclusive disks -------------------------------------------------------------------------------

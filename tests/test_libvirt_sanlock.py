@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -29,6 +28,7 @@ import pytest
 from lockfsm import BackendError, LeaseConflict, LockFSMError
 from lockfsm.backends.sanlock import LIBVIRT_LOCKSPACE, local_owners, owner_of, read_leader
 from lockfsm.embed.standin import Host, short_tmpdir
+from tests.support.helpers import lockfsm_status as status_of
 from tests.support.helpers import made_hosts, wait_until
 from tests.support.libvirt_fixture import (
     PROGRAMS,
@@ -127,20 +127,8 @@ def settle(lv: Libvirt, disk: str) -> None:
 
 
 def lockfsm_status(host: Host) -> str:
-    """``lockfsm status`` of ``host``'s configuration, in a process of its own (a process talks
-    to one sanlock daemon only)."""
-    conf = os.path.join(host.run_dir, "status.toml")
-    with open(conf, "w") as f:
-        for k, v in {"run_dir": host.run_dir, **host.extra}.items():
-            f.write(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "lockfsm", "status", "--config", conf, "--driver", "sanlock"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """``lockfsm status`` of ``host``'s configuration, in a process of its own."""
+    return status_of(host.run_dir, {"run_dir": host.run_dir, **host.extra}, "sanlock")
 
 
 # -- libvirt's conventions, and a libvirt guest's disk refused to lockfsm --------------------------

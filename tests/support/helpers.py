@@ -4,11 +4,13 @@ a migration pair of given hosts, and hosts made for one test and cleaned up afte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -127,3 +129,21 @@ def copy_tracked(dest: str) -> None:
         if os.path.isfile(src):
             os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
             shutil.copy2(src, os.path.join(dest, name))
+
+
+def lockfsm_status(conf_dir: str, settings: Mapping[str, Any], driver: str | None = None) -> str:
+    """What ``lockfsm status`` prints for ``settings`` (written as ``conf_dir/status.toml``),
+    run in a process of its own (a process talks to one sanlock daemon only)."""
+    conf = os.path.join(conf_dir, "status.toml")
+    with open(conf, "w") as f:
+        for k, v in settings.items():
+            f.write(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}\n")
+    command = [sys.executable, "-m", "lockfsm", "status", "--config", conf]
+    done = subprocess.run(
+        [*command, *(["--driver", driver] if driver else [])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
