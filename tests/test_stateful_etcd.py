@@ -100,6 +100,7 @@ class EtcdTwoHosts(base.ServiceTwoHosts):
 
     def __init__(self) -> None:  # not the fcntl world: the same sides on etcd
         base.RuleBasedStateMachine.__init__(self)
+        base.EXAMPLES[0] += 1
         assert WORLD is not None
         self.world = WORLD
         self.db: SyncEtcd = WORLD.db

@@ -96,6 +96,25 @@ class Sup(enum.Enum):
 
 
 EXECUTING = (Sup.RUNNING, Sup.OUT)
+
+#: Every (state of A, state of B, "host:call") triple the machines of this process went through,
+#: a state being "manager state/supervisor" as the model has it: what tests/power.py measures
+#: coverage with (against the reachable ones, tests/support/reach.py).
+REACHED: set[tuple[str, str, str]] = set()
+#: The examples (machines) this process ran.
+EXAMPLES = [0]
+#: protocol_run's moves, as the calls they make (the names the other rules use)
+MOVE_CALLS = {
+    "start": "start",
+    "incoming": "incoming",
+    "prepare": "prepare_migrate",
+    "complete": "complete_migrate_in",
+    "cancel": "complete_migrate_in (cancel)",
+    "complete in the background": "complete_migrate_in (in the background)",
+    "shutdown": "shutdown",
+    "hot-plug h": "acquire_resource",
+    "hot-unplug h": "release_resource",
+}
 STATE_OF = {Sup.RUNNING: STARTED, Sup.OUT: OUT, Sup.IN: IN}  # what ATTACH must come back as
 
 
@@ -173,6 +192,7 @@ class TwoHosts(RuleBasedStateMachine):
         self.migrations = 0
         self.completed: list[tuple[str, str]] = []  # (source, target) of completed migrations
         self.pending: Pending | None = None
+        EXAMPLES[0] += 1
 
     def teardown(self) -> None:
         for side in self.sides.values():
@@ -186,6 +206,16 @@ class TwoHosts(RuleBasedStateMachine):
 
     def path(self, disk: str) -> str:
         return os.path.join(self.work, disk)
+
+    @staticmethod
+    def abstract(side: Side) -> str:
+        """A host's state as the model has it: "manager state/supervisor" ("-": no manager)."""
+        return f"{side.state.value if side.state else '-'}/{side.sup.value}"
+
+    def record(self, call: str, side: Side) -> None:
+        """Note the (A, B, call) triple this step starts from (see :data:`REACHED`)."""
+        a, b = (self.abstract(self.sides[n]) for n in "AB")
+        REACHED.add((a, b, f"{side.name}:{call}"))
 
     def live(self) -> list[Side]:
         return [s for s in self.sides.values() if s.sup is not Sup.NONE]
@@ -414,7 +444,9 @@ class TwoHosts(RuleBasedStateMachine):
     def start(self, data: st.DataObject) -> None:
         """A fresh start on any host (C: the rogue third): it starts iff no live supervisor holds
         or reserves one of its leases, or is refused (LeaseConflict, exit 75) changing nothing."""
-        self.do_start(self.pick(data, self.launchable(), "start on"))
+        side = self.pick(data, self.launchable(), "start on")
+        self.record("start", side)
+        self.do_start(side)
 
     def incoming_hosts(self) -> list[Side]:
         return [s for s in self.launchable() if s.sup is Sup.NONE] if self.cookie else []
@@ -442,7 +474,9 @@ class TwoHosts(RuleBasedStateMachine):
     def incoming(self, data: st.DataObject) -> None:
         """A target's incoming start with the latest cookie (even a stale one): it reserves every
         lease unless another target does (then LeaseConflict, nothing changed)."""
-        self.do_incoming(self.pick(data, self.incoming_hosts(), "incoming on"))
+        side = self.pick(data, self.incoming_hosts(), "incoming on")
+        self.record("incoming", side)
+        self.do_incoming(side)
 
     # -- the source's calls ----------------------------------------------------------------------
 
@@ -730,6 +764,7 @@ class TwoHosts(RuleBasedStateMachine):
         * hot-plug or unplug of any disk: refused (IllegalTransition, nothing changed) unless
           started, so in particular during a migration on either side."""
         side = self.pick(data, self.idle(), call)
+        self.record(call, side)
         if call == "prepare_migrate":
             self.do_prepare(side)
         elif call.startswith("complete_migrate_in"):
@@ -757,7 +792,9 @@ class TwoHosts(RuleBasedStateMachine):
         if what == "daemon" or not self.live():
             self.restart_daemon(data)
         else:
-            self.kill(self.pick(data, self.live(), f"kill -9 the {what} of"), what)
+            side = self.pick(data, self.live(), f"kill -9 the {what} of")
+            self.record(f"kill -9 {what}", side)
+            self.kill(side, what)
 
     def kill(self, side: Side, what: str) -> None:
         assert side.proc is not None and side.guest is not None
@@ -785,6 +822,7 @@ class TwoHosts(RuleBasedStateMachine):
         busy = self.pending.side if self.pending is not None else None
         sides = [s for s in self.sides.values() if s.name != busy]  # not a daemon in a call
         side = self.pick(data, sides, "restart the daemon of")
+        self.record("restart daemon", side)
         before = self.kernel_locks()
         held = {s.name: self.held_by(s.proc.pid if s.proc else None) for s in self.live()}
         side.host.restart_daemon()
@@ -920,6 +958,7 @@ class TwoHosts(RuleBasedStateMachine):
         return moves
 
     def do_move(self, move: str, side: Side) -> None:
+        self.record(MOVE_CALLS[move], side)
         if move == "start":
             self.do_start(side)
         elif move == "incoming":
