@@ -103,3 +103,35 @@ def test_the_stateful_migration_test_bites(breakage: str, stateful: str) -> None
     assert set(caught) & set(expected), (
         f"{breakage}: caught by {caught}, expected one of {expected}"
     )
+
+
+def run_directed(program: str, breakage: str | None) -> subprocess.CompletedProcess[str]:
+    """tests/support/directed.py's ``program``, in a subprocess, with ``breakage`` (or none)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)])}
+    env.pop("LOCKFSM_BREAK", None)
+    if breakage:
+        env["LOCKFSM_BREAK"] = breakage
+    command = [sys.executable, "-m", "tests.support.directed", program]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("program", "caught_by"),
+    [
+        ("target-completes-first", ("S3",)),
+        # The background take-over returns at once; the next check finds it returned with the
+        # source's leases held (S3) or, if it had not returned by then, with the source's guest
+        # executing when it did (S1).
+        ("target-completes-first-in-the-background", ("S3", "S1")),
+    ],
+)
+def test_target_ignores_conflicts_is_not_harmless(program: str, caught_by: tuple[str]) -> None:
+    """Issue 21: the fuzzing missed target-ignores-conflicts.  The protocol did not make it
+    harmless: the three moves that expose it (prepare on A, incoming on B, B completes while A's
+    guest executes) pass unbroken and fail broken, on S3.  So the fuzzing's reach is at fault."""
+    clean = run_directed(program, None)
+    assert clean.returncode == 0, f"{program} fails unbroken:\n{clean.stdout}{clean.stderr}"
+    broken = run_directed(program, "target-ignores-conflicts")
+    output = broken.stdout + broken.stderr
+    assert broken.returncode == 1, f"{program} passes with the breakage:\n{output[-2000:]}"
+    assert output.startswith("FAILED: ") and output[8:10] in caught_by, output[-2000:]
