@@ -32,6 +32,7 @@ BREAKAGES = {
     "resume-drops-leases": ("S2",),
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),
+    "takeover-drops-a-lease": ("S2", "L1"),
 }
 #: the same, for the etcd variant of the stateful test (its breakages patch the lease agent)
 ETCD_BREAKAGES = {

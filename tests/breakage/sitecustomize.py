@@ -91,6 +91,21 @@ def acquire_skips_gate() -> None:
     backend.FcntlHolder._locked_file = locked_file  # type: ignore[method-assign]
 
 
+def takeover_drops_a_lease() -> None:
+    """(g) The target's take-over takes every lease of the group but the last (in the holder's
+    order: the domain lease or a disk's), and reports success: the guest runs after the handoff
+    without that lease (L1; S2 while it executes)."""
+    from lockfsm.backends import fcntl as backend
+
+    original = backend.FcntlHolder.take_over
+
+    def take_over(self: Any, group: Any) -> None:
+        group = list(group)
+        original(self, group[:-1] if len(group) > 1 else group)
+
+    backend.FcntlHolder.take_over = take_over  # type: ignore[method-assign]
+
+
 def _after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
@@ -158,6 +173,7 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "resume-drops-leases": resume_drops_leases,
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
+    "takeover-drops-a-lease": takeover_drops_a_lease,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
