@@ -33,6 +33,7 @@ BREAKAGES = {
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),
     "takeover-drops-a-lease": ("S2", "L1"),
+    "fcntl-gate-dropped-after-timeout": ("S5", "S3"),
 }
 #: the same, for the etcd variant of the stateful test (its breakages patch the lease agent)
 ETCD_BREAKAGES = {

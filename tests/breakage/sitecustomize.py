@@ -106,6 +106,24 @@ def takeover_drops_a_lease() -> None:
     backend.FcntlHolder.take_over = take_over  # type: ignore[method-assign]
 
 
+def gate_dropped_after_timeout() -> None:
+    """(h) fcntl: a target whose take-over timed out (the source still held the leases) lets its
+    gates go, though it stays incoming and still reserves them: a third host can take a lease
+    in the window between the source's handoff and the target's next attempt (S3)."""
+    from lockfsm.backends import fcntl as backend
+    from lockfsm.supervisor import process as supervisor
+
+    original = supervisor.Supervisor._answer_take_over
+
+    def answer(self: Any, pending: Any, reply: Mapping[str, Any]) -> None:
+        if not reply.get("ok"):
+            for fd in self.leases.holder.fds.values():
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, backend._flock(fcntl.F_UNLCK, backend.GATE_BYTE))
+        original(self, pending, reply)
+
+    supervisor.Supervisor._answer_take_over = answer  # type: ignore[method-assign]
+
+
 def _after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
@@ -174,6 +192,7 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
     "takeover-drops-a-lease": takeover_drops_a_lease,
+    "fcntl-gate-dropped-after-timeout": gate_dropped_after_timeout,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
