@@ -29,7 +29,7 @@ STATEFUL = "tests/test_stateful_migration.py"
 #: breakage -> the invariants that may be the first to catch it
 BREAKAGES = {
     "target-ignores-conflicts": ("S3",),
-    "resume-drops-leases": ("S2",),
+    "resume-drops-leases": ("S2", "S3"),  # S3: a waiting target takes the dropped leases
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),
     "takeover-drops-a-lease": ("S2", "L1"),
