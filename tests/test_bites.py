@@ -34,6 +34,7 @@ BREAKAGES = {
     "acquire-skips-gate": ("S3",),
     "takeover-drops-a-lease": ("S2", "L1"),
     "fcntl-gate-dropped-after-timeout": ("S5", "S3"),
+    "refused-call-counts-a-move": ("S5",),
 }
 #: the same, for the etcd variant of the stateful test (its breakages patch the lease agent)
 ETCD_BREAKAGES = {

@@ -124,6 +124,24 @@ def gate_dropped_after_timeout() -> None:
     supervisor.Supervisor._answer_take_over = answer  # type: ignore[method-assign]
 
 
+def refused_call_counts_a_move() -> None:
+    """(i) A refused call is not quite refused: the manager counts a move before it raises (its
+    ``moves`` changes while its state stays): a rejected call changes something (S5)."""
+    from lockfsm.daemon import manager
+    from lockfsm.errors import LockFSMError
+
+    original = manager.LockManager._fire
+
+    def fire(self: Any, event: str, **args: Any) -> None:
+        try:
+            original(self, event, **args)
+        except LockFSMError:
+            self._moves += 1
+            raise
+
+    manager.LockManager._fire = fire  # type: ignore[method-assign]
+
+
 def _after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
@@ -193,6 +211,7 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "acquire-skips-gate": acquire_skips_gate,
     "takeover-drops-a-lease": takeover_drops_a_lease,
     "fcntl-gate-dropped-after-timeout": gate_dropped_after_timeout,
+    "refused-call-counts-a-move": refused_call_counts_a_move,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
