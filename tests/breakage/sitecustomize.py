@@ -142,6 +142,41 @@ def refused_call_counts_a_move() -> None:
     manager.LockManager._fire = fire  # type: ignore[method-assign]
 
 
+def attach_forgets_migration() -> None:
+    """(j) A restarted daemon's ATTACH to a source whose migration is prepared takes its
+    supervisor for a plain running one: the manager comes back started, the migration forgotten
+    (S4)."""
+    from lockfsm.daemon import manager
+
+    original = manager.LockManager._read_supervisor
+
+    def read_supervisor(self: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+        hello = dict(original(self, args))
+        if hello.get("state") == "migrating_out":
+            hello["state"] = "running"
+        return hello
+
+    manager.LockManager._read_supervisor = read_supervisor  # type: ignore[method-assign]
+
+
+def leases_outlive_their_holder() -> None:
+    """(k) fcntl: the supervisor also hands the lease descriptions of a guest it starts to a
+    helper that outlives them both (20 s): a dead holder's leases do not come free (L2), so a
+    later start elsewhere is refused and the kernel keeps locks of no live holder."""
+    import subprocess
+
+    from lockfsm.supervisor import process as supervisor
+
+    original = supervisor.Supervisor._do_spawn_guest
+
+    def spawn_guest(self: Any, args: Mapping[str, Any]) -> None:
+        original(self, args)
+        fds = self.leases.holder.inheritable_fds()
+        subprocess.Popen(["sleep", "20"], pass_fds=fds, start_new_session=True)
+
+    supervisor.Supervisor._do_spawn_guest = spawn_guest  # type: ignore[method-assign]
+
+
 def _after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
@@ -212,6 +247,8 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "takeover-drops-a-lease": takeover_drops_a_lease,
     "fcntl-gate-dropped-after-timeout": gate_dropped_after_timeout,
     "refused-call-counts-a-move": refused_call_counts_a_move,
+    "attach-forgets-migration": attach_forgets_migration,
+    "leases-outlive-their-holder": leases_outlive_their_holder,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
