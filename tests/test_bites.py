@@ -9,6 +9,12 @@ generate phase, plus the failing one) and the shrunk program.
 
 The profile is ``ci`` unless ``LOCKFSM_BITE_PROFILE`` names another.  Run:
 ``LOCKFSM_SLOW=1 bash tests/run tests/test_bites.py -s``.
+
+Not slow, so in CI: the directed proofs (tests/support/directed.py: one exact interleaving, with
+and without a breakage) and the canaries (:data:`CANARIES`: breakages on fixed seeds that
+``python -m tests.power`` measured to fail within a few examples), so that a change that blunts
+the fuzzing turns CI red.  Catch rates over many seeds: ``python -m tests.power`` (README, "The
+fuzzing's power").
 """
 
 from __future__ import annotations

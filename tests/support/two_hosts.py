@@ -949,9 +949,9 @@ class TwoHosts(RuleBasedStateMachine):
                     else:
                         # At once: it waits handoff_timeout and is refused, changing nothing (a
                         # target whose take-over timed out must still reserve every lease).
-                        moves += [("complete", name)] * 2
+                        moves += [("complete", name)] * 4
                         if self.pending is None:
-                            moves += [("complete in the background", name)] * 5
+                            moves += [("complete in the background", name)] * 3
                 elif ev == "shutdown":
                     moves.append(("shutdown", name))
                 elif ev == "acquire_resource" and not self.blockers(["h"], asker=side):
