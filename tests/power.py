@@ -22,9 +22,11 @@ exhaustively), for the (A, B) state pairs and for the triples.  The plugin half 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -99,13 +101,22 @@ def run_one(breakage: str, seed: int, profile: str, timeout: float) -> dict[str,
         command = [sys.executable, "-m", "pytest", stateful_of(breakage), "-q", "-x"]
         command += ["-p", "no:cacheprovider", "-p", "tests.power", f"--hypothesis-seed={seed}"]
         began = time.monotonic()
+        run = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # on a timeout the run's whole group goes
+        )
         try:
-            done = subprocess.run(
-                command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-            )
-            code, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as e:
-            code, output = -1, f"timed out after {timeout} s: {e}"
+            output, _ = run.communicate(timeout=timeout)
+            code = run.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+            code, output = -1, f"timed out after {timeout} s"
         seconds = time.monotonic() - began
         record = json.loads(Path(out).read_text()) if os.path.exists(out) else {}
     caught = list(dict.fromkeys(CAUGHT_BY.findall(output)))
@@ -126,9 +137,7 @@ def run_one(breakage: str, seed: int, profile: str, timeout: float) -> dict[str,
 
 def coverage(reached: Sequence[tuple[str, str, str]]) -> tuple[float, float, int]:
     """(pairs %, triples %, triples outside the reachable set) of one run, A's and B's calls."""
-    from tests.support.reach import explore
-
-    reachable = (COVERAGE_BASE or explore())[1]
+    reachable = reachable_triples()
     mine = {t for t in reached if not t[2].startswith("C:")}
     pairs = {(a, b) for a, b, _ in reachable}
     got_pairs = {(a, b) for a, b, _ in mine} & pairs
@@ -139,7 +148,12 @@ def coverage(reached: Sequence[tuple[str, str, str]]) -> tuple[float, float, int
     )
 
 
-COVERAGE_BASE: tuple[set[Any], set[tuple[str, str, str]]] | None = None
+@functools.cache
+def reachable_triples() -> frozenset[tuple[str, str, str]]:
+    """tests/support/reach.py's exploration, made once (about a second)."""
+    from tests.support.reach import explore
+
+    return frozenset(explore()[1])
 
 
 def summary(results: list[dict[str, Any]]) -> list[str]:
@@ -199,10 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds and --jobs must be at least 1, not {args.seeds}, {args.jobs}")
-    global COVERAGE_BASE
-    from tests.support.reach import explore
-
-    COVERAGE_BASE = explore()
     wanted = [
         (b, s)
         for b in args.only or names
