@@ -138,7 +138,7 @@ def run_one(breakage: str, seed: int, profile: str, timeout: float) -> dict[str,
 def coverage(reached: Sequence[tuple[str, str, str]]) -> tuple[float, float, int]:
     """(pairs %, triples %, triples outside the reachable set) of one run, A's and B's calls."""
     reachable = reachable_triples()
-    mine = {t for t in reached if not t[2].startswith("C:")}
+    mine = {(a, b, c) for a, b, c in reached if not c.startswith("C:")}
     pairs = {(a, b) for a, b, _ in reachable}
     got_pairs = {(a, b) for a, b, _ in mine} & pairs
     return (
