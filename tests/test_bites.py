@@ -156,10 +156,11 @@ def test_target_ignores_conflicts_is_not_harmless(program: str, caught_by: tuple
 #: CI red.  A change to the machine's rules changes what a seed draws: measure again and pick
 #: seeds that catch (``python -m tests.power --seeds 5 --only <breakage>``).
 CANARIES = [
-    ("target-ignores-conflicts", 1),
-    ("hand-off-before-kill", 1),
-    ("acquire-skips-gate", 1),
-    ("resume-drops-leases", 5),
+    ("target-ignores-conflicts", 7),
+    ("fcntl-gate-dropped-after-timeout", 17),
+    ("resume-drops-leases", 17),
+    ("acquire-skips-gate", 18),
+    ("hand-off-before-kill", 19),
 ]
 
 
