@@ -114,6 +114,7 @@ MOVE_CALLS = {
     "shutdown": "shutdown",
     "hot-plug h": "acquire_resource",
     "hot-unplug h": "release_resource",
+    "restart daemon": "restart daemon",
 }
 STATE_OF = {Sup.RUNNING: STARTED, Sup.OUT: OUT, Sup.IN: IN}  # what ATTACH must come back as
 
@@ -823,6 +824,9 @@ class TwoHosts(RuleBasedStateMachine):
         sides = [s for s in self.sides.values() if s.name != busy]  # not a daemon in a call
         side = self.pick(data, sides, "restart the daemon of")
         self.record("restart daemon", side)
+        self.do_restart(side)
+
+    def do_restart(self, side: Side) -> None:
         before = self.kernel_locks()
         held = {s.name: self.held_by(s.proc.pid if s.proc else None) for s in self.live()}
         side.host.restart_daemon()
@@ -909,8 +913,9 @@ class TwoHosts(RuleBasedStateMachine):
     def enabled_moves(self) -> list[tuple[str, str]]:
         """(move, host) pairs for calls the domain table allows from the host's manager state,
         with arguments the model says succeed; and, while a migration is under way, a third
-        host's start, which the model says is refused.  Migration steps weigh more, the target's
-        completion before the source's (the seed's order) most."""
+        host's start, which the model says is refused, and a daemon restart on either side.
+        Migration steps weigh more, the target's completion before the source's (the seed's
+        order) most."""
         moves: list[tuple[str, str]] = []
         migrating = any(s.sup in (Sup.OUT, Sup.IN) for s in self.sides.values())
         for side in self.sides.values():
@@ -933,6 +938,9 @@ class TwoHosts(RuleBasedStateMachine):
                 if side in self.incoming_hosts() and not self.gate_blockers(self.cookie.disks):  # type: ignore[union-attr]
                     moves += [("incoming", name)] * 3
                 continue
+            if side.state in (OUT, IN):
+                # A daemon restart mid-migration: ATTACH must find the migration (S4).
+                moves.append(("restart daemon", name))
             if side.sup is Sup.NONE:
                 moves.append(("shutdown", name))
                 continue
@@ -973,6 +981,8 @@ class TwoHosts(RuleBasedStateMachine):
             self.do_complete(side, move == "cancel", move.endswith("background"))
         elif move == "shutdown":
             self.do_shutdown(side)
+        elif move == "restart daemon":
+            self.do_restart(side)
         else:
             self.do_hotplug(side, "acquire" if move == "hot-plug h" else "release", "h")
 
