@@ -167,7 +167,7 @@ CANARIES = [
 @pytest.mark.parametrize(("breakage", "seed"), CANARIES)
 def test_the_fuzzing_still_catches_a_planted_bug(breakage: str, seed: int) -> None:
     """The stateful test, at ``ci`` and a fixed seed, generate phase only, with one breakage:
-    it fails, on the invariant expected, within 12 examples (each was measured to need 4)."""
+    it fails, on the invariant expected, within 12 examples (each was measured to need 4 to 6)."""
     from tests import power
 
     result = power.run_one(breakage, seed, "ci", timeout=300)
@@ -180,7 +180,7 @@ def test_the_fuzzing_still_catches_a_planted_bug(breakage: str, seed: int) -> No
         f" {result['why']}"
     )
     assert result["examples"] <= 12, (
-        f"{breakage}, seed {seed}: caught only after {result['examples']} examples (measured: 4)"
+        f"{breakage}, seed {seed}: caught only after {result['examples']} examples (measured: 4-6)"
     )
     print(
         f"\n{breakage}, seed {seed}: caught by {result['caught_by'][0]} after "
