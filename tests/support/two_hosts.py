@@ -175,6 +175,10 @@ def kind_of(flags: ResourceFlags) -> str:
 
 
 class TwoHosts(RuleBasedStateMachine):
+    #: how much a run of enabled moves weighs a blocked target's completion at once (it times
+    #: out, refused), against 3 in the background
+    AT_ONCE_WHEN_BLOCKED = 4
+
     def __init__(self) -> None:
         super().__init__()
         self.work = os.path.realpath(short_tmpdir("lfw"))
@@ -957,7 +961,7 @@ class TwoHosts(RuleBasedStateMachine):
                     else:
                         # At once: it waits handoff_timeout and is refused, changing nothing (a
                         # target whose take-over timed out must still reserve every lease).
-                        moves += [("complete", name)] * 4
+                        moves += [("complete", name)] * self.AT_ONCE_WHEN_BLOCKED
                         if self.pending is None:
                             moves += [("complete in the background", name)] * 3
                 elif ev == "shutdown":
