@@ -135,6 +135,7 @@ class SanlockTwoHosts(base.ServiceTwoHosts):
 
     def __init__(self) -> None:  # not the fcntl world: the same sides on sanlock
         RuleBasedStateMachine.__init__(self)
+        base.EXAMPLES[0] += 1
         assert CLUSTER is not None
         self.cluster = CLUSTER
         self.top = os.path.realpath(short_tmpdir("lfw"))

@@ -91,6 +91,92 @@ def acquire_skips_gate() -> None:
     backend.FcntlHolder._locked_file = locked_file  # type: ignore[method-assign]
 
 
+def takeover_drops_a_lease() -> None:
+    """(g) The target's take-over takes every lease of the group but the last (in the holder's
+    order: the domain lease or a disk's), and reports success: the guest runs after the handoff
+    without that lease (L1; S2 while it executes)."""
+    from lockfsm.backends import fcntl as backend
+
+    original = backend.FcntlHolder.take_over
+
+    def take_over(self: Any, group: Any) -> None:
+        group = list(group)
+        original(self, group[:-1] if len(group) > 1 else group)
+
+    backend.FcntlHolder.take_over = take_over  # type: ignore[method-assign]
+
+
+def gate_dropped_after_timeout() -> None:
+    """(h) fcntl: a target whose take-over timed out (the source still held the leases) lets its
+    gates go, though it stays incoming and still reserves them: a third host can take a lease
+    in the window between the source's handoff and the target's next attempt (S3)."""
+    from lockfsm.backends import fcntl as backend
+    from lockfsm.supervisor import process as supervisor
+
+    original = supervisor.Supervisor._answer_take_over
+
+    def answer(self: Any, pending: Any, reply: Mapping[str, Any]) -> None:
+        if not reply.get("ok"):
+            for fd in self.leases.holder.fds.values():
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, backend._flock(fcntl.F_UNLCK, backend.GATE_BYTE))
+        original(self, pending, reply)
+
+    supervisor.Supervisor._answer_take_over = answer  # type: ignore[method-assign]
+
+
+def refused_call_counts_a_move() -> None:
+    """(i) A refused call is not quite refused: the manager counts a move before it raises (its
+    ``moves`` changes while its state stays): a rejected call changes something (S5)."""
+    from lockfsm.daemon import manager
+    from lockfsm.errors import LockFSMError
+
+    original = manager.LockManager._fire
+
+    def fire(self: Any, event: str, **args: Any) -> None:
+        try:
+            original(self, event, **args)
+        except LockFSMError:
+            self._moves += 1
+            raise
+
+    manager.LockManager._fire = fire  # type: ignore[method-assign]
+
+
+def attach_forgets_migration() -> None:
+    """(j) A restarted daemon's ATTACH to a source whose migration is prepared takes its
+    supervisor for a plain running one: the manager comes back started, the migration forgotten
+    (S4)."""
+    from lockfsm.daemon import manager
+
+    original = manager.LockManager._read_supervisor
+
+    def read_supervisor(self: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+        hello = dict(original(self, args))
+        if hello.get("state") == "migrating_out":
+            hello["state"] = "running"
+        return hello
+
+    manager.LockManager._read_supervisor = read_supervisor  # type: ignore[method-assign]
+
+
+def leases_outlive_their_holder() -> None:
+    """(k) fcntl: the supervisor also hands the lease descriptions of a guest it starts to a
+    helper that outlives them both (20 s): a dead holder's leases do not come free (L2), so a
+    later start elsewhere is refused and the kernel keeps locks of no live holder."""
+    import subprocess
+
+    from lockfsm.supervisor import process as supervisor
+
+    original = supervisor.Supervisor._do_spawn_guest
+
+    def spawn_guest(self: Any, args: Mapping[str, Any]) -> None:
+        original(self, args)
+        fds = self.leases.holder.inheritable_fds()
+        subprocess.Popen(["sleep", "20"], pass_fds=fds, start_new_session=True)
+
+    supervisor.Supervisor._do_spawn_guest = spawn_guest  # type: ignore[method-assign]
+
+
 def _after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
@@ -158,6 +244,11 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "resume-drops-leases": resume_drops_leases,
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
+    "takeover-drops-a-lease": takeover_drops_a_lease,
+    "fcntl-gate-dropped-after-timeout": gate_dropped_after_timeout,
+    "refused-call-counts-a-move": refused_call_counts_a_move,
+    "attach-forgets-migration": attach_forgets_migration,
+    "leases-outlive-their-holder": leases_outlive_their_holder,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }

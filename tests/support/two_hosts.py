@@ -96,6 +96,26 @@ class Sup(enum.Enum):
 
 
 EXECUTING = (Sup.RUNNING, Sup.OUT)
+
+#: Every (state of A, state of B, "host:call") triple the machines of this process went through,
+#: a state being "manager state/supervisor" as the model has it: what tests/power.py measures
+#: coverage with (against the reachable ones, tests/support/reach.py).
+REACHED: set[tuple[str, str, str]] = set()
+#: The examples (machines) this process ran.
+EXAMPLES = [0]
+#: protocol_run's moves, as the calls they make (the names the other rules use)
+MOVE_CALLS = {
+    "start": "start",
+    "incoming": "incoming",
+    "prepare": "prepare_migrate",
+    "complete": "complete_migrate_in",
+    "cancel": "complete_migrate_in (cancel)",
+    "complete in the background": "complete_migrate_in (in the background)",
+    "shutdown": "shutdown",
+    "hot-plug h": "acquire_resource",
+    "hot-unplug h": "release_resource",
+    "restart daemon": "restart daemon",
+}
 STATE_OF = {Sup.RUNNING: STARTED, Sup.OUT: OUT, Sup.IN: IN}  # what ATTACH must come back as
 
 
@@ -155,6 +175,10 @@ def kind_of(flags: ResourceFlags) -> str:
 
 
 class TwoHosts(RuleBasedStateMachine):
+    #: how much a run of enabled moves weighs a blocked target's completion at once (it times
+    #: out, refused), against 3 in the background
+    AT_ONCE_WHEN_BLOCKED = 4
+
     def __init__(self) -> None:
         super().__init__()
         self.work = os.path.realpath(short_tmpdir("lfw"))
@@ -173,6 +197,7 @@ class TwoHosts(RuleBasedStateMachine):
         self.migrations = 0
         self.completed: list[tuple[str, str]] = []  # (source, target) of completed migrations
         self.pending: Pending | None = None
+        EXAMPLES[0] += 1
 
     def teardown(self) -> None:
         for side in self.sides.values():
@@ -186,6 +211,16 @@ class TwoHosts(RuleBasedStateMachine):
 
     def path(self, disk: str) -> str:
         return os.path.join(self.work, disk)
+
+    @staticmethod
+    def abstract(side: Side) -> str:
+        """A host's state as the model has it: "manager state/supervisor" ("-": no manager)."""
+        return f"{side.state.value if side.state else '-'}/{side.sup.value}"
+
+    def record(self, call: str, side: Side) -> None:
+        """Note the (A, B, call) triple this step starts from (see :data:`REACHED`)."""
+        a, b = (self.abstract(self.sides[n]) for n in "AB")
+        REACHED.add((a, b, f"{side.name}:{call}"))
 
     def live(self) -> list[Side]:
         return [s for s in self.sides.values() if s.sup is not Sup.NONE]
@@ -414,7 +449,9 @@ class TwoHosts(RuleBasedStateMachine):
     def start(self, data: st.DataObject) -> None:
         """A fresh start on any host (C: the rogue third): it starts iff no live supervisor holds
         or reserves one of its leases, or is refused (LeaseConflict, exit 75) changing nothing."""
-        self.do_start(self.pick(data, self.launchable(), "start on"))
+        side = self.pick(data, self.launchable(), "start on")
+        self.record("start", side)
+        self.do_start(side)
 
     def incoming_hosts(self) -> list[Side]:
         return [s for s in self.launchable() if s.sup is Sup.NONE] if self.cookie else []
@@ -442,7 +479,9 @@ class TwoHosts(RuleBasedStateMachine):
     def incoming(self, data: st.DataObject) -> None:
         """A target's incoming start with the latest cookie (even a stale one): it reserves every
         lease unless another target does (then LeaseConflict, nothing changed)."""
-        self.do_incoming(self.pick(data, self.incoming_hosts(), "incoming on"))
+        side = self.pick(data, self.incoming_hosts(), "incoming on")
+        self.record("incoming", side)
+        self.do_incoming(side)
 
     # -- the source's calls ----------------------------------------------------------------------
 
@@ -730,6 +769,7 @@ class TwoHosts(RuleBasedStateMachine):
         * hot-plug or unplug of any disk: refused (IllegalTransition, nothing changed) unless
           started, so in particular during a migration on either side."""
         side = self.pick(data, self.idle(), call)
+        self.record(call, side)
         if call == "prepare_migrate":
             self.do_prepare(side)
         elif call.startswith("complete_migrate_in"):
@@ -757,7 +797,9 @@ class TwoHosts(RuleBasedStateMachine):
         if what == "daemon" or not self.live():
             self.restart_daemon(data)
         else:
-            self.kill(self.pick(data, self.live(), f"kill -9 the {what} of"), what)
+            side = self.pick(data, self.live(), f"kill -9 the {what} of")
+            self.record(f"kill -9 {what}", side)
+            self.kill(side, what)
 
     def kill(self, side: Side, what: str) -> None:
         assert side.proc is not None and side.guest is not None
@@ -785,6 +827,10 @@ class TwoHosts(RuleBasedStateMachine):
         busy = self.pending.side if self.pending is not None else None
         sides = [s for s in self.sides.values() if s.name != busy]  # not a daemon in a call
         side = self.pick(data, sides, "restart the daemon of")
+        self.record("restart daemon", side)
+        self.do_restart(side)
+
+    def do_restart(self, side: Side) -> None:
         before = self.kernel_locks()
         held = {s.name: self.held_by(s.proc.pid if s.proc else None) for s in self.live()}
         side.host.restart_daemon()
@@ -871,8 +917,9 @@ class TwoHosts(RuleBasedStateMachine):
     def enabled_moves(self) -> list[tuple[str, str]]:
         """(move, host) pairs for calls the domain table allows from the host's manager state,
         with arguments the model says succeed; and, while a migration is under way, a third
-        host's start, which the model says is refused.  Migration steps weigh more, the target's
-        completion before the source's (the seed's order) most."""
+        host's start, which the model says is refused, and a daemon restart on either side.
+        Migration steps weigh more, the target's completion before the source's (the seed's
+        order) most."""
         moves: list[tuple[str, str]] = []
         migrating = any(s.sup in (Sup.OUT, Sup.IN) for s in self.sides.values())
         for side in self.sides.values():
@@ -895,6 +942,9 @@ class TwoHosts(RuleBasedStateMachine):
                 if side in self.incoming_hosts() and not self.gate_blockers(self.cookie.disks):  # type: ignore[union-attr]
                     moves += [("incoming", name)] * 3
                 continue
+            if side.state in (OUT, IN):
+                # A daemon restart mid-migration: ATTACH must find the migration (S4).
+                moves.append(("restart daemon", name))
             if side.sup is Sup.NONE:
                 moves.append(("shutdown", name))
                 continue
@@ -908,8 +958,12 @@ class TwoHosts(RuleBasedStateMachine):
                     moves.append(("cancel", name))
                     if not self.takeover_blockers(side):
                         moves += [("complete", name)] * 3
-                    elif self.pending is None:
-                        moves += [("complete in the background", name)] * 5
+                    else:
+                        # At once: it waits handoff_timeout and is refused, changing nothing (a
+                        # target whose take-over timed out must still reserve every lease).
+                        moves += [("complete", name)] * self.AT_ONCE_WHEN_BLOCKED
+                        if self.pending is None:
+                            moves += [("complete in the background", name)] * 3
                 elif ev == "shutdown":
                     moves.append(("shutdown", name))
                 elif ev == "acquire_resource" and not self.blockers(["h"], asker=side):
@@ -920,6 +974,7 @@ class TwoHosts(RuleBasedStateMachine):
         return moves
 
     def do_move(self, move: str, side: Side) -> None:
+        self.record(MOVE_CALLS[move], side)
         if move == "start":
             self.do_start(side)
         elif move == "incoming":
@@ -930,6 +985,8 @@ class TwoHosts(RuleBasedStateMachine):
             self.do_complete(side, move == "cancel", move.endswith("background"))
         elif move == "shutdown":
             self.do_shutdown(side)
+        elif move == "restart daemon":
+            self.do_restart(side)
         else:
             self.do_hotplug(side, "acquire" if move == "hot-plug h" else "release", "h")
 
