@@ -17,8 +17,15 @@ from tests.support.helpers import made_hosts
 
 pytest_plugins = ["tests.support.fixtures"]
 
+#: In CI hypothesis derandomizes by default (the same examples in every run, and a seed given
+#: with --hypothesis-seed does not count); LOCKFSM_HYPOTHESIS_DERANDOMIZE=0 makes the seed count
+#: (tests/power.py and the bite canaries need it), =1 derandomizes anywhere.
+_DERANDOMIZE = os.environ.get("LOCKFSM_HYPOTHESIS_DERANDOMIZE")
+_SEEDING = {} if _DERANDOMIZE is None else {"derandomize": _DERANDOMIZE == "1"}
+
 settings.register_profile(
     "ci",
+    **_SEEDING,
     max_examples=25,
     stateful_step_count=20,
     deadline=None,
@@ -26,6 +33,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "nightly",
+    **_SEEDING,
     max_examples=2000,
     stateful_step_count=50,
     deadline=None,
@@ -33,6 +41,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "hunt",  # a few minutes: LOCKFSM_HYPOTHESIS_PROFILE=hunt, to look for a rare interleaving
+    **_SEEDING,
     max_examples=int(os.environ.get("LOCKFSM_HUNT_EXAMPLES", "200")),
     stateful_step_count=40,
     deadline=None,

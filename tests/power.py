@@ -94,6 +94,8 @@ def run_one(breakage: str, seed: int, profile: str, timeout: float) -> dict[str,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "breakage"), str(ROOT)]),
             "LOCKFSM_HYPOTHESIS_PROFILE": profile,
             "LOCKFSM_POWER_OUT": out,
+            # The seed must count, in CI too (where hypothesis derandomizes by default).
+            "LOCKFSM_HYPOTHESIS_DERANDOMIZE": "0",
         }
         env.pop("LOCKFSM_BREAK", None)
         if breakage != "none":

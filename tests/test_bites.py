@@ -150,39 +150,54 @@ def test_target_ignores_conflicts_is_not_harmless(program: str, caught_by: tuple
     assert output.startswith("FAILED: ") and output[8:10] in caught_by, output[-2000:]
 
 
-#: (breakage, hypothesis seed) pairs that ``python -m tests.power`` measured to fail within a few
+#: (breakage, hypothesis seeds) that ``python -m tests.power`` measured to fail within a few
 #: examples at the ``ci`` profile (each under ~30 s): CI runs them, so a change that blunts the
 #: fuzzing (a rule that no longer reaches a migration's interleavings, a weaker invariant) turns
-#: CI red.  A change to the machine's rules changes what a seed draws: measure again and pick
-#: seeds that catch (``python -m tests.power --seeds 5 --only <breakage>``).
+#: CI red.  The machine's draws depend on what real processes did, so a seed may draw otherwise
+#: from one run to the next: the next seed of the list is tried then, and the canary fails only
+#: when none catches in time.  A change to the machine's rules changes what a seed draws:
+#: measure again and pick seeds that catch (``python -m tests.power --seeds 8 --only <name>``).
 CANARIES = [
-    ("target-ignores-conflicts", 7),
-    ("fcntl-gate-dropped-after-timeout", 17),
-    ("resume-drops-leases", 17),
-    ("acquire-skips-gate", 18),
-    ("hand-off-before-kill", 19),
+    ("target-ignores-conflicts", (7, 1, 2)),
+    ("fcntl-gate-dropped-after-timeout", (17, 1, 2)),
+    ("resume-drops-leases", (5, 6, 4)),
+    ("acquire-skips-gate", (18, 1, 2)),
+    ("hand-off-before-kill", (19, 1, 2)),
 ]
+#: The most examples a canary may need (they were measured to need 4 to 10).
+CANARY_EXAMPLES = 12
 
 
-@pytest.mark.parametrize(("breakage", "seed"), CANARIES)
-def test_the_fuzzing_still_catches_a_planted_bug(breakage: str, seed: int) -> None:
+@pytest.mark.parametrize(("breakage", "seeds"), CANARIES)
+def test_the_fuzzing_still_catches_a_planted_bug(breakage: str, seeds: tuple[int, ...]) -> None:
     """The stateful test, at ``ci`` and a fixed seed, generate phase only, with one breakage:
-    it fails, on the invariant expected, within 12 examples (each was measured to need 4 to 6)."""
+    it fails, on the invariant expected, within CANARY_EXAMPLES examples; if a seed does not,
+    the next is tried, and the canary fails when none of its seeds does."""
     from tests import power
 
-    result = power.run_one(breakage, seed, "ci", timeout=300)
-    assert result["failed"], f"{breakage}, seed {seed}: not caught in 25 examples\n{result['why']}"
     # "model": the machine's model and the processes disagreed, a deviation the breakage caused
     # before an invariant saw it (seen once in 20 runs on a loaded machine): still a catch.
     expected = (*BREAKAGES[breakage], "model")
-    assert set(result["caught_by"]) & set(expected), (
-        f"{breakage}, seed {seed}: caught by {result['caught_by']}, expected one of {expected}:"
-        f" {result['why']}"
-    )
-    assert result["examples"] <= 12, (
-        f"{breakage}, seed {seed}: caught only after {result['examples']} examples (measured: 4-6)"
-    )
-    print(
-        f"\n{breakage}, seed {seed}: caught by {result['caught_by'][0]} after "
-        f"{result['examples']} example(s), {result['seconds']} s"
+    tried = []
+    for seed in seeds:
+        result = power.run_one(breakage, seed, "ci", timeout=300)
+        caught = bool(result["failed"]) and bool(set(result["caught_by"]) & set(expected))
+        if caught and result["examples"] <= CANARY_EXAMPLES:
+            print(
+                f"\n{breakage}, seed {seed}: caught by {result['caught_by'][0]} after "
+                f"{result['examples']} example(s), {result['seconds']} s"
+            )
+            return
+        tried.append(
+            f"seed {seed}: "
+            + (
+                f"caught by {result['caught_by']} after {result['examples']} examples"
+                if result["failed"]
+                else "not caught in 25 examples"
+            )
+            + f" ({str(result['why'])[-300:]})"
+        )
+    pytest.fail(
+        f"{breakage}: no seed caught it on {' or '.join(expected)} within {CANARY_EXAMPLES} "
+        "examples: " + "; ".join(tried)
     )

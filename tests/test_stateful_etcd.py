@@ -97,11 +97,6 @@ def world() -> Iterator[World]:
 class EtcdTwoHosts(base.ServiceTwoHosts):
     HOLDINGS, CONNECTION = "keys", "agent connection"
     LETS_GO = "the agent to let the keys go"
-    # Not made in runs of enabled moves here (yet): with it the machine found a take-over whose
-    # guest lease a third host holds anew wait handoff_timeout and fail, where this model says
-    # it is refused at once ("changed hands"); which of the two is right is open (issue 21's
-    # report).  The event soup still makes the call.
-    AT_ONCE_WHEN_BLOCKED = 0
 
     def __init__(self) -> None:  # not the fcntl world: the same sides on etcd
         base.RuleBasedStateMachine.__init__(self)
