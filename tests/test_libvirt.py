@@ -61,8 +61,7 @@ def libvirt() -> Iterator[Libvirt]:
 def lv(libvirt: Libvirt) -> Iterator[Libvirt]:
     """The libvirt host; every guest it runs at the end of a test is destroyed."""
     yield libvirt
-    for name in libvirt.virsh("list", "--all", "--name").stdout.split():
-        libvirt.virsh("destroy", name, check=False)
+    libvirt.destroy_all()
 
 
 @pytest.fixture

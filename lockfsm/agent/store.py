@@ -434,7 +434,7 @@ class LeaseStore:
                 ops.append(nested([value(s, owned.held)], [delete(s)]))
             elif not xs[key] or xs[key][0].value != owned.held:
                 if known is not None:
-                    continue  # decided on rows read now only: the next try reads
+                    continue  # only a peek's rows say so: the next try reads afresh
                 owned.held = None  # not ours any more: nothing to give back
                 continue
             elif rs[key]:

@@ -309,6 +309,11 @@ class Libvirt:
             raise VirshError(f"virsh {' '.join(args)}: {done.stderr.strip()}")
         return done
 
+    def destroy_all(self) -> None:
+        """Destroy every guest this libvirtd runs (a test's leftovers)."""
+        for name in self.virsh("list", "--all", "--name").stdout.split():
+            self.virsh("destroy", name, check=False)
+
     def image(self, name: str, fmt: str = "qcow2") -> str:
         path = os.path.join(self.images, name)
         subprocess.run(["qemu-img", "create", "-q", "-f", fmt, path, "16M"], check=True)

@@ -17,20 +17,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from tests.support.two_hosts import CALLS  # the daemon calls the machine makes
+
 HOSTS = "ABC"
 ACTIVE = ("started", "migrating_out", "migrating_in")
 EXECUTING = ("running", "migrating_out")
 STATE_OF = {"running": "started", "migrating_out": "migrating_out", "incoming": "migrating_in"}
-DAEMON_CALLS = (
-    "prepare_migrate",
-    "complete_migrate_in",
-    "complete_migrate_in (cancel)",
-    "complete_migrate_in (in the background)",
-    "shutdown",
-    "free",
-    "acquire_resource",
-    "release_resource",
-)
 
 Host = tuple[str, str]  # (manager state or "-", supervisor)
 World = tuple[tuple[Host, ...], bool, int]  # (hosts A B C, a cookie exists, pending host or -1)
@@ -65,7 +57,7 @@ def calls(world: World) -> Iterator[tuple[int, str]]:
             if cookie and sup == "none":
                 yield i, "incoming"
         if state != "-" and i != pending:
-            for call in DAEMON_CALLS:
+            for call in CALLS:
                 yield i, call
         if sup != "none":
             yield i, "kill -9 supervisor"
