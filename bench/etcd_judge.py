@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from bench import REPO
-from tests.support.procs import stat_fields
+from lockfsm.fuzz.procs import stat_fields
 
 
 def start_time(pid: int) -> int | None:

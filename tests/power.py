@@ -62,7 +62,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = os.environ.get("LOCKFSM_POWER_OUT")
     if not out:
         return
-    from tests.support import two_hosts
+    from lockfsm.fuzz import machine as two_hosts
 
     record = {"examples": two_hosts.EXAMPLES[0], "reached": sorted(two_hosts.REACHED)}
     Path(out).write_text(json.dumps(record))

@@ -45,7 +45,7 @@ from tests.support.fault_driver import FaultRun, Matrix, env_for, outcome
 from tests.support.fault_outcomes import KNOWN_BUGS
 from tests.support.fault_rows import BACKENDS, Row, all_rows, default_rows
 from tests.support.fault_world import Env, World, wait_for
-from tests.support.procs import living
+from lockfsm.fuzz.procs import living
 
 
 def params() -> list[Any]:

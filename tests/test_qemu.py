@@ -38,7 +38,7 @@ from lockfsm.tools import status
 from tests.support.etcd_cluster import held as etcd_keys
 from tests.support.helpers import locked_inodes, wait_until
 from tests.support.needs import require
-from tests.support.procs import parent_of
+from lockfsm.fuzz.procs import parent_of
 from tests.support.qemu_daemon import Daemon
 
 QEMU = "qemu-system-x86_64"

@@ -43,7 +43,7 @@ from tests.support.fault_world import (
     wait_for,
 )
 from tests.support.needs import require
-from tests.support.procs import living
+from lockfsm.fuzz.procs import living
 
 pytestmark = pytest.mark.slow
 

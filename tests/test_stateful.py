@@ -61,7 +61,7 @@ from lockfsm.embed.standin import GUEST, Host, make_disks, short_tmpdir
 from lockfsm.protocol.kernel import alive, command_line, fd_locks
 from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.support.helpers import leases_of, wait_until
-from tests.support.procs import executing, open_files
+from lockfsm.fuzz.procs import executing, open_files
 
 DISK = ResourceType.DISK
 EXCLUSIVE = ResourceFlags(0)

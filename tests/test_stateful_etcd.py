@@ -40,7 +40,7 @@ from hypothesis import Phase, event, settings
 from lockfsm import LeaseConflict
 from lockfsm.backends.etcd.client import SyncEtcd
 from lockfsm.embed.standin import Host, make_disks, short_tmpdir
-from tests.support import two_hosts as base
+from lockfsm.fuzz import machine as base
 from tests.support.etcd_cluster import Cluster, Site, keys_under
 from tests.support.helpers import wait_until
 from tests.support.needs import require

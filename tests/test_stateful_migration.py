@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from hypothesis import Phase, settings
 
-from tests.support.two_hosts import TwoHosts
+from lockfsm.fuzz.machine import TwoHosts
 
 # The rest from the loaded profile.  No explain phase: it replays a failing program hundreds of
 # times with real processes (minutes); the shrunk program says enough.

@@ -68,9 +68,9 @@ from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.backends.sanlock import read_leader
 from lockfsm.daemon.manager import DOMAIN_LOCKSPACE
 from lockfsm.embed.standin import Host, make_disks, short_tmpdir
-from tests.support import two_hosts as base
+from lockfsm.fuzz import machine as base
 from tests.support.helpers import cookie_versions, wait_until
-from tests.support.procs import living
+from lockfsm.fuzz.procs import living
 from tests.support.sanlock_daemons import LOCKSPACE, Cluster
 
 Entry = tuple[str, str, int]  # (lease, "x" | "s", pid of the registered client holding it)

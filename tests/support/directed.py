@@ -16,7 +16,7 @@ import sys
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.support.two_hosts import TwoHosts
+from lockfsm.fuzz.machine import TwoHosts
 
 #: name -> (move, host) steps after the boot (the guest started on A, disks d0 and d1)
 PROGRAMS: dict[str, list[tuple[str, str]]] = {

@@ -33,7 +33,7 @@ from tests.support.fault_world import (
     wait_for,
 )
 from tests.support.needs import require, require_sanlock
-from tests.support.procs import living
+from lockfsm.fuzz.procs import living
 
 # -- the matrix, printed at the end of the session ---------------------------------------------
 

@@ -36,7 +36,7 @@ from lockfsm.embed.standin import make_disks, short_tmpdir
 from lockfsm.protocol import kernel, rundir
 from tests.support import sanlock_daemons
 from tests.support.fault_daemon import Daemon
-from tests.support.procs import comm, living, session_of
+from lockfsm.fuzz.procs import comm, living, session_of
 
 GRACE = 1.5  # shutdown_grace: a guest that ignores SIGTERM is killed after this
 HANDOFF = 4.0  # handoff_timeout

@@ -17,16 +17,9 @@ from typing import Any
 import lockfsm
 from lockfsm.daemon.values import MigrationCookie
 from lockfsm.embed.standin import Guest, Host, Pair
+from lockfsm.fuzz.procs import wait_until
 from lockfsm.protocol import kernel
 from tests.support import ROOT
-
-
-def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from tests.support.two_hosts import CALLS  # the daemon calls the machine makes
+from lockfsm.fuzz.machine import CALLS  # the daemon calls the machine makes
 
 HOSTS = "ABC"
 ACTIVE = ("started", "migrating_out", "migrating_in")

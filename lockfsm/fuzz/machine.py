@@ -44,8 +44,7 @@ from lockfsm.embed.standin import Host, Pair, make_disks, short_tmpdir
 from lockfsm.protocol import kernel
 from lockfsm.protocol.states import DOMAIN
 from lockfsm.supervisor.process import EXIT_REFUSED
-from tests.support.helpers import wait_until
-from tests.support.procs import executing, living, socket_inodes
+from lockfsm.fuzz.procs import executing, living, socket_inodes, wait_until
 
 T = TypeVar("T")
 

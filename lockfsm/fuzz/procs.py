@@ -1,10 +1,13 @@
 """What the kernel says of a process beyond :mod:`lockfsm.protocol.kernel` (its state, whether it
-lives, its locks and its command line are there): the fields of ``/proc/<pid>/stat`` a test
-reads (parent, session, task flags), its name, and its open files."""
+lives, its locks and its command line are there): the fields of ``/proc/<pid>/stat`` a judge
+reads (parent, session, task flags), its name, and its open files; and waiting for a condition.
+Used by the race machines and the tests."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 from lockfsm.protocol.kernel import alive
 
@@ -71,3 +74,12 @@ def open_files(pid: int | None) -> list[str]:
 def socket_inodes(pid: int | None) -> set[str]:
     """The sockets process ``pid`` has open ("socket:[inode]")."""
     return {name for name in open_files(pid) if name.startswith("socket:")}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    """Return once ``predicate()`` is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
