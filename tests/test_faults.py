@@ -40,12 +40,12 @@ from typing import Any
 import pytest
 
 import lockfsm
+from lockfsm.fuzz.procs import living
 from tests.support import ROOT
 from tests.support.fault_driver import FaultRun, Matrix, env_for, outcome
 from tests.support.fault_outcomes import KNOWN_BUGS
 from tests.support.fault_rows import BACKENDS, Row, all_rows, default_rows
 from tests.support.fault_world import Env, World, wait_for
-from lockfsm.fuzz.procs import living
 
 
 def params() -> list[Any]:

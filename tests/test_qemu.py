@@ -32,13 +32,13 @@ from lockfsm import DomainState
 from lockfsm.backends.sanlock import NAME_LEN as SANLOCK_NAME_LEN
 from lockfsm.embed.host import Disk, Guest, HypervisorError, migrate
 from lockfsm.embed.standin import short_tmpdir
+from lockfsm.fuzz.procs import parent_of
 from lockfsm.protocol.kernel import alive, command_line, fd_locks
 from lockfsm.supervisor.process import EXIT_REFUSED
 from lockfsm.tools import status
 from tests.support.etcd_cluster import held as etcd_keys
 from tests.support.helpers import locked_inodes, wait_until
 from tests.support.needs import require
-from lockfsm.fuzz.procs import parent_of
 from tests.support.qemu_daemon import Daemon
 
 QEMU = "qemu-system-x86_64"

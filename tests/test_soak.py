@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 import lockfsm
+from lockfsm.fuzz.procs import living
 from lockfsm.protocol import rundir
 from tests.support.fault_daemon import DaemonGone
 from tests.support.fault_world import (
@@ -43,7 +44,6 @@ from tests.support.fault_world import (
     wait_for,
 )
 from tests.support.needs import require
-from lockfsm.fuzz.procs import living
 
 pytestmark = pytest.mark.slow
 

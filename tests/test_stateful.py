@@ -58,10 +58,10 @@ from lockfsm import (
     ResourceType,
 )
 from lockfsm.embed.standin import GUEST, Host, make_disks, short_tmpdir
+from lockfsm.fuzz.procs import executing, open_files
 from lockfsm.protocol.kernel import alive, command_line, fd_locks
 from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.support.helpers import leases_of, wait_until
-from lockfsm.fuzz.procs import executing, open_files
 
 DISK = ResourceType.DISK
 EXCLUSIVE = ResourceFlags(0)

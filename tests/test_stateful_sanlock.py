@@ -69,8 +69,8 @@ from lockfsm.backends.sanlock import read_leader
 from lockfsm.daemon.manager import DOMAIN_LOCKSPACE
 from lockfsm.embed.standin import Host, make_disks, short_tmpdir
 from lockfsm.fuzz import machine as base
-from tests.support.helpers import cookie_versions, wait_until
 from lockfsm.fuzz.procs import living
+from tests.support.helpers import cookie_versions, wait_until
 from tests.support.sanlock_daemons import LOCKSPACE, Cluster
 
 Entry = tuple[str, str, int]  # (lease, "x" | "s", pid of the registered client holding it)

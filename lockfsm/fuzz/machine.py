@@ -41,10 +41,10 @@ from lockfsm import (
     ResourceType,
 )
 from lockfsm.embed.standin import Host, Pair, make_disks, short_tmpdir
+from lockfsm.fuzz.procs import executing, living, socket_inodes, wait_until
 from lockfsm.protocol import kernel
 from lockfsm.protocol.states import DOMAIN
 from lockfsm.supervisor.process import EXIT_REFUSED
-from lockfsm.fuzz.procs import executing, living, socket_inodes, wait_until
 
 T = TypeVar("T")
 

@@ -76,7 +76,9 @@ def socket_inodes(pid: int | None) -> set[str]:
     return {name for name in open_files(pid) if name.startswith("socket:")}
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"
+) -> None:
     """Return once ``predicate()`` is true; AssertionError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -5,22 +5,19 @@ the stand-in hosts, daemons, that use it).  Faults are real: SIGSTOP/SIGCONT, ki
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from lockfsm.backends.etcd import AGENT_SOCKET, agent_call
 from lockfsm.backends.etcd.client import SyncEtcd
 from lockfsm.embed.standin import Host, short_tmpdir
-from tests.support.helpers import wait_until
+from lockfsm.fuzz.etcd import Agent, keys_under
+from lockfsm.fuzz.procs import wait_until
 
 if TYPE_CHECKING:
     from lockfsm.supervisor.leases import LeaseMachines
@@ -46,16 +43,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def toml_text(config: dict[str, Any]) -> str:
-    """A TOML file of ``config`` (strings, numbers and lists of strings only)."""
-    lines = []
-    for key, val in config.items():
-        if val is None:
-            continue
-        lines.append(f"{key} = {json.dumps(val)}")
-    return "\n".join(lines) + "\n"
 
 
 class Member:
@@ -241,100 +228,6 @@ class Cluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def agent_command() -> list[str]:
-    """``lockfsm-etcd-agent`` next to this Python, else the module."""
-    script = os.path.join(os.path.dirname(sys.executable), "lockfsm-etcd-agent")
-    if os.access(script, os.X_OK):
-        return [script]
-    return [sys.executable, "-m", "lockfsm.agent"]
-
-
-class Agent:
-    """One simulated host's lease agent: a real ``lockfsm-etcd-agent`` process with the
-    host's configuration file (its run dir holds the agent's socket)."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = dict(config)
-        self.run_dir = config["run_dir"]
-        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-        self.path = config.get("agent_socket") or os.path.join(self.run_dir, AGENT_SOCKET)
-        self.conf_file = os.path.join(self.run_dir, "etcd.toml")
-        with open(self.conf_file, "w") as f:
-            f.write(toml_text(self.config))
-        self.log_path = os.path.join(self.run_dir, "agent.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*agent_command(), self.conf_file],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_until(self.ready, 15, f"the lease agent of {self.config['host_name']}")
-        except BaseException:
-            self.kill()
-            raise
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the agent exited {self.proc.returncode}: {self.log()}")
-        try:
-            return agent_call(self.path, {"op": "status"}, 1.0)["lease"] is not None
-        except Exception:
-            return False
-
-    def status(self) -> dict[str, Any]:
-        return agent_call(self.path, {"op": "status"}, 5.0)
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def release(self) -> None:
-        """A host shutdown (``--release-all``): the lease revoked, every key of the host gone,
-        the agent stopped; :meth:`stop` if it does not answer."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with suppress(Exception):
-            os.kill(self.proc.pid, signal.SIGCONT)
-            agent_call(self.path, {"op": "release_host"}, 5.0)
-            self.proc.wait(10)
-        self.stop()
-
-    def stop(self) -> None:
-        """SIGTERM (a stopped agent is continued first; the lease stays for the next agent),
-        kill -9 if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGCONT)
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
 class Site:
     """A simulated host: its lease agent (its own directory, the host's settings: the cluster's
     endpoints unless ``endpoints`` says, ``ttl``, ``prefix`` and ``config``), and the stand-in
@@ -389,14 +282,6 @@ class Site:
         self.hosts.clear()
         self.agent.release()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def keys_under(client: SyncEtcd, prefix: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(lease key, kind "x"/"r"/"s", value as JSON) of every key of a lockspace prefix."""
-    root = f"{prefix}L/".encode()
-    for kv in client.prefix(root):
-        lease_key, rest = kv.key[len(root) :].decode().split("/", 1)
-        yield lease_key, rest[:1], json.loads(kv.value)
 
 
 def held(client: SyncEtcd, prefix: str) -> dict[str, dict[str, Any]]:

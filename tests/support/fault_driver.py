@@ -14,6 +14,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import lockfsm
+from lockfsm.fuzz.procs import living
 from lockfsm.protocol import rundir, wire
 from lockfsm.protocol.kernel import process_state
 from tests.support.fault_daemon import DaemonGone
@@ -33,7 +34,6 @@ from tests.support.fault_world import (
     wait_for,
 )
 from tests.support.needs import require, require_sanlock
-from lockfsm.fuzz.procs import living
 
 # -- the matrix, printed at the end of the session ---------------------------------------------
 

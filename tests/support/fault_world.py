@@ -33,10 +33,10 @@ from typing import Any, NamedTuple
 import lockfsm
 from lockfsm.embed import standin
 from lockfsm.embed.standin import make_disks, short_tmpdir
+from lockfsm.fuzz.procs import comm, living, session_of
 from lockfsm.protocol import kernel, rundir
 from tests.support import sanlock_daemons
 from tests.support.fault_daemon import Daemon
-from lockfsm.fuzz.procs import comm, living, session_of
 
 GRACE = 1.5  # shutdown_grace: a guest that ignores SIGTERM is killed after this
 HANDOFF = 4.0  # handoff_timeout

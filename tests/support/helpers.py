@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import lockfsm
 from lockfsm.daemon.values import MigrationCookie
 from lockfsm.embed.standin import Guest, Host, Pair
-from lockfsm.fuzz.procs import wait_until
 from lockfsm.protocol import kernel
 from tests.support import ROOT
 
