@@ -12,12 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from hypothesis import event, note
 from hypothesis import strategies as st
@@ -40,7 +41,7 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
 )
-from lockfsm.embed.standin import Host, Pair, make_disks, short_tmpdir
+from lockfsm.embed.standin import Host, Pair, make_disks
 from lockfsm.fuzz.procs import executing, living, socket_inodes, wait_until
 from lockfsm.protocol import kernel
 from lockfsm.protocol.states import DOMAIN
@@ -178,11 +179,15 @@ class TwoHosts(RuleBasedStateMachine):
     #: out, refused), against 3 in the background
     AT_ONCE_WHEN_BLOCKED = 4
 
+    #: the directory each example's disks and lockspace are made in (None: /tmp); ``lockfsm
+    #: fuzz`` sets a scratch directory of the operator's lockspace
+    SCRATCH: ClassVar[str | None] = None
+
     def __init__(self) -> None:
         super().__init__()
-        self.work = os.path.realpath(short_tmpdir("lfw"))
+        self.work = os.path.realpath(tempfile.mkdtemp(prefix="lfw", dir=self.SCRATCH or "/tmp"))
         make_disks(self.work, *FLAGS)
-        self.lockspace = short_tmpdir("lfl")
+        self.lockspace = tempfile.mkdtemp(prefix="lfl", dir=self.SCRATCH or "/tmp")
         self.pair = Pair(self.lockspace, handoff_timeout=HANDOFF_TIMEOUT)
         rogue = Host("fcntl", self.lockspace, handoff_timeout=HANDOFF_TIMEOUT)
         self.sides = {

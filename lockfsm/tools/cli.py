@@ -1,4 +1,4 @@
-"""``lockfsm``: the command line (demo, spec, diagrams, config, status).
+"""``lockfsm``: the command line (demo, spec, diagrams, config, status, fuzz).
 
 Exit status: 0 done; 1 the command ran and found a problem (a model-check violation, a stale
 model, the demo going wrong); 2 a user error (a bad argument, path or configuration, a missing
@@ -207,7 +207,22 @@ def parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--json", action="store_true", help="print JSON for machines")
     st.set_defaults(func=_status)
+    fz = sub.add_parser(
+        "fuzz",
+        help="race-fuzz the migration protocol against this deployment's lock service (scratch "
+        "keys and files only; needs lockfsm[fuzz]); exit 1 if a violation is found",
+    )
+    from lockfsm.fuzz import run as fuzz
+
+    fuzz.add_arguments(fz)
+    fz.set_defaults(func=_fuzz)
     return p
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from lockfsm.fuzz import run
+
+    return run.fuzz(args.driver, args.config, args.minutes, args.seed, args.replay, args.shrink)
 
 
 def _name(args: argparse.Namespace) -> str:
