@@ -193,8 +193,30 @@ def scratch_for(driver: str, config: str | None) -> Scratch:
         raise InvalidArgument(f"--driver {driver!r}: lockfsm fuzz runs on {', '.join(DRIVERS)}")
     if config is not None and not os.path.isfile(config):
         raise InvalidArgument(f"--config {config!r}: no such file")
+    if driver == "fcntl":  # the configuration's check would make a missing lockspace_dir
+        _lockspace_exists(config)
     conf = configuration.load_for(driver, config if config is not None else {})
     return FcntlScratch(conf) if driver == "fcntl" else EtcdScratch(conf)
+
+
+def _lockspace_exists(config: str | None) -> None:
+    """The lockspace_dir ``config`` names (or the default) is a directory.  Raises
+    InvalidArgument naming it if not (or if the file is not TOML)."""
+    import tomllib
+
+    from lockfsm.backends.fcntl import FcntlBackend
+
+    given: object = None
+    if config is not None:
+        try:
+            with open(config, "rb") as f:
+                given = tomllib.load(f).get("lockspace_dir")
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"--config {config!r}: not TOML: {e}") from e
+    if given is None:
+        given = FcntlBackend.config_keys["lockspace_dir"].default()
+    if isinstance(given, str) and not os.path.isdir(given):
+        raise InvalidArgument(f"lockspace_dir {given!r}: no such directory")
 
 
 def counted(machine: type[Any], progress: Progress) -> type[Any]:
