@@ -188,3 +188,24 @@ def test_the_readme_embedding_example_runs_on_the_wheel(installed: Installed) ->
     out = installed.run(installed.bin("python"), "-c", example, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith("vm1 ran under its leases and is stopped")
+
+
+def test_fuzz_from_the_wheel_needs_its_extra_then_runs(installed: Installed) -> None:
+    """``lockfsm fuzz`` without hypothesis says which extra to install, in one line; with
+    ``lockfsm[fuzz]`` it runs the race machine from the installed package."""
+    lockspace = installed.top / "fuzz-lockspace"
+    lockspace.mkdir()
+    conf = installed.top / "fuzz.toml"
+    conf.write_text(f'lockspace_dir = "{lockspace}"\n')
+    argv = ("fuzz", "--driver", "fcntl", "--config", str(conf), "--minutes", "0.05")
+    out = installed.run(installed.bin("lockfsm"), *argv)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "lockfsm fuzz: lockfsm fuzz needs hypothesis: pip install 'lockfsm[fuzz]'"
+    ]
+    pip = installed.run(installed.bin("pip"), "install", "-q", f"{installed.wheel}[fuzz]")
+    assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
+    out = installed.run(installed.bin("lockfsm"), *argv)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "no violation found" in out.stdout
+    assert os.listdir(lockspace) == [], "a scratch directory was left behind"
