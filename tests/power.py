@@ -13,7 +13,7 @@ stopping at the first failure.  Per breakage it reports how many runs failed on 
 machines built up to and including the failing one).  ``none`` runs the unbroken protocol: it must
 never fail (a failure there is a false alarm) and gives the coverage of a whole run.
 
-Coverage: the triples a run started a step from (tests/support/two_hosts.py records them) against
+Coverage: the triples a run started a step from (lockfsm/fuzz/machine.py records them) against
 every reachable one of A's and B's calls (tests/support/reach.py explores the machine's model
 exhaustively), for the (A, B) state pairs and for the triples.  The plugin half of this module
 (``-p tests.power``) is what the subprocess loads.

@@ -1,5 +1,5 @@
 """Directed programs: one exact interleaving of moves driven through the two-host machine
-(tests/support/two_hosts.py, fcntl), with every invariant checked after each move, as the
+(lockfsm/fuzz/machine.py, fcntl), with every invariant checked after each move, as the
 stateful test checks them.  tests/test_bites.py runs them with and without a breakage, to tell a
 breakage the protocol made harmless (the program passes with it) from one the fuzzing does not
 reach (the program fails with it, passes without).

@@ -1,5 +1,5 @@
 """Every (state of A, state of B, "host:call") triple the two-host machine can start a step from:
-an exhaustive exploration, in plain Python, of the machine's own model (tests/support/two_hosts.py
+an exhaustive exploration, in plain Python, of the machine's own model (lockfsm/fuzz/machine.py
 on fcntl), abstracted as the machine records it (:meth:`TwoHosts.abstract`: "manager
 state/supervisor" per host, "-" for no manager).
 
