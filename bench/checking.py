@@ -35,7 +35,7 @@ from typing import Any
 from bench import REPO, Context
 from bench.handoff import etcd_missing
 from bench.report import Row, collect, unavailable
-from tests.support import sanlock_daemons as sl
+from lockfsm.fuzz import sanlock_daemons as sl
 
 STEPS = 20  # stateful_step_count, as the ci profile
 #: backend -> the stateful machines that run on it: (module, class).

@@ -47,7 +47,7 @@ from bench.measure import median, spread
 from bench.report import Row, Target, collect, unavailable
 from lockfsm import ResourceType
 from lockfsm.embed.standin import Host
-from tests.support import sanlock_daemons as sl
+from lockfsm.fuzz import sanlock_daemons as sl
 
 DISKS = 4
 URI = "qemu+tcp://target/system"

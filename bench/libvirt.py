@@ -38,7 +38,7 @@ SCSI = "<controller type='scsi' index='0' model='virtio-scsi'/>"
 
 
 def _missing() -> str | None:
-    from tests.support import sanlock_daemons
+    from lockfsm.fuzz import sanlock_daemons
     from tests.support.libvirt_fixture import PROGRAMS, SANLOCK_PLUGIN
 
     for program in (*PROGRAMS, "sanlock"):
@@ -150,7 +150,7 @@ def side_by_side(ctx: Context) -> list[Row]:
             for side, m in zip(("libvirt", "lockfsm"), pair, strict=True)
         ]
     from lockfsm.embed.standin import short_tmpdir
-    from tests.support import sanlock_daemons
+    from lockfsm.fuzz import sanlock_daemons
 
     top = short_tmpdir("lfbv")
     ctx.dirs.append(top)

@@ -34,12 +34,13 @@ from lockfsm import DomainState, ResourceType
 from lockfsm.agent.keys import KeySchema
 from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
 from lockfsm.embed.standin import Guest, Host
+from lockfsm.fuzz.machine import cookie_versions
 from lockfsm.protocol.kernel import alive, process_state
 from lockfsm.supervisor.leases import LeaseMachines
 from lockfsm.supervisor.process import EXIT_REFUSED
 from tests.support.etcd_cluster import TTL as SHARED_TTL
 from tests.support.etcd_cluster import Cluster, Site, held
-from tests.support.helpers import HostsPair, cookie_versions, key_of, made_hosts, wait_until
+from tests.support.helpers import HostsPair, key_of, made_hosts, wait_until
 
 EXIT_LEASE_LOST = 76
 FAULT_TTL = 2  # the agents of the fault tests: a fence within ~1.5 s, a dead host's keys in ~2

@@ -212,7 +212,7 @@ def test_sanlock_restart_elsewhere(cluster: Any, mode: str) -> None:
     """A is a sanlock host of its own (a daemon, a host_id); B sees it dead once its delta lease
     expired and then takes its guests' leases.  With ``frozen``, A's supervisors stop their
     guests as soon as their sanlock daemon is dead (nothing renews their leases)."""
-    from tests.support.sanlock_daemons import HOSTS, IO_TIMEOUT, join_all, start_daemons, stop_all
+    from lockfsm.fuzz.sanlock_daemons import HOSTS, IO_TIMEOUT, join_all, start_daemons, stop_all
 
     host_id = HOSTS + (3 if mode == "all" else 4)  # a crashed host_id cannot join again soon
     extra = start_daemons(cluster.base, host_id, 1)

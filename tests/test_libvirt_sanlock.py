@@ -28,6 +28,7 @@ import pytest
 from lockfsm import BackendError, LeaseConflict, LockFSMError
 from lockfsm.backends.sanlock import LIBVIRT_LOCKSPACE, local_owners, owner_of, read_leader
 from lockfsm.embed.standin import Host, short_tmpdir
+from lockfsm.fuzz.sanlock_daemons import Daemon, start_daemons, stop_all
 from tests.support.helpers import lockfsm_status as status_of
 from tests.support.helpers import made_hosts, wait_until
 from tests.support.libvirt_fixture import (
@@ -38,7 +39,6 @@ from tests.support.libvirt_fixture import (
     sanlock_lease,
 )
 from tests.support.needs import IN_CI, missing, require, require_sanlock
-from tests.support.sanlock_daemons import Daemon, start_daemons, stop_all
 
 PAXOS_MAGIC = 0x06152010
 HELD_ELSEWHERE = "Failed to acquire lock: Lease is held by another host"

@@ -23,17 +23,8 @@ import pytest
 import lockfsm
 from lockfsm import DomainState, ResourceType
 from lockfsm.embed.standin import Guest, Host, make_disks
-from lockfsm.protocol.kernel import alive, process_state
-from lockfsm.supervisor.process import EXIT_LEASE_LOST, EXIT_REFUSED
-from tests.support.helpers import (
-    HostsPair,
-    cookie_versions,
-    domain_key,
-    key_of,
-    made_hosts,
-    wait_until,
-)
-from tests.support.sanlock_daemons import (
+from lockfsm.fuzz.machine import cookie_versions
+from lockfsm.fuzz.sanlock_daemons import (
     HOSTS,
     IO_TIMEOUT,
     LOCKSPACE,
@@ -42,6 +33,15 @@ from tests.support.sanlock_daemons import (
     join_all,
     start_daemons,
     stop_all,
+)
+from lockfsm.protocol.kernel import alive, process_state
+from lockfsm.supervisor.process import EXIT_LEASE_LOST, EXIT_REFUSED
+from tests.support.helpers import (
+    HostsPair,
+    domain_key,
+    key_of,
+    made_hosts,
+    wait_until,
 )
 
 

@@ -725,17 +725,20 @@ class SanlockHolder(PollingHolder):
         anyone took the lease after the source).  If one cannot be had, release those taken in
         this attempt: each release keeps the version our acquire moved it to, which the next
         attempt then expects, so that only a third holder in between (a version further on)
-        fails it for good."""
+        fails it for good.  An attempt that failed for good expects nothing new: a later
+        attempt then fails at once, at the first lease it moved, and takes nothing."""
         taken: list[Mapping[str, Any]] = []
         try:
             for lease, resource in group:
                 key = lease["key"]
                 self._acquire(lease, resource, self.expect.get(key, lease.get("version")))
                 taken.append(lease)
-        except BaseException:
+        except BaseException as e:
+            final = isinstance(e, LeaseConflict) and e.final
             for lease in taken:
                 key = lease["key"]
-                ours = self._version_now(key) if lease["mode"] == "exclusive" else None
+                mine = lease["mode"] == "exclusive" and not final
+                ours = self._version_now(key) if mine else None
                 self._release(key)
                 if ours is not None:
                     self.expect[key] = ours

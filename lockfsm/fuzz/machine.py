@@ -41,6 +41,7 @@ from lockfsm import (
     ResourceFlags,
     ResourceType,
 )
+from lockfsm.daemon.values import MigrationCookie
 from lockfsm.embed.standin import Host, Pair, make_disks
 from lockfsm.fuzz.procs import executing, living, socket_inodes, wait_until
 from lockfsm.protocol import kernel
@@ -84,6 +85,12 @@ def choose(data: st.DataObject, items: Sequence[T], label: str) -> T:
     item = items[data.draw(st.integers(0, 1023), label=label) % len(items)]
     note(f"  ({label}: {item!r})")
     return item
+
+
+def cookie_versions(cookie: str) -> dict[str, Any]:
+    """Lease key -> the version the migration cookie carries for it (None where it has none)."""
+    decoded = MigrationCookie.decode(cookie)
+    return {le["key"]: le.get("version") for r in decoded.resources for le in r["leases"]}
 
 
 class Sup(enum.Enum):

@@ -36,10 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from lockfsm.errors import BackendError, InvalidArgument
+from lockfsm.errors import BackendError, InvalidArgument, LockFSMError
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
-DRIVERS = ("fcntl", "etcd")
+DRIVERS = ("fcntl", "etcd", "sanlock")
+DIRECTORY = {"fcntl": "lockspace_dir", "sanlock": "lease_dir"}  # where the scratch directory goes
 ROUND = 10  # examples a hypothesis run (one seed); the time limit is checked between rounds
 STEPS = 20  # steps an example at most (the test suite's ci profile)
 AGENT_TTL = 4  # the scratch agents' lease TTL, seconds
@@ -91,15 +92,7 @@ class FcntlScratch(Scratch):
     def __init__(self, conf: dict[str, Any]) -> None:
         from lockfsm.fuzz.machine import TwoHosts
 
-        parent = conf["lockspace_dir"]
-        if not os.path.isdir(parent):
-            raise InvalidArgument(f"lockspace_dir {parent!r}: no such directory")
-        try:
-            self.dir = tempfile.mkdtemp(prefix="lockfsm-fuzz-", dir=parent)
-        except OSError as e:
-            raise InvalidArgument(
-                f"lockspace_dir {parent!r}: cannot make a scratch directory in it: {e.strerror}"
-            ) from e
+        self.dir = _scratch_dir(conf["lockspace_dir"], "lockspace_dir")
         self.machine = type("FcntlRace", (TwoHosts,), {"SCRATCH": self.dir})
         self.what = f"fcntl, scratch directory {self.dir}"
 
@@ -183,6 +176,50 @@ class EtcdScratch(Scratch):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class SanlockScratch(Scratch):
+    """Three private sanlock daemons of its own (host_ids 1-3, unprivileged, no watchdog, run
+    dirs under /tmp) on a scratch lockspace in a new directory of the configuration's lease_dir:
+    two simulated hosts need two host_ids, so two daemons; the host's own daemon and lockspace
+    are never used."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        from lockfsm.fuzz import sanlock_daemons
+        from lockfsm.fuzz.sanlock import SanlockTwoHosts
+
+        missing = sanlock_daemons.missing()
+        if missing is not None:
+            raise InvalidArgument(f"lockfsm fuzz --driver sanlock needs {missing} installed")
+        self.dir = _scratch_dir(conf["lease_dir"], "lease_dir")
+        try:
+            self.cluster = sanlock_daemons.new_cluster(3, lease_dir=self.dir)
+        except (RuntimeError, OSError, LockFSMError) as e:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise BackendError(f"the scratch sanlock daemons did not start: {e}") from e
+        self.machine = type("SanlockRace", (SanlockTwoHosts,), {"CLUSTER": self.cluster})
+        self.what = (
+            f"sanlock, three private daemons (host_ids 1-3) on a scratch lockspace in {self.dir}"
+        )
+
+    def close(self) -> None:
+        from lockfsm.fuzz import sanlock_daemons
+
+        sanlock_daemons.close(self.cluster)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _scratch_dir(parent: str, key: str) -> str:
+    """A new ``lockfsm-fuzz-*`` directory in ``parent`` (the configuration's ``key``).  Raises
+    InvalidArgument naming it if it cannot be made."""
+    if not os.path.isdir(parent):
+        raise InvalidArgument(f"{key} {parent!r}: no such directory")
+    try:
+        return tempfile.mkdtemp(prefix="lockfsm-fuzz-", dir=parent)
+    except OSError as e:
+        raise InvalidArgument(
+            f"{key} {parent!r}: cannot make a scratch directory in it: {e.strerror}"
+        ) from e
+
+
 def scratch_for(driver: str, config: str | None) -> Scratch:
     """The scratch world of ``driver`` from its configuration file (the driver's defaults if
     None).  Raises InvalidArgument (a bad configuration, a scratch place that cannot be made)
@@ -193,30 +230,36 @@ def scratch_for(driver: str, config: str | None) -> Scratch:
         raise InvalidArgument(f"--driver {driver!r}: lockfsm fuzz runs on {', '.join(DRIVERS)}")
     if config is not None and not os.path.isfile(config):
         raise InvalidArgument(f"--config {config!r}: no such file")
-    if driver == "fcntl":  # the configuration's check would make a missing lockspace_dir
-        _lockspace_exists(config)
-    conf = configuration.load_for(driver, config if config is not None else {})
-    return FcntlScratch(conf) if driver == "fcntl" else EtcdScratch(conf)
+    if driver == "sanlock" and config is None:  # host_id is required, and not needed here
+        conf = {"lease_dir": _directory_given(None, "sanlock", "lease_dir")}
+    else:
+        if driver in DIRECTORY:  # the configuration's check would make a missing directory
+            _directory_given(config, driver, DIRECTORY[driver])
+        conf = configuration.load_for(driver, config if config is not None else {})
+    if driver == "fcntl":
+        return FcntlScratch(conf)
+    return EtcdScratch(conf) if driver == "etcd" else SanlockScratch(conf)
 
 
-def _lockspace_exists(config: str | None) -> None:
-    """The lockspace_dir ``config`` names (or the default) is a directory.  Raises
-    InvalidArgument naming it if not (or if the file is not TOML)."""
+def _directory_given(config: str | None, driver: str, key: str) -> str:
+    """The directory ``config``'s ``key`` names (or the driver's default), which must exist.
+    Raises InvalidArgument naming it if not (or if the file is not TOML)."""
     import tomllib
 
-    from lockfsm.backends.fcntl import FcntlBackend
+    from lockfsm import backends
 
     given: object = None
     if config is not None:
         try:
             with open(config, "rb") as f:
-                given = tomllib.load(f).get("lockspace_dir")
+                given = tomllib.load(f).get(key)
         except tomllib.TOMLDecodeError as e:
             raise InvalidArgument(f"--config {config!r}: not TOML: {e}") from e
     if given is None:
-        given = FcntlBackend.config_keys["lockspace_dir"].default()
-    if isinstance(given, str) and not os.path.isdir(given):
-        raise InvalidArgument(f"lockspace_dir {given!r}: no such directory")
+        given = backends.module(driver).BACKEND.config_keys[key].default()
+    if not isinstance(given, str) or not os.path.isdir(given):
+        raise InvalidArgument(f"{key} {given!r}: no such directory")
+    return given
 
 
 def counted(machine: type[Any], progress: Progress) -> type[Any]:

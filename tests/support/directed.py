@@ -12,6 +12,7 @@ prints ``passed`` (exit 0) or ``FAILED: <the invariant's message>`` (exit 1).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -39,8 +40,12 @@ PROGRAMS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def run(program: list[tuple[str, str]]) -> str | None:
-    """Drive ``program``; None if every invariant held, else the first assertion's message."""
+def run(
+    program: list[tuple[str, str]], machine_class: type[TwoHosts] = TwoHosts, **boot: Any
+) -> str | None:
+    """Drive ``program`` through ``machine_class`` (booted with ``boot``, by default the
+    guest's disks exclusive); None if every invariant held, else the first assertion's
+    message."""
     failures: list[str] = []
 
     @settings(
@@ -52,9 +57,9 @@ def run(program: list[tuple[str, str]]) -> str | None:
     )
     @given(st.none())
     def drive(_: None) -> None:
-        machine = TwoHosts()
+        machine = machine_class()
         try:
-            machine.boot(shared=False)
+            machine.boot(**(boot or {"shared": False}))
             machine.check_all()
             for move, host in program:
                 machine.do_move(move, machine.sides[host])

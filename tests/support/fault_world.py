@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 import lockfsm
 from lockfsm.embed import standin
 from lockfsm.embed.standin import make_disks, short_tmpdir
+from lockfsm.fuzz import sanlock_daemons
 from lockfsm.fuzz.procs import comm, living, session_of
 from lockfsm.protocol import kernel, rundir
-from tests.support import sanlock_daemons
 from tests.support.fault_daemon import Daemon
 
 GRACE = 1.5  # shutdown_grace: a guest that ignores SIGTERM is killed after this

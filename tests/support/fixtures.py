@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import sanlock_daemons
+from lockfsm.fuzz import sanlock_daemons
 from tests.support.needs import require, require_sanlock
 
 if TYPE_CHECKING:  # the etcd client loads gRPC: only the sessions that use etcd import it

@@ -14,8 +14,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import lockfsm
-from lockfsm.daemon.values import MigrationCookie
 from lockfsm.embed.standin import Guest, Host, Pair
+from lockfsm.fuzz.procs import wait_until as wait_until  # the tests import it from here
 from lockfsm.protocol import kernel
 from tests.support import ROOT
 
@@ -61,12 +61,6 @@ def domain_key(host: Host, uuid: str) -> str:
     """The key of the guest's own lease on its uuid (domain_lease)."""
     name = f"lockfsm-domains:{uuid}"
     return host.driver.backend.leases("lease", name, name, False)[0]["key"]
-
-
-def cookie_versions(cookie: str) -> dict[str, Any]:
-    """Lease key -> the version the migration cookie carries for it (None where it has none)."""
-    decoded = MigrationCookie.decode(cookie)
-    return {le["key"]: le.get("version") for r in decoded.resources for le in r["leases"]}
 
 
 def lease_inode(lockspace: str, key: str) -> int:

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.support import sanlock_daemons
+from lockfsm.fuzz import sanlock_daemons
 
 IN_CI = os.environ.get("CI") == "true"
 

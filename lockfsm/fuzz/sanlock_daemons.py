@@ -1,5 +1,5 @@
-"""Real sanlock daemons, one per simulated host, on one lockspace: for the tests and the
-benchmarks (this module imports neither pytest nor a test module).
+"""Real sanlock daemons, one per simulated host, on one lockspace: for ``lockfsm fuzz``, the tests
+and the benchmarks.
 
 The daemons run unprivileged and without a watchdog (``SANLOCK_PRIVILEGED=0``), each in its own
 session (a sanlock helper may kill its own process group: never the test runner's), as
@@ -120,11 +120,11 @@ class Daemon:
 
 
 class Cluster:
-    """The daemons and the shared lease directory (``base``/leases)."""
+    """The daemons and the shared lease directory (``base``/leases unless ``lease_dir``)."""
 
-    def __init__(self, base: str, daemons: list[Daemon]) -> None:
+    def __init__(self, base: str, daemons: list[Daemon], lease_dir: str | None = None) -> None:
         self.base = base
-        self.lease_dir = os.path.join(base, "leases")
+        self.lease_dir = lease_dir or os.path.join(base, "leases")
         self.daemons = daemons
 
     def config(self, daemon: Daemon, **extra: Any) -> dict[str, Any]:
@@ -188,17 +188,19 @@ def join_all(cluster: Cluster, daemons: list[Daemon]) -> None:
         raise errors[0]
 
 
-def new_cluster(hosts: int) -> Cluster:
+def new_cluster(hosts: int, lease_dir: str | None = None) -> Cluster:
     """``hosts`` daemons (host_ids 1 to ``hosts``) that have joined one lockspace, in a new
-    directory; :func:`close` ends them."""
+    directory (the lease files in ``lease_dir`` if given, which must exist and be empty);
+    :func:`close` ends them."""
     base = short_tmpdir("lfs")
-    os.makedirs(os.path.join(base, "leases"), mode=0o700)
+    if lease_dir is None:
+        os.makedirs(os.path.join(base, "leases"), mode=0o700)
     try:
         daemons = start_daemons(base, 1, hosts)
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
-    c = Cluster(base, daemons)
+    c = Cluster(base, daemons, lease_dir)
     try:
         join_all(c, daemons)
     except BaseException:
