@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from lockfsm.backends.etcd.client import SyncEtcd
 from lockfsm.embed.standin import Host, short_tmpdir
-from lockfsm.fuzz.etcd import Agent, keys_under
+from lockfsm.fuzz.etcd import Agent, agent_command, keys_under, toml_text
 from lockfsm.fuzz.procs import wait_until
 
 if TYPE_CHECKING:
     from lockfsm.supervisor.leases import LeaseMachines
     from tests.support.certs import CA
+
+__all__ = ["Agent", "Cluster", "Site", "agent_command", "held", "keys_under", "toml_text"]
 
 #: The agents' TTL where a test does not say (long enough never to fence on a busy machine).
 TTL = 4
