@@ -24,9 +24,15 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from lockfsm.embed.standin import make_disks, short_tmpdir
+from lockfsm.supervisor.process import EXIT_LEASE_LOST
+from tests.support.etcd_cluster import Cluster, Site
+from tests.support.helpers import running
 
 ROOT = Path(__file__).resolve().parent.parent
 BREAKAGE_DIR = ROOT / "tests" / "breakage"
@@ -35,6 +41,7 @@ STATEFUL = "tests/test_stateful_migration.py"
 #: breakage -> the invariants that may be the first to catch it
 BREAKAGES = {
     "target-ignores-conflicts": ("S3",),
+    "start-ignores-conflicts": ("S1",),
     "resume-drops-leases": ("S2", "S3"),  # S3: a waiting target takes the dropped leases
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),
@@ -148,6 +155,78 @@ def test_target_ignores_conflicts_is_not_harmless(program: str, caught_by: tuple
     output = broken.stdout + broken.stderr
     assert broken.returncode == 1, f"{program} passes with the breakage:\n{output[-2000:]}"
     assert output.startswith("FAILED: ") and output[8:10] in caught_by, output[-2000:]
+
+
+def test_start_ignores_conflicts_is_not_harmless() -> None:
+    """S1's own breakage: a second host's start beside the running guest passes unbroken (it is
+    refused) and fails broken (it succeeds), on S1."""
+    program = "start-beside-a-running-guest"
+    clean = run_directed(program, None)
+    assert clean.returncode == 0, f"{program} fails unbroken:\n{clean.stdout}{clean.stderr}"
+    broken = run_directed(program, "start-ignores-conflicts")
+    output = broken.stdout + broken.stderr
+    assert broken.returncode == 1, f"{program} passes with the breakage:\n{output[-2000:]}"
+    assert output.startswith("FAILED: S1"), output[-2000:]
+
+
+def revoked_lease_verdict(cluster: Cluster, breakage: str | None, ttl: int = 4) -> str | None:
+    """Host A runs a guest; A's etcd lease is revoked behind its agent's back (etcd deletes
+    every key on it, as when the lease expires); ``ttl`` s later, when any lease of A's would
+    have expired, host B starts the guest on the same disk, which etcd now lets it take.  A's
+    agent (with ``breakage`` in force, or none) must have stopped A's guest by then: its next
+    keepalive, within ttl/3, hears that the lease is gone.  Returns None if it did, or the
+    violation."""
+    prefix = cluster.fresh_prefix()
+    env = {"PYTHONPATH": os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)])}
+    if breakage:
+        env["LOCKFSM_BREAK"] = breakage
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "LOCKFSM_BREAK")}
+    os.environ.pop("LOCKFSM_BREAK", None)
+    os.environ.update(env)  # only A's agent inherits it
+    try:
+        a = Site(cluster, "hostA", prefix, ttl=ttl)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    b = Site(cluster, "hostB", prefix, ttl=ttl)
+    try:
+        disks = make_disks(short_tmpdir("lfd"), "d")
+        guest = a.host().start("vm", disks)
+        lease = a.agent.status()["lease"]
+        with cluster.client() as db:
+            db.run(lambda etcd: etcd.revoke(lease, 5.0))
+        revoked = time.monotonic()
+        time.sleep(ttl)
+        if running(guest):
+            other = b.host().start("vm", disks)
+            both = running(guest) and running(other)
+            return (
+                f"S2: A's guest still executes {time.monotonic() - revoked:.1f} s after its "
+                f"etcd lease was revoked"
+                + ("; B started the same disk beside it (S1)" if both else "")
+            )
+        assert guest.proc.wait(10) == EXIT_LEASE_LOST
+        other = b.host().start("vm", disks)  # the disk is free, and only B's guest runs
+        assert running(other)
+        other.mgr.shutdown()
+        return None
+    finally:
+        b.close()
+        a.close()
+
+
+def test_an_etcd_lease_revived_after_it_is_gone_is_not_harmless(etcd1: Cluster) -> None:
+    """etcd's own breakage, issue 21: an agent that takes etcd's "this lease is gone" (TTL 0)
+    for a keepalive lets its guest run on while another host takes its disk.  Unbroken, the
+    agent stops the guest within ttl/3 of the revoke; broken, the guest runs on beside B's."""
+    assert revoked_lease_verdict(etcd1, None) is None
+    broken = revoked_lease_verdict(etcd1, "etcd-keeper-revives-a-dead-lease")
+    assert broken is not None and broken.startswith("S2"), broken
+    assert "(S1)" in broken, broken
+    print(f"\netcd-keeper-revives-a-dead-lease, directed: {broken}")
 
 
 #: (breakage, hypothesis seeds) that ``python -m tests.power`` measured to fail within a few

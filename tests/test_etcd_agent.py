@@ -29,7 +29,7 @@ from lockfsm.protocol.kernel import alive, process_state
 from lockfsm.supervisor.process import EXIT_LEASE_LOST
 from tests.support import ROOT
 from tests.support.etcd_cluster import Cluster, Site, agent_command, held, toml_text
-from tests.support.helpers import HostsPair, key_of, wait_until
+from tests.support.helpers import HostsPair, key_of, running, wait_until
 from tests.support.needs import require
 
 GUESTS = 20
@@ -49,12 +49,6 @@ def sites(etcd1: Cluster) -> Iterator[Callable[..., Site]]:
     yield make
     for site in made:
         site.close()
-
-
-def running(g: Guest) -> bool:
-    """The guest and its supervisor both alive, the guest executing (not stopped)."""
-    assert g.pid is not None
-    return g.proc.poll() is None and alive(g.pid) and process_state(g.pid) not in ("T", "t", "Z")
 
 
 def host_keys(db: SyncEtcd, site: Site) -> dict[str, dict[str, Any]]:

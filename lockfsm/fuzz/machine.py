@@ -65,6 +65,10 @@ STARTED, OUT, IN = DomainState.STARTED, DomainState.MIGRATING_OUT, DomainState.M
 ACTIVE = (STARTED, OUT, IN)  # a manager in these states owns its run: no new launch beside it
 
 PLUGGABLE = tuple(sorted(FLAGS))
+#: the guest's own exclusive lease on its uuid (``domain_lease``), judged as a disk every run holds
+GUEST_LEASE = "@guest"
+#: the lease of each name the kernel may show (the disks and the guest's own lease)
+LEASE_FLAGS = {**FLAGS, GUEST_LEASE: EXCLUSIVE}
 CALLS = (
     "prepare_migrate",
     "complete_migrate_in",
@@ -203,6 +207,8 @@ class TwoHosts(RuleBasedStateMachine):
             "C": Side("C", rogue),
         }
         self.keys = {hashlib.sha256(self.path(d).encode()).hexdigest(): d for d in FLAGS}
+        guest = f"lease:lockfsm-domains:{UUID}"
+        self.keys[hashlib.sha256(guest.encode()).hexdigest()] = GUEST_LEASE
         self.base: dict[str, ResourceFlags] = {}
         self.cookie: Migration | None = None  # the latest prepared migration
         self.migrations = 0
@@ -299,13 +305,14 @@ class TwoHosts(RuleBasedStateMachine):
         return f"{tag}: {what} must be refused ({who} the leases)"
 
     def side_locks(self, side: Side, disks: Iterable[str] | None = None) -> frozenset[Lock]:
-        """The locks the model says ``side``'s live supervisor has on ``disks``."""
+        """The locks the model says ``side``'s live supervisor has on ``disks`` (all of the run's,
+        by default) and on the guest's own lease, which every run holds from its start."""
         if side.sup is Sup.NONE:
             return frozenset()
-        names = side.disks if disks is None else disks
+        names = [*(side.disks if disks is None else disks), GUEST_LEASE]
         if side.sup is Sup.IN:
             return frozenset((d, GATE, "WRITE") for d in names)
-        return frozenset((d, LEASE, kind_of(FLAGS[d])) for d in names)
+        return frozenset((d, LEASE, kind_of(LEASE_FLAGS[d])) for d in names)
 
     def expected_locks(self) -> Counter[Lock]:
         want: Counter[Lock] = Counter()

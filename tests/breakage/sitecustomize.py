@@ -47,6 +47,24 @@ def target_ignores_conflicts() -> None:
     backend.FcntlHolder.probe = lambda self, lease, resource: None  # type: ignore[method-assign]
 
 
+def start_ignores_conflicts() -> None:
+    """(l) fcntl: a fresh acquire of a lease that another host holds ignores the conflict and
+    reports success (the file opened, nothing locked): a guest starts beside a running one on
+    the same disks (S1)."""
+    from lockfsm.backends import fcntl as backend
+    from lockfsm.errors import LeaseConflict
+
+    original = backend.FcntlHolder.acquire
+
+    def acquire(self: Any, lease: Mapping[str, str], resource: str) -> None:
+        try:
+            original(self, lease, resource)
+        except LeaseConflict:
+            self.fds[lease["key"]] = self._open(os.path.join(self.dir, lease["key"]))
+
+    backend.FcntlHolder.acquire = acquire  # type: ignore[method-assign]
+
+
 def resume_drops_leases() -> None:
     """(b) A cancelled source resumes without its leases: the supervisor's resume (the source's
     complete_migrate_in(cancel=True)) lets every lease go, and the guest runs on."""
@@ -225,6 +243,30 @@ def etcd_takeover_skips_handoff() -> None:
     _after_import("lockfsm.agent.store", patch)
 
 
+def etcd_keeper_revives_a_dead_lease() -> None:
+    """(m) etcd: the lease agent takes a keepalive answer that says its lease is gone (TTL 0:
+    it expired or was revoked, and etcd deleted every key on it) as proof of life: it goes on
+    pushing deadlines to its supervisors, and a new agent resumes such a lease.  The guests run
+    on while their keys are free for another host (S2, then S1)."""
+
+    def patch(keeper: Any) -> None:
+        init = keeper.HostLeaseKeeper.__init__
+
+        def __init__(self: Any, etcd: Any, ttl: int, *args: Any, **kwargs: Any) -> None:
+            init(self, etcd, ttl, *args, **kwargs)
+            real = etcd.keepalive
+
+            async def keepalive(lease: int, timeout: float) -> int:
+                renewed: int = await real(lease, timeout)
+                return renewed if renewed > 0 else ttl
+
+            etcd.keepalive = keepalive
+
+        keeper.HostLeaseKeeper.__init__ = __init__
+
+    _after_import("lockfsm.agent.keeper", patch)
+
+
 def sanlock_takeover_ignores_version() -> None:
     """(f) sanlock: the target's take-over acquires without the lease version the cookie
     carries: it takes a lease that a third host took (and gave back) in the handoff window, or
@@ -241,6 +283,7 @@ def sanlock_takeover_ignores_version() -> None:
 
 BREAKAGES: dict[str, Callable[[], None]] = {
     "target-ignores-conflicts": target_ignores_conflicts,
+    "start-ignores-conflicts": start_ignores_conflicts,
     "resume-drops-leases": resume_drops_leases,
     "hand-off-before-kill": hand_off_before_kill,
     "acquire-skips-gate": acquire_skips_gate,
@@ -250,6 +293,7 @@ BREAKAGES: dict[str, Callable[[], None]] = {
     "attach-forgets-migration": attach_forgets_migration,
     "leases-outlive-their-holder": leases_outlive_their_holder,
     "etcd-takeover-skips-handoff": etcd_takeover_skips_handoff,
+    "etcd-keeper-revives-a-dead-lease": etcd_keeper_revives_a_dead_lease,
     "sanlock-takeover-ignores-version": sanlock_takeover_ignores_version,
 }
 

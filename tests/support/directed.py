@@ -30,6 +30,8 @@ PROGRAMS: dict[str, list[tuple[str, str]]] = {
         ("complete in the background", "B"),
         ("complete", "A"),
     ],
+    # A second host starts the guest while the first runs it: refused (S1).
+    "start-beside-a-running-guest": [("start", "B")],
     # The protocol's own order: the source hands off, then the target takes over.
     "source-completes-first": [
         ("prepare", "A"),

@@ -52,6 +52,16 @@ class HostsPair(Pair):
 # -- leases ---------------------------------------------------------------------------------------
 
 
+def running(g: Guest) -> bool:
+    """The guest and its supervisor both alive, the guest executing (not stopped)."""
+    assert g.pid is not None
+    return (
+        g.proc.poll() is None
+        and kernel.alive(g.pid)
+        and kernel.process_state(g.pid) not in ("T", "t", "Z")
+    )
+
+
 def key_of(host: Host, disk: str) -> str:
     """The lease key ``host``'s backend names ``disk`` by."""
     return host.driver.backend.leases("disk", disk, os.path.realpath(disk), False)[0]["key"]
