@@ -63,25 +63,25 @@ def _missing(backend: str, module_name: str) -> str | None:
 
 
 @contextmanager
-def _world(backend: str, module: Any) -> Iterator[None]:
-    """What the machines of ``module`` need around them, as their pytest fixtures give it: on
-    etcd, the module's ``World`` (a member and three lease agents) in ``module.WORLD``; on
-    sanlock, the tests' three joined daemons (tests/support/sanlock_daemons.py) in
-    ``module.CLUSTER``."""
+def _world(backend: str, module: Any, machine: Any) -> Iterator[None]:
+    """What ``machine`` (a class of ``module``) needs around it, as its pytest fixture gives
+    it: on etcd, the module's ``World`` (a member and three lease agents) in ``machine.WORLD``;
+    on sanlock, three joined daemons (lockfsm/fuzz/sanlock_daemons.py) in
+    ``machine.CLUSTER``."""
     if backend == "etcd":
-        module.WORLD = module.World()
+        machine.WORLD = module.World()
         try:
             yield
         finally:
-            module.WORLD.close()
-            module.WORLD = None
+            machine.WORLD.close()
+            machine.WORLD = None
     elif backend == "sanlock":
         with sl.cluster(sl.HOSTS) as cluster:
-            module.CLUSTER = cluster
+            machine.CLUSTER = cluster
             try:
                 yield
             finally:
-                module.CLUSTER = None
+                machine.CLUSTER = None
     else:
         yield
 
@@ -155,8 +155,9 @@ def hypothesis_steps(ctx: Context) -> list[Row]:
                 continue
             try:
                 module = importlib.import_module(module_name)
-                with _world(backend, module):
-                    rate, steps, seconds = _steps_per_second(getattr(module, name), examples)
+                machine = getattr(module, name)
+                with _world(backend, module, machine):
+                    rate, steps, seconds = _steps_per_second(machine, examples)
             except Exception as e:  # this machine's row says so; the others still run
                 traceback.print_exc()
                 rows.append(

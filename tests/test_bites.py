@@ -41,7 +41,7 @@ STATEFUL = "tests/test_stateful_migration.py"
 #: breakage -> the invariants that may be the first to catch it
 BREAKAGES = {
     "target-ignores-conflicts": ("S3",),
-    "start-ignores-conflicts": ("S1",),
+    "start-ignores-conflicts": ("S1", "S3"),  # S3: a third host starts during a migration
     "resume-drops-leases": ("S2", "S3"),  # S3: a waiting target takes the dropped leases
     "hand-off-before-kill": ("S3",),
     "acquire-skips-gate": ("S3",),

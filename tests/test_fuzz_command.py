@@ -17,6 +17,7 @@ import pytest
 from lockfsm.backends.etcd.client import SyncEtcd, put
 from tests.support import ROOT
 from tests.support.etcd_cluster import Cluster
+from tests.support.needs import require_sanlock
 
 BREAKAGE_DIR = Path(ROOT) / "tests" / "breakage"
 REPLAY = re.compile(r"^replay it \(hypothesis [^)]+\): (lockfsm fuzz .*)$", re.M)
@@ -184,3 +185,45 @@ def test_etcd_a_planted_bug_is_found_and_only_scratch_keys_are_used(
         assert everything(db) == before, "keys outside the scratch prefix changed or remain"
     finally:
         db.close()
+
+
+def test_sanlock_a_planted_bug_is_found_and_only_scratch_files_are_used(tmp_path: Path) -> None:
+    """On sanlock: three private daemons on a scratch lockspace in the configuration's lease
+    directory.  A clean run finds nothing; a take-over without its lease version (planted in the
+    supervisors) is found; the operator's lease files are as they were, no scratch file is left,
+    and no scratch daemon lives on."""
+    require_sanlock()
+    lease_dir = tmp_path / "leases"
+    lease_dir.mkdir()
+    (lease_dir / "lockspace").write_bytes(b"\0" * 4096)  # the operator's own lockspace file
+    conf = tmp_path / "sanlock.toml"
+    conf.write_text(f'host_id = 1\nlease_dir = "{lease_dir}"\n')
+    before = snapshot(lease_dir)
+    daemons = sanlock_daemons()
+    code, out = fuzz("--driver", "sanlock", "--config", str(conf), "--minutes", "0.05")
+    assert code == 0, out
+    assert "three private daemons" in out and "no violation found" in out, out
+    assert snapshot(lease_dir) == before and sorted(os.listdir(lease_dir)) == ["lockspace"]
+    found = None
+    for seed in ("1", "2", "3"):
+        code, out = fuzz(
+            "--driver",
+            "sanlock",
+            *("--config", str(conf), "--minutes", "2", "--no-shrink", "--seed", seed),
+            breakage="sanlock-takeover-ignores-version",
+        )
+        if code == 1:
+            found = out
+            break
+        assert code == 0, out
+    assert found is not None, "the planted bug was not found on any of its seeds"
+    assert re.search(r"^violation: (S\d|L\d)", found, re.M), found
+    assert "state = SanlockRace()" in found and REPLAY.search(found), found
+    assert snapshot(lease_dir) == before and sorted(os.listdir(lease_dir)) == ["lockspace"]
+    assert sanlock_daemons() == daemons, "scratch sanlock daemons live on"
+
+
+def sanlock_daemons() -> set[int]:
+    """The pids of the sanlock daemons running now."""
+    found = subprocess.run(["pgrep", "-x", "sanlock"], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}

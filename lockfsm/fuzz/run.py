@@ -3,7 +3,8 @@
 Three stand-in hosts (A, B and a rogue C) drive one stand-in guest, on scratch disks, through
 every daemon call in any order, crashes and restarts, on the operator's lock service; after every
 step the invariants of DESIGN.md (S1-S5, L1) are judged from what the service itself says.  The
-machines are those of the test suite (:mod:`lockfsm.fuzz.machine`, :mod:`lockfsm.fuzz.etcd`).
+machines are those of the test suite (:mod:`lockfsm.fuzz.machine`, :mod:`lockfsm.fuzz.etcd`,
+:mod:`lockfsm.fuzz.sanlock`).
 
 What it touches, and nothing else:
 
@@ -13,6 +14,10 @@ What it touches, and nothing else:
   configuration's cluster and credentials, with the lockspace prefix ``<prefix>fuzz-<tag>/``,
   which must be empty; the agents' leases are revoked and every key under that prefix deleted
   at the end.  The operator's own agent, run dir and keys are never used;
+* sanlock: three private sanlock daemons of its own (host_ids 1-3, unprivileged, no watchdog,
+  run dirs under /tmp) on a scratch lockspace in a new directory ``lockfsm-fuzz-*`` of the
+  configuration's ``lease_dir``; stopped and removed at the end.  The host's own sanlock daemon
+  and lockspaces are never used;
 * the supervisors' run dirs and control sockets under /tmp.
 
 Hypothesis runs in rounds of :data:`ROUND` examples, round ``r`` with seed ``seed + r``, until
