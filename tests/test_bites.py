@@ -242,6 +242,8 @@ CANARIES = [
     ("resume-drops-leases", (5, 6, 4)),
     ("acquire-skips-gate", (18, 1, 2)),
     ("hand-off-before-kill", (19, 1, 2)),
+    ("start-ignores-conflicts", (1, 3, 4)),
+    ("takeover-drops-a-lease", (1, 4, 7)),
 ]
 #: The most examples a canary may need (they were measured to need 4 to 10).
 CANARY_EXAMPLES = 12
