@@ -152,6 +152,28 @@ def everything(db: SyncEtcd) -> dict[bytes, tuple[bytes, int]]:
     return {kv.key: (kv.value, kv.mod) for kv in db.prefix(b"/prod/")}
 
 
+def found_planted(
+    driver: str, conf: Path, breakage: str, seeds: tuple[str, ...], machine: str
+) -> None:
+    """``lockfsm fuzz --driver DRIVER`` with ``breakage`` planted finds it (2 minutes a seed,
+    the next seed tried if one finds nothing): a violation of an invariant, the program of
+    ``machine`` and the command that replays it."""
+    found = None
+    for seed in seeds:
+        code, out = fuzz(
+            *("--driver", driver, "--config", str(conf), "--minutes", "2"),
+            *("--no-shrink", "--seed", seed),
+            breakage=breakage,
+        )
+        if code == 1:
+            found = out
+            break
+        assert code == 0, out
+    assert found is not None, f"{breakage} was not found on any of the seeds {seeds}"
+    assert re.search(r"^violation: (S\d|L\d)", found, re.M), found
+    assert f"state = {machine}()" in found and REPLAY.search(found), found
+
+
 def test_etcd_a_planted_bug_is_found_and_only_scratch_keys_are_used(
     etcd1: Cluster, tmp_path: Path
 ) -> None:
@@ -167,21 +189,7 @@ def test_etcd_a_planted_bug_is_found_and_only_scratch_keys_are_used(
         assert code == 0, out
         assert "scratch prefix '/prod/fuzz-" in out and "no violation found" in out
         assert everything(db) == before
-        found = None
-        for seed in ("2", "3", "4"):
-            code, out = fuzz(
-                "--driver",
-                "etcd",
-                *("--config", str(conf), "--minutes", "2", "--no-shrink", "--seed", seed),
-                breakage="etcd-takeover-skips-handoff",
-            )
-            if code == 1:
-                found = out
-                break
-            assert code == 0, out
-        assert found is not None, "the planted bug was not found on any of its seeds"
-        assert re.search(r"^violation: (S\d|L\d)", found, re.M), found
-        assert "state = EtcdRace()" in found and REPLAY.search(found), found
+        found_planted("etcd", conf, "etcd-takeover-skips-handoff", ("2", "3", "4"), "EtcdRace")
         assert everything(db) == before, "keys outside the scratch prefix changed or remain"
     finally:
         db.close()
@@ -204,21 +212,9 @@ def test_sanlock_a_planted_bug_is_found_and_only_scratch_files_are_used(tmp_path
     assert code == 0, out
     assert "three private daemons" in out and "no violation found" in out, out
     assert snapshot(lease_dir) == before and sorted(os.listdir(lease_dir)) == ["lockspace"]
-    found = None
-    for seed in ("1", "2", "3"):
-        code, out = fuzz(
-            "--driver",
-            "sanlock",
-            *("--config", str(conf), "--minutes", "2", "--no-shrink", "--seed", seed),
-            breakage="sanlock-takeover-ignores-version",
-        )
-        if code == 1:
-            found = out
-            break
-        assert code == 0, out
-    assert found is not None, "the planted bug was not found on any of its seeds"
-    assert re.search(r"^violation: (S\d|L\d)", found, re.M), found
-    assert "state = SanlockRace()" in found and REPLAY.search(found), found
+    found_planted(
+        "sanlock", conf, "sanlock-takeover-ignores-version", ("1", "2", "3"), "SanlockRace"
+    )
     assert snapshot(lease_dir) == before and sorted(os.listdir(lease_dir)) == ["lockspace"]
     assert sanlock_daemons() == daemons, "scratch sanlock daemons live on"
 
