@@ -199,7 +199,10 @@ def revoked_lease_verdict(cluster: Cluster, breakage: str | None, ttl: int = 4) 
         with cluster.client() as db:
             db.run(lambda etcd: etcd.revoke(lease, 5.0))
         revoked = time.monotonic()
-        time.sleep(ttl)
+        while running(guest) and time.monotonic() < revoked + ttl:
+            time.sleep(0.02)
+        fenced = time.monotonic() - revoked
+        time.sleep(max(0.0, revoked + ttl - time.monotonic()))
         if running(guest):
             other = b.host().start("vm", disks)
             both = running(guest) and running(other)
@@ -209,6 +212,7 @@ def revoked_lease_verdict(cluster: Cluster, breakage: str | None, ttl: int = 4) 
                 + ("; B started the same disk beside it (S1)" if both else "")
             )
         assert guest.proc.wait(10) == EXIT_LEASE_LOST
+        print(f"\netcd lease revoked: its guest stopped {fenced:.2f} s later (ttl {ttl})")
         other = b.host().start("vm", disks)  # the disk is free, and only B's guest runs
         assert running(other)
         other.mgr.shutdown()
