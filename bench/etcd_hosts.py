@@ -8,9 +8,10 @@ CPU) and gives a :class:`Sites`: the hosts, a quiet stand-in host (a daemon) on 
 a client that reads etcd's key space.
 
 The bare baseline, :func:`bare_takeover`, is one etcd transaction of the take-over's shape
-(per disk: compare the reservation and the handed-off marker, put the holder, delete the
-reservation, read the holder back), timed inside the client's event loop, so that it costs
-what etcd and gRPC cost and nothing of this process's threads.
+(per lease: compare the reservation, the handed-off marker and the create revision the cookie
+carries; put the holder, delete the reservation, read the holder back; on failure, read the
+lease's keys), timed inside the client's event loop, so that it costs what etcd and gRPC cost
+and nothing of this process's threads.
 """
 
 from __future__ import annotations
@@ -113,27 +114,35 @@ def cluster(members: int, hosts: int, ttl: int = 10, tls_dir: str | None = None)
         sites.stop()
 
 
-def bare_takeover(client: Any, disks: int, tag: str, idle: float = 0.0) -> float:
-    """Seconds of one bare etcd transaction of the take-over's shape over ``disks`` keys (the
+def bare_takeover(client: Any, keys: int, tag: str, idle: float = 0.0) -> float:
+    """Seconds of one bare etcd transaction of the take-over's shape over ``keys`` keys (the
     keys are set up before the clock starts, untimed, and left for the next sample).  The
     setup is a transaction too, so the timed one finds etcd and the connection busy; with
     ``idle``, the client waits that many seconds first, as an agent's transaction comes after
     a pause (a handoff's take-over seconds after the reservation)."""
-    from lockfsm.backends.etcd.client import delete, get, put, value
+    from lockfsm.backends.etcd.client import create, delete, get, prefix_end, put, value
 
     base = f"/lockfsm-bench-bare/{tag}/".encode()
-    keys = [(base + b"%d/x" % i, base + b"%d/r" % i) for i in range(disks)]
+    pairs = [(base + b"%d/x" % i, base + b"%d/r" % i) for i in range(keys)]
 
     async def sample(etcd: Any) -> float:
-        await etcd.txn(
-            [], [op for x, r in keys for op in (put(x, b"handed off to r"), put(r, b"r"))]
+        setup = await etcd.txn(
+            [],
+            [op for x, r in pairs for op in (put(x, b"handed off to r"), put(r, b"r"))]
+            + [get(x) for x, _ in pairs],
         )
-        compare = [c for x, r in keys for c in (value(r, b"r"), value(x, b"handed off to r"))]
-        success = [op for x, r in keys for op in (put(x, b"holder"), delete(r), get(x))]
+        made = [rows[0].create for rows in setup.ranges]  # the create revision a cookie carries
+        compare = [
+            c
+            for (x, r), rev in zip(pairs, made, strict=True)
+            for c in (value(r, b"r"), value(x, b"handed off to r"), create(x, rev))
+        ]
+        success = [op for x, r in pairs for op in (put(x, b"holder"), delete(r), get(x))]
+        failure = [get(x[:-1], prefix_end(x[:-1])) for x, _ in pairs]  # each lease's keys
         if idle:
             await asyncio.sleep(idle)
         started = time.perf_counter()
-        result = await etcd.txn(compare, success, [get(base)])
+        result = await etcd.txn(compare, success, failure)
         took = time.perf_counter() - started
         if not result.succeeded:
             raise RuntimeError("the bare take-over transaction did not succeed")

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import Context, disk_files, run_dir
 from bench import etcd_hosts as etcd
-from bench.handoff import DISKS, one_handoff
+from bench.handoff import DISKS, KEYS, one_handoff
 from bench.measure import median
 from bench.report import Row, Target, unavailable
 
@@ -268,7 +268,7 @@ def fleet_at(ctx: Context, hosts: int, duration: float) -> dict[str, Any]:
             try:
                 while time.monotonic() - started < duration - 2:
                     handoffs.append(one_handoff(source, target, disks, "concurrent"))
-                    bare.append(etcd.bare_takeover(client, DISKS, "fleet"))
+                    bare.append(etcd.bare_takeover(client, KEYS, "fleet"))
                     source, target = target, source
             finally:
                 client.close()

@@ -50,6 +50,8 @@ from lockfsm.embed.standin import Host
 from lockfsm.fuzz import sanlock_daemons as sl
 
 DISKS = 4
+#: the leases an etcd take-over moves: the disks' and the guest's own (its uuid's)
+KEYS = DISKS + 1
 URI = "qemu+tcp://target/system"
 ORDERS = ("concurrent", "sequential")
 TARGETS = {"fcntl": None, "sanlock": Target("ratio", 2), "etcd": Target("ratio", 3)}
@@ -263,12 +265,12 @@ def _handoff_etcd_on(ctx: Context, members: int) -> list[Row]:
         try:
             for order in ORDERS:  # warm-up: the agents' first transactions open connections
                 one_handoff(source, target, disks, order)
-                etcd.bare_takeover(client, DISKS, "handoff")
+                etcd.bare_takeover(client, KEYS, "handoff")
             for _ in range(ctx.pick(full=15, quick=3)):
                 for order in ORDERS:
                     times[order].append(one_handoff(source, target, disks, order, parts))
-                    base.append(etcd.bare_takeover(client, DISKS, "handoff"))
-                    idle.append(etcd.bare_takeover(client, DISKS, "handoff", IDLE))
+                    base.append(etcd.bare_takeover(client, KEYS, "handoff"))
+                    idle.append(etcd.bare_takeover(client, KEYS, "handoff", IDLE))
         finally:
             client.close()
     where = "one member" if members == 1 else f"{members} members"
@@ -282,7 +284,7 @@ def _handoff_etcd_on(ctx: Context, members: int) -> list[Row]:
         "etcd",
         times,
         base,
-        f"one bare etcd transaction of the take-over's shape over {DISKS} keys ({where})",
+        f"one bare etcd transaction of the take-over's shape over {KEYS} leases ({where})",
         note,
         name="etcd" if members == 1 else f"etcd{members}",
         size=f"{members}-member ",

@@ -93,7 +93,7 @@ def measure(members: int, rounds: int, log: str) -> dict[str, float]:
     """The handoffs (timestamped by every process) and the bare transactions beside them."""
     from bench import disk_files
     from bench import etcd_hosts as etcd
-    from bench.handoff import DISKS, IDLE, one_handoff
+    from bench.handoff import DISKS, IDLE, KEYS, one_handoff
     from bench.measure import median
 
     base, idle = [], []
@@ -103,12 +103,12 @@ def measure(members: int, rounds: int, log: str) -> dict[str, float]:
         client = sites.client()
         try:
             one_handoff(source, target, disks, "sequential")  # warm-up
-            etcd.bare_takeover(client, DISKS, "phases")
+            etcd.bare_takeover(client, KEYS, "phases")
             Path(log).write_text("")  # only the measured rounds
             for _ in range(rounds):
                 one_handoff(source, target, disks, "sequential")
-                base.append(etcd.bare_takeover(client, DISKS, "phases") * 1e3)
-                idle.append(etcd.bare_takeover(client, DISKS, "phases", IDLE) * 1e3)
+                base.append(etcd.bare_takeover(client, KEYS, "phases") * 1e3)
+                idle.append(etcd.bare_takeover(client, KEYS, "phases", IDLE) * 1e3)
         finally:
             client.close()
     return {"bare_ms": median(base), "bare_idle_ms": median(idle)}
