@@ -6,13 +6,13 @@ handoff path.  CLOCK_MONOTONIC is one clock for every process of the machine.  W
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
+import inspect
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from tests.breakage.sitecustomize import after_import
 
 LOG = os.environ.get("LOCKFSM_PHASES")
 
@@ -25,8 +25,6 @@ def _mark(label: str, edge: str) -> None:
 
 def _wrap(owner: Any, name: str, label: str, what: Callable[..., str] | None = None) -> None:
     original = getattr(owner, name)
-    import inspect
-
     if inspect.iscoroutinefunction(original):
 
         async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
@@ -49,48 +47,28 @@ def _wrap(owner: Any, name: str, label: str, what: Callable[..., str] | None = N
     setattr(owner, name, wrapped)
 
 
-def _after_import(name: str, patch: Callable[[Any], None]) -> None:
-    class Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-            if fullname != name:
-                return None
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-            if spec is None or spec.loader is None:
-                return spec
-            original = spec.loader.exec_module
-
-            def exec_module(module: Any) -> None:
-                original(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-            return spec
-
-    sys.meta_path.insert(0, Finder())
-
-
 if LOG:
-    _after_import(
+    after_import(
         "lockfsm.protocol.wire",
         lambda m: _wrap(m, "call", "daemon.call", lambda path, req, *_: f":{req.get('op')}"),
     )
-    _after_import(
+    after_import(
         "lockfsm.supervisor.process",
         lambda m: _wrap(
             m.Supervisor, "_handle", "supervisor.handle", lambda s, c, op, *_: f":{op}"
         ),
     )
-    _after_import(
+    after_import(
         "lockfsm.supervisor.server", lambda m: _wrap(m.ControlServer, "reply", "supervisor.reply")
     )
-    _after_import(
+    after_import(
         "lockfsm.backends.etcd",
         lambda m: _wrap(m.EtcdHolder, "_call", "holder.call", lambda s, req, *_: f":{req['op']}"),
     )
-    _after_import(
+    after_import(
         "lockfsm.agent.store", lambda m: _wrap(m.LeaseStore, "take_over", "agent.take_over")
     )
-    _after_import(
+    after_import(
         "lockfsm.backends.etcd.client",
         lambda m: _wrap(m.Etcd, "txn", "etcd.txn"),
     )

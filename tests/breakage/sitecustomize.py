@@ -195,7 +195,7 @@ def leases_outlive_their_holder() -> None:
     supervisor.Supervisor._do_spawn_guest = spawn_guest  # type: ignore[method-assign]
 
 
-def _after_import(name: str, patch: Callable[[Any], None]) -> None:
+def after_import(name: str, patch: Callable[[Any], None]) -> None:
     """Run ``patch(module)`` right after module ``name`` is first imported in this process
     (the etcd agent imports gRPC: only the agent's process should pay for it)."""
     import importlib.abc
@@ -240,7 +240,7 @@ def etcd_takeover_skips_handoff() -> None:
 
         agent.value = value
 
-    _after_import("lockfsm.agent.store", patch)
+    after_import("lockfsm.agent.store", patch)
 
 
 def etcd_keeper_revives_a_dead_lease() -> None:
@@ -264,7 +264,7 @@ def etcd_keeper_revives_a_dead_lease() -> None:
 
         keeper.HostLeaseKeeper.__init__ = __init__
 
-    _after_import("lockfsm.agent.keeper", patch)
+    after_import("lockfsm.agent.keeper", patch)
 
 
 def sanlock_takeover_ignores_version() -> None:
