@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import REPO
+from bench.handoff import DISKS, IDLE, KEYS, one_handoff
 
 SITE = Path(__file__).resolve().parent / "phases_site"
 #: (name, from event, to event): each event is (label, edge), the first of its kind in the call
@@ -93,7 +94,6 @@ def measure(members: int, rounds: int, log: str) -> dict[str, float]:
     """The handoffs (timestamped by every process) and the bare transactions beside them."""
     from bench import disk_files
     from bench import etcd_hosts as etcd
-    from bench.handoff import DISKS, IDLE, KEYS, one_handoff
     from bench.measure import median
 
     base, idle = [], []
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         Path(log).unlink(missing_ok=True)
     where = "1 member" if args.members == 1 else f"{args.members} members"
-    print(f"etcd handoff, the target's call, {args.rounds} sequential rounds, 4 disks, {where}:")
+    rounds = f"{args.rounds} sequential rounds, {DISKS} disks, {where}"
+    print(f"etcd handoff, the target's call, {rounds}:")
     for name, ms, n in phases:
         print(f"  {name:48} {ms:7.3f} ms  (n={n})")
     print(

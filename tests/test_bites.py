@@ -177,20 +177,12 @@ def revoked_lease_verdict(cluster: Cluster, breakage: str | None, ttl: int = 4) 
     keepalive, within ttl/3, hears that the lease is gone.  Returns None if it did, or the
     violation."""
     prefix = cluster.fresh_prefix()
-    env = {"PYTHONPATH": os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)])}
-    if breakage:
-        env["LOCKFSM_BREAK"] = breakage
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "LOCKFSM_BREAK")}
-    os.environ.pop("LOCKFSM_BREAK", None)
-    os.environ.update(env)  # only A's agent inherits it
-    try:
+    with pytest.MonkeyPatch.context() as env:  # only A's agent inherits it
+        env.setenv("PYTHONPATH", os.pathsep.join([str(BREAKAGE_DIR), str(ROOT)]))
+        env.delenv("LOCKFSM_BREAK", raising=False)
+        if breakage:
+            env.setenv("LOCKFSM_BREAK", breakage)
         a = Site(cluster, "hostA", prefix, ttl=ttl)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     b = Site(cluster, "hostB", prefix, ttl=ttl)
     try:
         disks = make_disks(short_tmpdir("lfd"), "d")

@@ -24,25 +24,29 @@ def _mark(label: str, edge: str) -> None:
 
 
 def _wrap(owner: Any, name: str, label: str, what: Callable[..., str] | None = None) -> None:
+    """Stamp ``label`` (with ``what(*args)`` after it) at the start and the end of each call
+    of ``owner.name``."""
     original = getattr(owner, name)
     if inspect.iscoroutinefunction(original):
 
         async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
-            _mark(f"{label}{what(*args) if what else ''}", "start")
+            stamp = label + (what(*args) if what else "")
+            _mark(stamp, "start")
             try:
                 return await original(*args, **kwargs)
             finally:
-                _mark(f"{label}{what(*args) if what else ''}", "end")
+                _mark(stamp, "end")
 
         setattr(owner, name, wrapped_async)
         return
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        _mark(f"{label}{what(*args) if what else ''}", "start")
+        stamp = label + (what(*args) if what else "")
+        _mark(stamp, "start")
         try:
             return original(*args, **kwargs)
         finally:
-            _mark(f"{label}{what(*args) if what else ''}", "end")
+            _mark(stamp, "end")
 
     setattr(owner, name, wrapped)
 

@@ -49,9 +49,6 @@ class HostsPair(Pair):
         self.cookie: str | None = None
 
 
-# -- leases ---------------------------------------------------------------------------------------
-
-
 def running(g: Guest) -> bool:
     """The guest and its supervisor both alive, the guest executing (not stopped)."""
     assert g.pid is not None
@@ -60,6 +57,9 @@ def running(g: Guest) -> bool:
         and kernel.alive(g.pid)
         and kernel.process_state(g.pid) not in ("T", "t", "Z")
     )
+
+
+# -- leases ---------------------------------------------------------------------------------------
 
 
 def key_of(host: Host, disk: str) -> str:
