@@ -32,6 +32,7 @@ import pytest
 import lockfsm
 from lockfsm import DomainState, ResourceType
 from lockfsm.agent.keys import KeySchema
+from lockfsm.backends.etcd import agent_call
 from lockfsm.backends.etcd.client import SyncEtcd, create, delete, get, prefix_end, put, value
 from lockfsm.embed.standin import Guest, Host
 from lockfsm.fuzz.machine import cookie_versions
@@ -619,6 +620,81 @@ def test_a_release_read_ahead_by_peek_is_right_when_the_reservations_changed_sin
     src.release(lease)  # the reservation goes (its migration was called off)
     dst.release(lease)
     assert value_of_x() is None  # deleted, not a marker for a reservation that is gone
+
+
+def etcd_requests(site: Site) -> dict[str, int]:
+    """What the site's lease agent has asked etcd so far: {"reads": n, "writes": m}."""
+    counts: dict[str, int] = agent_call(site.config["agent_socket"], {"op": "status"}, 5.0)[
+        "etcd_requests"
+    ]
+    return counts
+
+
+def test_a_prepared_handoff_is_released_in_one_transaction_without_a_read(
+    etcd1: Cluster, shared_sites: list[Site]
+) -> None:
+    """Once the migration is prepared (``expect_handoff``) the source's agent follows the
+    reservations with a watch, so the release is one etcd transaction and no read, however
+    soon the guest died: (1) a reservation made after the migration was prepared gets the lease
+    handed off (the target's take-over then succeeds); (2) a reservation let go before the
+    release leaves no marker: the key is deleted.  Both are one write."""
+    src, dst = shared_sites[0].holder(), shared_sites[1].holder()
+    src.watch([])
+    dst.watch([])
+    key = f"followed-{os.getpid()}"
+    lease = {"key": key, "mode": "exclusive"}
+    x = KeySchema(shared_sites[0].config["prefix"]).exclusive(key)
+
+    def value_of_x() -> bytes | None:
+        with etcd1.client() as client:
+            rows = client.range(x)
+        return rows[0].value if rows else None
+
+    def prepared(site: Site, holder: LeaseMachines) -> None:
+        before = etcd_requests(site)["reads"]
+        holder.holder.expect_handoff(True)
+        wait_until(lambda: etcd_requests(site)["reads"] > before, 2, "the follow's one read")
+
+    # (1) followed before the target reserves; the release is one write, a handoff.
+    src.acquire(lease, "disk followed")
+    data = src.handoff_data(lease)
+    prepared(shared_sites[0], src)
+    dst.reserve({**lease, **data}, "disk followed")
+    time.sleep(0.2)  # the watch tells the source's agent of the reservation
+    before = etcd_requests(shared_sites[0])
+    src.release(lease)
+    assert etcd_requests(shared_sites[0]) == {**before, "writes": before["writes"] + 1}
+    assert b"handed_off_to" in (value_of_x() or b""), value_of_x()
+    dst.take_over([({**lease, **data}, "disk followed")])
+    assert b"handed_off_to" not in (value_of_x() or b"handed_off_to")
+
+    # (2) the other way: followed with the reservation, which is let go before the release.
+    data = dst.handoff_data(lease)
+    src.reserve({**lease, **data}, "disk followed")
+    prepared(shared_sites[1], dst)
+    src.release(lease)  # the reservation goes (its migration was called off)
+    time.sleep(0.2)
+    before = etcd_requests(shared_sites[1])
+    dst.release(lease)
+    assert etcd_requests(shared_sites[1]) == {**before, "writes": before["writes"] + 1}
+    assert value_of_x() is None  # deleted, not a marker for a reservation that is gone
+
+
+def test_a_waiting_take_over_wakes_on_the_watch_and_does_not_poll(
+    hosts: Callable[..., Host], shared_sites: list[Site], disks: list[str]
+) -> None:
+    """The target completes first and waits 0.1 s for its source: its agent tries the
+    take-over once, watches, and tries again when the source's release changes the keys --
+    two transactions, not one every few milliseconds."""
+    pair = HostsPair(hosts(0), hosts(1))
+    pair.start("vm", disks[:2])
+    pair.prepare()
+    tgt = pair.incoming_start()
+    before = etcd_requests(shared_sites[1])["writes"]
+    pair.migrate("target-first", pause=0.1)
+    assert tgt.mgr.state is DomainState.STARTED
+    assert etcd_requests(shared_sites[1])["writes"] - before == 2
+    tgt.mgr.shutdown()
 
 
 def test_a_killed_host_frees_its_leases_within_the_ttl(

@@ -62,6 +62,7 @@ class Conn(Party):
         self.acked = 0.0  # the latest valid_until this supervisor acknowledged
         self.guests: set[int] = set()  # the supervisor's children, as last seen
         self.fenced = False
+        self.waiting: asyncio.Future[Any] | None = None  # the watch of a waiting take-over
 
     def send(self, message: Mapping[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -126,10 +127,11 @@ class Agent:
             if conn.subscribed:
                 conn.send(message)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -166,9 +168,16 @@ class Agent:
         try:
             reply = await self.store.take_over(conn, req.get("leases"))
         except WaitingConflict as e:
-            if conn.subscribed:
-                self._spawn(self._tell_change(conn, e.keys, e.revision, self.budget * 3))
+            if conn.subscribed:  # one watch per waiting take-over: this attempt's replaces any
+                if conn.waiting is not None:
+                    conn.waiting.cancel()
+                conn.waiting = self._spawn(
+                    self._tell_change(conn, e.keys, e.revision, self.budget * 3)
+                )
             raise
+        if conn.waiting is not None:
+            conn.waiting.cancel()  # taken: nothing more to wait for
+            conn.waiting = None
         conn.acked = max(conn.acked, float(reply["valid_until"]))
         return reply
 
@@ -187,6 +196,17 @@ class Agent:
         if not isinstance(keys, list) or len(keys) > 64:
             raise InvalidArgument("peek needs keys: a list of at most 64 lease keys")
         await self.store.peek(conn, [k for k in keys if isinstance(k, str)])
+        return {}
+
+    async def op_follow(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
+        """The connection's migration is prepared: keep what the release of ``keys`` (the
+        handoff) must look at up to date with an etcd watch, so that the release is one
+        transaction however soon the guest dies.  No keys: stop (the migration was called
+        off)."""
+        keys = req.get("keys")
+        if not isinstance(keys, list) or len(keys) > 64:
+            raise InvalidArgument("follow needs keys: a list of at most 64 lease keys")
+        await self.store.follow(conn, [k for k in keys if isinstance(k, str)])
         return {}
 
     async def op_adopt(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,6 +239,7 @@ class Agent:
             "endpoint": self.etcd.endpoint,
             "connections": len(self.conns),
             "supervisors": sum(1 for c in self.conns if c.subscribed),
+            "etcd_requests": dict(self.etcd.requests),
         }
 
     async def op_release_host(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
@@ -374,6 +395,9 @@ class Agent:
                 await self._request(conn, line)
         finally:
             self.conns.discard(conn)
+            self.store.unfollow(conn)
+            if conn.waiting is not None:
+                conn.waiting.cancel()
             writer.close()
             # Not when this agent is stopping: then the connection closed on our side, its
             # supervisor reconnects to the next agent, or the keys go with the lease.

@@ -13,6 +13,7 @@ host's keys go when its lease expires.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -89,6 +90,10 @@ class Party:
         self.owned: dict[str, Owned] = {}
         #: what a ``peek`` read for the coming release: (when, key -> (x rows, r rows))
         self.peeked: tuple[float, dict[str, tuple[list[KV], list[KV]]]] | None = None
+        #: the same rows, kept up to date by an etcd watch while a migration is prepared
+        #: (:meth:`LeaseStore.follow`), and the task that keeps them
+        self.followed: dict[str, tuple[list[KV], list[KV]]] | None = None
+        self.follower: asyncio.Task[None] | None = None
 
 
 def lease_request(req: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -358,12 +363,15 @@ class LeaseStore:
         off to them -- in one transaction: an exclusive key that a migration target reserves
         is handed off to it (a marker on the target's etcd lease that only its take-over
         matches), as the fcntl gate makes a lease given up while reserved the target's.  A
-        read of the reservations comes first; a key whose reservation changed between them is
+        read of the reservations comes first, unless a ``peek`` or a followed migration
+        (:meth:`follow`) says what is there; a key whose reservation changed between them is
         tried again.  Each key is forgotten only once etcd did it, so that what is left behind
         is tried again when the party goes.  Raises BackendError."""
         pending = {k: party.owned[k] for k in keys if k in party.owned}
         deadline = time.monotonic() + (budget or self.budget)
         known = self._peeked(party, sorted(pending))
+        if party.followed is not None and any(k in party.followed for k in keys):
+            self.unfollow(party)  # the handoff (or a stop) is under way: nothing more to follow
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -381,27 +389,82 @@ class LeaseStore:
         """Read, for a release that is coming (the guest is being killed), the keys and the
         reservations it must look at.  Raises BackendError."""
         keys = sorted(k for k in keys if k in party.owned)
-        if keys:
+        followed = party.followed
+        if keys and (followed is None or any(k not in followed for k in keys)):
             try:  # never longer than its rows would be of use (requests wait behind it)
-                party.peeked = (time.monotonic(), await self._look(keys, PEEK_FRESH / 2))
+                rows, _ = await self._look(keys, PEEK_FRESH / 2)
             except EtcdError as e:
                 raise BackendError(f"etcd did not answer: {e}") from None
+            party.peeked = (time.monotonic(), rows)
+
+    async def follow(self, party: Party, keys: list[str]) -> None:
+        """A migration is prepared: read what the release of ``keys`` (the handoff) must look
+        at, and keep it up to date with an etcd watch until the release (or :meth:`unfollow`),
+        so that the release is one transaction whenever it comes, however soon the guest dies.
+        No keys: stop following.  Raises BackendError (nothing is followed then)."""
+        self.unfollow(party)
+        keys = sorted(k for k in keys if k in party.owned)
+        if not keys:
+            return
+        try:
+            rows, revision = await self._look(keys, self.budget)
+        except EtcdError as e:
+            raise BackendError(f"etcd did not answer: {e}") from None
+        view = dict(rows)
+        party.followed = view
+        party.follower = asyncio.get_running_loop().create_task(
+            self._keep(party, view, revision + 1)
+        )
+
+    def unfollow(self, party: Party) -> None:
+        """Stop keeping ``party``'s rows up to date (they are forgotten)."""
+        task, party.follower, party.followed = party.follower, None, None
+        if task is not None:
+            task.cancel()
+
+    async def _keep(
+        self, party: Party, view: dict[str, tuple[list[KV], list[KV]]], revision: int
+    ) -> None:
+        """Apply every change of the followed keys from ``revision`` on to ``view``; when the
+        watch fails, the view is dropped (the release then reads for itself)."""
+        where = {self.keys.exclusive(k): (k, 0) for k in view}
+        where.update({self.keys.reservation(k): (k, 1) for k in view})
+
+        def changed(key: bytes, row: KV | None) -> None:
+            name, which = where[key]
+            x, r = view[name]
+            now = [row] if row is not None else []
+            view[name] = (now, r) if which == 0 else (x, now)
+
+        try:
+            await self.etcd.follow(list(where), revision, changed, self.budget)
+        except EtcdError as e:
+            log.info("the reservations of a prepared migration are no longer followed: %s", e)
+        finally:
+            if party.followed is view:
+                party.followed, party.follower = None, None
 
     def _peeked(self, party: Party, keys: list[str]) -> dict[str, tuple[list[KV], list[KV]]] | None:
-        """What a recent ``peek`` read of every one of ``keys``, once; else None."""
+        """What a recent ``peek`` read of every one of ``keys``, once, or the followed rows of
+        a prepared migration; else None."""
         peeked, party.peeked = party.peeked, None
+        followed = party.followed
+        if followed is not None and all(k in followed for k in keys):
+            return {k: followed[k] for k in keys}
         if peeked is None or time.monotonic() - peeked[0] > PEEK_FRESH:
             return None
         rows = peeked[1]
         return rows if all(k in rows for k in keys) else None
 
-    async def _look(self, keys: list[str], timeout: float) -> dict[str, tuple[list[KV], list[KV]]]:
-        """Each key's exclusive key and reservation, in one read."""
+    async def _look(
+        self, keys: list[str], timeout: float
+    ) -> tuple[dict[str, tuple[list[KV], list[KV]]], int]:
+        """Each key's exclusive key and reservation, in one read, and the revision read at."""
         reads = [get(self.keys.exclusive(k)) for k in keys]
         reads += [get(self.keys.reservation(k)) for k in keys]
         now = await self.etcd.txn([], reads, timeout=timeout, idempotent=True)
         n = len(keys)
-        return {k: (now.ranges[i], now.ranges[n + i]) for i, k in enumerate(keys)}
+        return {k: (now.ranges[i], now.ranges[n + i]) for i, k in enumerate(keys)}, now.revision
 
     async def _release_once(
         self,
@@ -415,7 +478,7 @@ class LeaseStore:
         that are out of date only fail the compare and the next try reads (a key they show as
         not ours any more is left to that try too).  What is done leaves ``pending``."""
         keys = sorted(pending)
-        rows = known if known is not None else await self._look(keys, timeout)
+        rows = known if known is not None else (await self._look(keys, timeout))[0]
         xs = {k: rows[k][0] for k in keys}
         rs = {k: rows[k][1] for k in keys}
         ops: list[Any] = []

@@ -71,6 +71,13 @@ lease versions).
     the reservations the release must look at while the guest dies, so that the release itself
     is one transaction).  Never blocks and never raises; the release stays correct without it.
 
+``Holder.expect_handoff(prepared)``
+    A hint: a migration was prepared (``prepared`` true; the held leases will be handed off
+    once it completes, whenever that is) or called off (false).  A backend may prepare
+    meanwhile (etcd: the agent follows the leases' reservations with a watch, so that the
+    handoff's release is one transaction however soon the guest dies).  Never blocks and never
+    raises; the release stays correct without it.
+
 ``Holder.unreserve(leases)``
     Called for reserved leases (``release`` from ``reserved``): the migration was cancelled or
     the incoming guest exited.
@@ -196,6 +203,8 @@ class Holder(Protocol):
 
     def expect_release(self) -> None: ...
 
+    def expect_handoff(self, prepared: bool) -> None: ...
+
     def inheritable_fds(self) -> list[int]: ...
 
     notifies_changes: bool
@@ -235,6 +244,9 @@ class PollingHolder:
 
     def expect_release(self) -> None:
         pass  # a release costs the same whenever it comes
+
+    def expect_handoff(self, prepared: bool) -> None:
+        pass  # likewise
 
 
 class Backend(Protocol):

@@ -1,7 +1,5 @@
 """``python -m lockfsm.supervisor``: the same as ``lockfsm-supervisor``."""
 
-import sys
+from lockfsm.supervisor.process import entry
 
-from lockfsm.supervisor.process import main
-
-sys.exit(main())
+entry()

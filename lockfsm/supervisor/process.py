@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from lockfsm.errors import BackendError, InvalidArgument, LeaseConflict, LeaseLost, LockFSMError
 from lockfsm.protocol import rundir, tables, trace, wire
@@ -63,7 +63,7 @@ Exit status: 0 handed off (migrated away) or cancelled; the guest's own status o
 was lost and the lock-failure policy applied; 2 a bad command line."""
 # First and longest pause between take-over attempts (a probe is a cheap query per lease).
 RETRY_PAUSE = (0.0005, 0.002)
-NOTIFIED_FALLBACK = 0.25  # seconds: the longest pause when the backend tells of changes
+NOTIFIED_FALLBACK = 0.25  # seconds between attempts when the backend tells of changes
 
 
 class TakeOver:
@@ -79,9 +79,10 @@ class TakeOver:
         self.pause = RETRY_PAUSE[0]
         self.next_at = min(now + self.pause, self.deadline)
 
-    def later(self, longest: float = RETRY_PAUSE[1]) -> None:
-        """Schedule the next attempt, backing off up to ``longest``."""
-        self.pause = min(self.pause * 2, longest)
+    def later(self, longest: float = RETRY_PAUSE[1], told: bool = False) -> None:
+        """Schedule the next attempt, backing off up to ``longest``; at ``longest`` at once
+        when the backend tells of changes (the timer is only a fallback then: no polling)."""
+        self.pause = longest if told else min(self.pause * 2, longest)
         self.next_at = min(time.monotonic() + self.pause, self.deadline)
 
 
@@ -187,9 +188,11 @@ class Supervisor:
     def _do_record_migration(self, args: Mapping[str, Any]) -> None:
         self.migration = {"id": args["migration"], "hosturi": args["hosturi"]}
         self.leases.with_handoff_data()  # what the target needs for an atomic handoff
+        self.leases.holder.expect_handoff(True)  # the handoff may come at any moment now
 
     def _do_forget_migration(self, args: Mapping[str, Any]) -> None:
         self.migration = None
+        self.leases.holder.expect_handoff(False)
 
     def _do_signal_guest(self, args: Mapping[str, Any]) -> None:
         assert self.guest is not None
@@ -310,8 +313,7 @@ class Supervisor:
         except LeaseConflict as e:
             # A backend that tells when a lease changed wakes the next attempt; the timer is
             # only a fallback then.
-            notified = self.leases.holder.notifies_changes
-            if not e.final and self._again(pending, NOTIFIED_FALLBACK if notified else None):
+            if not e.final and self._again(pending, told=self.leases.holder.notifies_changes):
                 return
             if not e.final:
                 e = LeaseConflict(f"the source did not give up the lease in time: {e}", e.resource)
@@ -331,12 +333,13 @@ class Supervisor:
         self._point(take=True)  # this launch runs the guest now: ATTACH must find it
         self._answer_take_over(pending, {"ok": True, **self.info()})
 
-    def _again(self, pending: TakeOver, longest: float | None = None) -> bool:
-        """Schedule the next attempt of ``pending`` (backing off up to ``longest``), unless its
-        time is up; whether it was."""
+    def _again(self, pending: TakeOver, told: bool = False) -> bool:
+        """Schedule the next attempt of ``pending`` unless its time is up; whether it was.
+        ``told``: the backend wakes the next attempt when a lease changes (an etcd watch), the
+        timer is only a fallback; else the attempts poll, backing off."""
         if time.monotonic() >= pending.deadline:
             return False
-        pending.later(RETRY_PAUSE[1] if longest is None else longest)
+        pending.later(NOTIFIED_FALLBACK if told else RETRY_PAUSE[1], told)
         self.take_over = pending
         return True
 
@@ -524,6 +527,20 @@ def main(argv: list[str] | None = None) -> int:
     return supervisor.run()
 
 
+def entry() -> NoReturn:
+    """The ``lockfsm-supervisor`` program: :func:`main`, then exit at once.  A supervisor ends
+    right after its guest, often in a handoff whose other half (the target's take-over) runs on
+    the same cores: the interpreter's teardown (several ms of CPU) buys nothing here, since
+    every file it wrote is closed and every descriptor goes with the process."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def report_loss(args: list[str]) -> int:
     """``lockfsm-supervisor --lease-lost SOCKET [WHY...]``: tell the supervisor at SOCKET that
     its leases are lost (run by the lock service, e.g. as sanlock's kill path)."""
@@ -540,4 +557,12 @@ def report_loss(args: list[str]) -> int:
     return 0
 
 
-__all__ = ["EXIT_LEASE_LOST", "EXIT_REFUSED", "EXIT_USAGE", "USAGE", "Supervisor", "main"]
+__all__ = [
+    "EXIT_LEASE_LOST",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "USAGE",
+    "Supervisor",
+    "entry",
+    "main",
+]

@@ -775,6 +775,19 @@ class EtcdHolder:
         except BackendError:
             pass
 
+    def expect_handoff(self, prepared: bool) -> None:
+        """Ask the agent to follow (an etcd watch) the reservations of every held lease while
+        the migration is prepared, or to stop (``prepared`` false): the handoff's release is
+        then one transaction however soon the guest dies.  No reply is awaited; a failure only
+        leaves the release to read for itself."""
+        keys = self.view.keys(*tables.LEASE_HOLDS) if prepared else []
+        if self.lost is not None or self.eof or self.sock is None:
+            return
+        try:
+            self._send(wire.encode({"op": "follow", "keys": keys, "id": 0}), time.monotonic() + 0.1)
+        except BackendError:
+            pass
+
     def unreserve(self, leases: Sequence[Mapping[str, Any]]) -> None:
         """Let the reservations go (the migration was called off)."""
         self._give([le["key"] for le in leases])

@@ -244,6 +244,10 @@ class Etcd:
         self.creds = creds
         self.current = 0
         self._members: dict[int, _Member] = {}
+        #: requests made, by kind: "reads" (ranges and read-only transactions, each try) and
+        #: "writes" (transactions that may change the store): what ``lockfsm-etcd-agent``'s
+        #: status reports, and how a test tells that a release was one transaction
+        self.requests = {"reads": 0, "writes": 0}
 
     @property
     def endpoint(self) -> str:
@@ -327,6 +331,7 @@ class Etcd:
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
         async def call(client: _Member) -> TxnResult:
+            self.requests["reads" if idempotent else "writes"] += 1
             resp = await client.kvstub.Txn(request, metadata=client.metadata)
             kinds = [r.WhichOneof("response") for r in resp.responses]
             ranges = [
@@ -434,6 +439,41 @@ class Etcd:
             return await asyncio.wait_for(changed(), timeout)
         except (TimeoutError, rpc.AioRpcError):
             return False
+        finally:
+            stream.cancel()
+
+    async def follow(
+        self,
+        keys: Sequence[bytes],
+        start_revision: int,
+        changed: Callable[[bytes, KV | None], None],
+        budget: float,
+    ) -> None:
+        """Call ``changed(key, row)`` for every change of one of ``keys`` from
+        ``start_revision`` on, in etcd's order (``row`` None: deleted), until cancelled (one
+        etcd watch stream).  Raises EtcdError when the changes can no longer be told (the
+        revision was compacted, etcd cancelled the watch, the member went away, or it did not
+        take the watch within ``budget`` s): the caller's view is out of date from then on."""
+        try:
+            member = await self._client(min(self.try_timeout, budget))
+        except (rpc.AioRpcError, TimeoutError) as e:
+            raise Unavailable(f"no etcd member to watch: {e}") from None
+        stream = member.watchstub.Watch(metadata=member.metadata)
+        try:
+            async with asyncio.timeout(budget):
+                for key in keys:
+                    create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+                    await stream.write(rpc.WatchRequest(create_request=create))
+            async for resp in stream:
+                if resp.canceled or resp.compact_revision:
+                    raise EtcdError(f"etcd ended the watch: {resp.cancel_reason or 'compacted'}")
+                for event in resp.events:
+                    kv = event.kv
+                    row = KV(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+                    changed(kv.key, None if event.type == rpc.Event.DELETE else row)
+            raise Unavailable("the etcd watch stream ended")
+        except (rpc.AioRpcError, TimeoutError) as e:
+            raise Unavailable(f"the etcd watch failed: {e}") from None
         finally:
             stream.cancel()
 
