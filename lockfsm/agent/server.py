@@ -164,22 +164,25 @@ class Agent:
     async def op_take_over(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         """One take-over attempt; when waiting may help, the connection is told (push
         ``changed``) as soon as etcd sees a lease of it change, so that it tries again then
-        rather than polling."""
+        rather than polling (one watch per waiting take-over: this attempt's replaces any)."""
         try:
             reply = await self.store.take_over(conn, req.get("leases"))
         except WaitingConflict as e:
-            if conn.subscribed:  # one watch per waiting take-over: this attempt's replaces any
-                if conn.waiting is not None:
-                    conn.waiting.cancel()
+            self._stop_waiting(conn)
+            if conn.subscribed:
                 conn.waiting = self._spawn(
                     self._tell_change(conn, e.keys, e.revision, self.budget * 3)
                 )
             raise
-        if conn.waiting is not None:
-            conn.waiting.cancel()  # taken: nothing more to wait for
-            conn.waiting = None
+        self._stop_waiting(conn)  # taken: nothing more to wait for
         conn.acked = max(conn.acked, float(reply["valid_until"]))
         return reply
+
+    @staticmethod
+    def _stop_waiting(conn: Conn) -> None:
+        if conn.waiting is not None:
+            conn.waiting.cancel()
+        conn.waiting = None
 
     async def op_release(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         """Give back what the connection has of ``keys`` (or of ``key``): one transaction."""
@@ -396,8 +399,7 @@ class Agent:
         finally:
             self.conns.discard(conn)
             self.store.unfollow(conn)
-            if conn.waiting is not None:
-                conn.waiting.cancel()
+            self._stop_waiting(conn)
             writer.close()
             # Not when this agent is stopping: then the connection closed on our side, its
             # supervisor reconnects to the next agent, or the keys go with the lease.

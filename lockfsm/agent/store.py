@@ -483,6 +483,7 @@ class LeaseStore:
         rs = {k: rows[k][1] for k in keys}
         ops: list[Any] = []
         order: list[str | None] = []
+        handed: dict[str, bytes] = {}  # key -> the reservation it is handed off to
         for key in keys:
             owned = pending[key]
             x, r = self.keys.exclusive(key), self.keys.reservation(key)
@@ -504,7 +505,7 @@ class LeaseStore:
                 res = rs[key][0]
                 compare = [value(x, owned.held), value(r, res.value), lease_is(r, res.lease)]
                 ops.append(nested(compare, [put(x, marker(res.value), res.lease)]))
-                log.info("%s: handed off to %s", owned.resource, describe(res.value))
+                handed[key] = res.value
                 trace.emit("service_note", label=owned.resource, note="x := handoff marker")
             else:
                 ops.append(nested([value(x, owned.held), create(r, 0)], [delete(x)]))
@@ -514,6 +515,13 @@ class LeaseStore:
             for which, done in zip(order, result.nested, strict=True):
                 if which is not None and done:
                     pending[which].held = None
+            given = [k for k in handed if pending[k].held is None]
+            if given:  # one line for the handoff, after it (not on the way to etcd)
+                log.info(
+                    "handed off to %s: %s",
+                    describe(handed[given[0]]),
+                    ", ".join(pending[k].resource for k in given),
+                )
         for key in keys:
             pending[key].reserved = None  # deleted if it was still ours
         for key in keys:  # a nested compare that failed: read again, try again

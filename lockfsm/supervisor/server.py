@@ -100,6 +100,7 @@ class ControlServer:
             conn.setblocking(False)
             self.buffers[conn] = b""
             self.sel.register(conn, selectors.EVENT_READ, "conn")
+            self.readable(conn)  # a daemon sends its request right after connecting: no wait
 
     def readable(self, conn: socket.socket) -> None:
         """Read what ``conn`` sent; answer each whole line."""
