@@ -70,8 +70,16 @@ if LOG:
         lambda m: _wrap(m.EtcdHolder, "_call", "holder.call", lambda s, req, *_: f":{req['op']}"),
     )
     after_import(
-        "lockfsm.agent.store", lambda m: _wrap(m.LeaseStore, "take_over", "agent.take_over")
+        "lockfsm.agent.store",
+        lambda m: (
+            _wrap(m.LeaseStore, "take_over", "agent.take_over"),
+            _wrap(m.LeaseStore, "release_many", "agent.release"),
+        ),
     )
+    after_import(
+        "lockfsm.agent.server", lambda m: _wrap(m.Agent, "_tell_change", "agent.tell_change")
+    )
+    after_import("lockfsm.supervisor.guest", lambda m: _wrap(m.GuestProcess, "reap", "guest.reap"))
     after_import(
         "lockfsm.backends.etcd.client",
         lambda m: _wrap(m.Etcd, "txn", "etcd.txn"),
