@@ -82,7 +82,7 @@ CHAIN: list[tuple[str, str, str, int | None, int | None]] = [
     ("source supervisor -> its agent (release)", "agent.release", "start", None, None),
     ("source agent: before its transaction", "etcd.txn", "start", 3, None),
     ("the source's release transaction (one, every lease)", "etcd.txn", "end", 3, None),
-    ("etcd watch -> target agent -> push sent", "agent.tell_change", "end", None, 4),
+    ("etcd watch -> target agent -> push sent", "agent.send:changed", "start", None, 4),
     ("push -> target supervisor's take-over request", "holder.call:take_over", "start", None, None),
     ("target supervisor -> agent -> transaction", "etcd.txn", "start", 6, None),
     ("the target's take-over transaction", "etcd.txn", "end", 6, None),
@@ -145,7 +145,7 @@ def chain_table(
 
 def calls(log: str) -> list[dict[tuple[str, str], int]]:
     """Each take-over call's events: (label, edge) -> ns, the first of each after its start."""
-    rows = [line.split() for line in Path(log).read_text().splitlines()]
+    rows = [line.split() for line in Path(log).read_text().splitlines() if line != ROUND]
     found: list[dict[tuple[str, str], int]] = []
     current: dict[tuple[str, str], int] | None = None
     for ns, _pid, label, edge in rows:

@@ -56,7 +56,7 @@ ROUND = [
     (11_000_000, "2", "guest.reap", "end"),
     (11_200_000, "3", "agent.release", "start"),
     (11_400_000, "3", "etcd.txn", "start"),
-    (13_300_000, "6", "agent.tell_change", "end"),
+    (13_300_000, "6", "agent.send:changed", "start"),
     (13_400_000, "3", "etcd.txn", "end"),
     (13_500_000, "2", "supervisor.reply", "start"),  # the source's reply: not the target's
     (13_700_000, "5", "holder.call:take_over", "start"),

@@ -77,7 +77,10 @@ if LOG:
         ),
     )
     after_import(
-        "lockfsm.agent.server", lambda m: _wrap(m.Agent, "_tell_change", "agent.tell_change")
+        "lockfsm.agent.server",
+        lambda m: _wrap(
+            m.Conn, "send", "agent.send", lambda c, msg: f":{msg.get('push', 'reply')}"
+        ),
     )
     after_import("lockfsm.supervisor.guest", lambda m: _wrap(m.GuestProcess, "reap", "guest.reap"))
     after_import(
