@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import phases
 from tests.support import ROOT
 
@@ -89,23 +91,19 @@ def test_the_concurrent_chain_is_walked_step_by_step_in_each_process(tmp_path: P
     assert phases.chain(ROUND[:-1]) is None  # a round without the target's answer
 
 
-def test_a_bad_rounds_value_is_refused_naming_it() -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--rounds", "0"], ["--rounds 0"]),
+        (["--order", "sideways"], ["sideways", "concurrent"]),  # the bad value and the choices
+    ],
+)
+def test_a_bad_value_is_refused_naming_it(args: list[str], says: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.phases", "--rounds", "0"],
+        [sys.executable, "-m", "bench.phases", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and "--rounds 0" in proc.stderr, proc.stderr
-
-
-def test_a_bad_order_is_refused_naming_the_choices() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.phases", "--order", "sideways"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2 and "sideways" in proc.stderr and "concurrent" in proc.stderr
+    assert proc.returncode == 2 and all(s in proc.stderr for s in says), proc.stderr

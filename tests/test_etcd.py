@@ -580,6 +580,25 @@ def test_a_validity_push_during_the_last_release_is_no_loss(
     assert etcd_holder.lease_id is None  # nothing held: no lease to follow
 
 
+def two_holders(
+    etcd1: Cluster, shared_sites: list[Site], name: str
+) -> tuple[LeaseMachines, LeaseMachines, dict[str, str], Callable[[], bytes | None]]:
+    """A source's and a target's lease machines (hosts 0 and 1, watching), an exclusive lease
+    named after ``name``, and a reader of its ``x`` key's value in etcd."""
+    src, dst = shared_sites[0].holder(), shared_sites[1].holder()
+    src.watch([])
+    dst.watch([])
+    key = f"{name}-{os.getpid()}"
+    x = KeySchema(shared_sites[0].config["prefix"]).exclusive(key)
+
+    def value_of_x() -> bytes | None:
+        with etcd1.client() as client:
+            rows = client.range(x)
+        return rows[0].value if rows else None
+
+    return src, dst, {"key": key, "mode": "exclusive"}, value_of_x
+
+
 def test_a_release_read_ahead_by_peek_is_right_when_the_reservations_changed_since(
     etcd1: Cluster, shared_sites: list[Site]
 ) -> None:
@@ -588,21 +607,11 @@ def test_a_release_read_ahead_by_peek_is_right_when_the_reservations_changed_sin
     cost a try, never a wrong give-up: (1) a reservation made after the peek still gets the
     lease handed off (the target's take-over then succeeds); (2) a reservation let go after
     the peek does not leave a marker nobody can take: the key is deleted."""
-    src, dst = shared_sites[0].holder(), shared_sites[1].holder()
-    src.watch([])
-    dst.watch([])
-    key = f"peeked-{os.getpid()}"
-    lease = {"key": key, "mode": "exclusive"}
-    x = KeySchema(shared_sites[0].config["prefix"]).exclusive(key)
-
-    def value_of_x() -> bytes | None:
-        with etcd1.client() as client:
-            rows = client.range(x)
-        return rows[0].value if rows else None
+    src, dst, lease, value_of_x = two_holders(etcd1, shared_sites, "peeked")
 
     # (1) peeked with no reservation; then the target reserves; then the release.
     src.acquire(lease, "disk peeked")
-    assert value_of_x() is not None, x
+    assert value_of_x() is not None, lease
     data = src.handoff_data(lease)
     src.holder.expect_release()
     time.sleep(0.2)  # the peek is read (no reply is awaited)
@@ -638,17 +647,7 @@ def test_a_prepared_handoff_is_released_in_one_transaction_without_a_read(
     soon the guest died: (1) a reservation made after the migration was prepared gets the lease
     handed off (the target's take-over then succeeds); (2) a reservation let go before the
     release leaves no marker: the key is deleted.  Both are one write."""
-    src, dst = shared_sites[0].holder(), shared_sites[1].holder()
-    src.watch([])
-    dst.watch([])
-    key = f"followed-{os.getpid()}"
-    lease = {"key": key, "mode": "exclusive"}
-    x = KeySchema(shared_sites[0].config["prefix"]).exclusive(key)
-
-    def value_of_x() -> bytes | None:
-        with etcd1.client() as client:
-            rows = client.range(x)
-        return rows[0].value if rows else None
+    src, dst, lease, value_of_x = two_holders(etcd1, shared_sites, "followed")
 
     def prepared(site: Site, holder: LeaseMachines) -> None:
         before = etcd_requests(site)["reads"]
