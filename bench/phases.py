@@ -110,12 +110,13 @@ def chain(events: Sequence[tuple[int, str, str, str]]) -> list[int] | None:
     lacks one."""
     times: list[int] = []
     pids: list[str] = []
+    ordered = sorted(events)
     for _, label, edge, same, since in CHAIN:
         after = times[since] if since is not None else times[-1] if times else -1
         hit = next(
             (
                 (ns, pid)
-                for ns, pid, lb, ed in sorted(events)
+                for ns, pid, lb, ed in ordered
                 if (lb, ed) == (label, edge) and ns >= after and (same is None or pid == pids[same])
             ),
             None,

@@ -68,6 +68,12 @@ class Conn(Party):
         if not self.writer.is_closing():
             self.writer.write(wire.encode(message))
 
+    def stop_waiting(self) -> None:
+        """End the watch of a waiting take-over, if any."""
+        if self.waiting is not None:
+            self.waiting.cancel()
+        self.waiting = None
+
     def look_at_guests(self) -> None:
         """Remember the supervisor's children (its guest)."""
         try:
@@ -168,21 +174,15 @@ class Agent:
         try:
             reply = await self.store.take_over(conn, req.get("leases"))
         except WaitingConflict as e:
-            self._stop_waiting(conn)
+            conn.stop_waiting()
             if conn.subscribed:
                 conn.waiting = self._spawn(
                     self._tell_change(conn, e.keys, e.revision, self.budget * 3)
                 )
             raise
-        self._stop_waiting(conn)  # taken: nothing more to wait for
+        conn.stop_waiting()  # taken: nothing more to wait for
         conn.acked = max(conn.acked, float(reply["valid_until"]))
         return reply
-
-    @staticmethod
-    def _stop_waiting(conn: Conn) -> None:
-        if conn.waiting is not None:
-            conn.waiting.cancel()
-        conn.waiting = None
 
     async def op_release(self, conn: Conn, req: Mapping[str, Any]) -> dict[str, Any]:
         """Give back what the connection has of ``keys`` (or of ``key``): one transaction."""
@@ -399,7 +399,7 @@ class Agent:
         finally:
             self.conns.discard(conn)
             self.store.unfollow(conn)
-            self._stop_waiting(conn)
+            conn.stop_waiting()
             writer.close()
             # Not when this agent is stopping: then the connection closed on our side, its
             # supervisor reconnects to the next agent, or the keys go with the lease.

@@ -79,10 +79,11 @@ class TakeOver:
         self.pause = RETRY_PAUSE[0]
         self.next_at = min(now + self.pause, self.deadline)
 
-    def later(self, longest: float = RETRY_PAUSE[1], told: bool = False) -> None:
-        """Schedule the next attempt, backing off up to ``longest``; at ``longest`` at once
-        when the backend tells of changes (the timer is only a fallback then: no polling)."""
-        self.pause = longest if told else min(self.pause * 2, longest)
+    def later(self, told: bool = False) -> None:
+        """Schedule the next attempt: backing off up to RETRY_PAUSE's longest, or after
+        NOTIFIED_FALLBACK when the backend tells of changes (the timer is only a fallback then:
+        no polling)."""
+        self.pause = NOTIFIED_FALLBACK if told else min(self.pause * 2, RETRY_PAUSE[1])
         self.next_at = min(time.monotonic() + self.pause, self.deadline)
 
 
@@ -339,7 +340,7 @@ class Supervisor:
         timer is only a fallback; else the attempts poll, backing off."""
         if time.monotonic() >= pending.deadline:
             return False
-        pending.later(NOTIFIED_FALLBACK if told else RETRY_PAUSE[1], told)
+        pending.later(told)
         self.take_over = pending
         return True
 

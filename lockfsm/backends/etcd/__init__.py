@@ -768,23 +768,23 @@ class EtcdHolder:
         (its keys and their reservations): the release is then one transaction.  No reply is
         awaited; a failure only leaves the release to read for itself."""
         keys = self.view.keys(*tables.LEASE_HOLDS)
-        if not keys or self.lost is not None or self.eof or self.sock is None:
-            return
-        try:
-            self._send(wire.encode({"op": "peek", "keys": keys, "id": 0}), time.monotonic() + 0.1)
-        except BackendError:
-            pass
+        if keys:
+            self._hint("peek", keys)
 
     def expect_handoff(self, prepared: bool) -> None:
         """Ask the agent to follow (an etcd watch) the reservations of every held lease while
         the migration is prepared, or to stop (``prepared`` false): the handoff's release is
         then one transaction however soon the guest dies.  No reply is awaited; a failure only
         leaves the release to read for itself."""
-        keys = self.view.keys(*tables.LEASE_HOLDS) if prepared else []
+        self._hint("follow", self.view.keys(*tables.LEASE_HOLDS) if prepared else [])
+
+    def _hint(self, op: str, keys: list[str]) -> None:
+        """Send ``op`` over ``keys`` to the agent, awaiting no reply; nothing while the leases
+        are lost or no agent is connected, and nothing lost if it cannot be sent."""
         if self.lost is not None or self.eof or self.sock is None:
             return
         try:
-            self._send(wire.encode({"op": "follow", "keys": keys, "id": 0}), time.monotonic() + 0.1)
+            self._send(wire.encode({"op": op, "keys": keys, "id": 0}), time.monotonic() + 0.1)
         except BackendError:
             pass
 

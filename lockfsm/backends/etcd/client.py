@@ -141,6 +141,13 @@ def _rows(kvs: Any) -> list[KV]:
     return [KV(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease) for kv in kvs]
 
 
+async def _watch_keys(stream: Any, keys: Sequence[bytes], start_revision: int) -> None:
+    """Have etcd watch each of ``keys`` from ``start_revision`` on, on one watch ``stream``."""
+    for key in keys:
+        create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+        await stream.write(rpc.WatchRequest(create_request=create))
+
+
 class TxnResult(NamedTuple):
     succeeded: bool
     revision: int  # the store's revision after the transaction
@@ -427,9 +434,7 @@ class Etcd:
         stream = member.watchstub.Watch(metadata=member.metadata)
 
         async def changed() -> bool:
-            for key in keys:
-                create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
-                await stream.write(rpc.WatchRequest(create_request=create))
+            await _watch_keys(stream, keys, start_revision)
             async for resp in stream:
                 if resp.events or resp.canceled or resp.compact_revision:
                     return True
@@ -461,9 +466,7 @@ class Etcd:
         stream = member.watchstub.Watch(metadata=member.metadata)
         try:
             async with asyncio.timeout(budget):
-                for key in keys:
-                    create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
-                    await stream.write(rpc.WatchRequest(create_request=create))
+                await _watch_keys(stream, keys, start_revision)
             async for resp in stream:
                 if resp.canceled or resp.compact_revision:
                     raise EtcdError(f"etcd ended the watch: {resp.cancel_reason or 'compacted'}")
